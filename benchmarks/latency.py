@@ -1,0 +1,157 @@
+"""How accurate is the emulated latency, and how many packets a second does the delay line
+relay? Prints figures; asserts nothing.
+
+    python benchmarks/latency.py [--delays 0,10,50,300] [--rates 10000,20000,...] [--json]
+
+Brings up tests/integration/latency_lab (laptop -> NAT gateway with a firewall -> satellite
+hop -> server), then, for each one-way delay, impairs the sky link with just that delay
+(no jitter, no loss), echoes 30 times across it (gateway -> satellite: one crossing each
+way) and compares the round trip with twice the delay. Then it floods UDP from the laptop
+to the server (each packet through the relay in the satellite node) at each rate for 2 s
+and counts what arrives; the relay's maximum rate is the highest rate with under 1% loss.
+Figures depend on the machine's load: the relay shares the cores with the sender.
+"""
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from labwarden import impair, latency  # noqa: E402
+from labwarden.impair import Link, Profile  # noqa: E402
+from labwarden.lab import PROBER, Lab  # noqa: E402
+from labwarden.policy import load_policy  # noqa: E402
+from labwarden.topology import load_topology  # noqa: E402
+
+LAB = Path(__file__).resolve().parents[1] / "tests" / "integration" / "latency_lab"
+
+# One process, two threads, each in a node's network namespace: a paced UDP sender in
+# the laptop, a counting receiver in the server.
+FLOOD = r'''
+import ctypes, json, os, socket, sys, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+def enter(path):
+    fd = os.open(path, os.O_RDONLY); assert libc.setns(fd, 0x40000000) == 0; os.close(fd)
+src_ns, dst_ns, dst, rate, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+got = {"n": 0}
+ready = threading.Event()
+def receive():
+    enter(dst_ns)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 25)
+    s.bind(("0.0.0.0", 9999)); s.settimeout(1.0); ready.set()
+    while True:
+        try:
+            s.recv(2048); got["n"] += 1
+        except socket.timeout:
+            return
+t = threading.Thread(target=receive); t.start(); ready.wait()
+enter(src_ns)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+payload, sent, start = b"x" * 64, 0, time.time()
+while True:
+    now = time.time() - start
+    if now >= seconds:
+        break
+    due = int(now * rate) - sent
+    for _ in range(min(due, 500)):
+        try:
+            s.sendto(payload, (dst, 9999)); sent += 1
+        except OSError:
+            pass
+    if due <= 0:
+        time.sleep(0.0005)
+elapsed = time.time() - start
+t.join()
+print(json.dumps({"sent": sent, "received": got["n"], "elapsed_s": round(elapsed, 3)}))
+'''
+
+
+def impair_sky(lab, delay_ms: float):
+    link = Link("sky", "sky", None, Profile(f"bench-{delay_ms:g}ms", delay_ms=delay_ms, limit=100000))
+    lab.impairment = impair.apply(lab, "auto", [link])
+    return link
+
+
+def accuracy(lab, delays) -> list[dict]:
+    rows = []
+    base_check = None
+    for delay in delays:
+        link = impair_sky(lab, delay)
+        check = latency.link_check(lab.topology, [link], link, impair.firewalled_nodes(lab))
+        base_check = base_check or check
+        samples = asyncio.run(latency.ping(lab, [(check.src, check.dst)], count=30, interval_s=0.01,
+                                           timeout_s=max(3.0, 4 * delay / 1000)))
+        stats = latency.Stats.of(samples[(check.src, check.dst)])
+        rows.append({"one_way_ms": delay, "configured_rtt_ms": 2 * delay, "p50_ms": round(stats.p50, 3),
+                     "mean_ms": round(stats.mean, 3), "min_ms": round(stats.min, 3), "max_ms": round(stats.max, 3),
+                     "error_ms": round(stats.p50 - 2 * delay, 3),
+                     "error_pct": round(100 * (stats.p50 - 2 * delay) / (2 * delay), 3) if delay else None,
+                     "within": abs(stats.p50 - 2 * delay) <= latency.tolerance_ms(2 * delay)})
+    # the same echo with no delay line at all: what the lab itself costs
+    impair.prober_exec(lab, "python3", impair.DELAYLINE_IN_PROBER, "stop")
+    samples = asyncio.run(latency.ping(lab, [(base_check.src, base_check.dst)], count=30, interval_s=0.01))
+    stats = latency.Stats.of(samples[(base_check.src, base_check.dst)])
+    rows.append({"one_way_ms": None, "configured_rtt_ms": None, "p50_ms": round(stats.p50, 3),
+                 "mean_ms": round(stats.mean, 3), "min_ms": round(stats.min, 3), "max_ms": round(stats.max, 3),
+                 "error_ms": None, "error_pct": None, "within": None, "note": "no delay line (the bare lab)"})
+    return rows
+
+
+def flood(lab, rate: float, seconds: float = 2.0) -> dict:
+    src, dst = lab.transports["laptop"].netns, lab.transports["server"].netns
+    proc = subprocess.run(["docker", "exec", lab.containers[PROBER].name, "python3", "-c", FLOOD, src, dst,
+                           "198.18.72.10", str(rate), str(seconds)], capture_output=True, text=True, timeout=60)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["rate_asked"] = rate
+    result["rate_sent"] = round(result["sent"] / result["elapsed_s"])
+    result["loss_pct"] = round(100 * (1 - result["received"] / max(1, result["sent"])), 2)
+    result["rate_relayed"] = round(result["received"] / result["elapsed_s"])
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--delays", default="0,10,50,300", help="one-way delays in ms")
+    parser.add_argument("--rates", default="10000,20000,30000,40000,50000,60000",
+                        help="packets/s to flood through the relay")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    topology = load_topology(LAB)
+    lab = Lab(topology, load_policy(topology), log=lambda m: None)
+    figures = {}
+    with lab:
+        figures["method"] = lab.impairment.method
+        figures["accuracy"] = accuracy(lab, [float(d) for d in args.delays.split(",")])
+        impair_sky(lab, 10)
+        figures["flood"] = []
+        for rate in [float(r) for r in args.rates.split(",")]:
+            figures["flood"].append(flood(lab, rate))
+            time.sleep(0.5)
+        figures["relay_counters"] = impair.counters(lab)
+        ok = [f for f in figures["flood"] if f["loss_pct"] < 1]
+        figures["max_rate_pps"] = max((f["rate_sent"] for f in ok), default=0)
+    print(f"{'one-way ms':>10} {'rtt conf':>9} {'p50':>9} {'mean':>9} {'error ms':>9} {'error %':>8}  within")
+    for row in figures["accuracy"]:
+        if row["one_way_ms"] is None:
+            print(f"{'-':>10} {'-':>9} {row['p50_ms']:>9} {row['mean_ms']:>9}  ({row['note']})")
+            continue
+        pct = "-" if row["error_pct"] is None else row["error_pct"]
+        print(f"{row['one_way_ms']:>10g} {row['configured_rtt_ms']:>9g} {row['p50_ms']:>9} {row['mean_ms']:>9} "
+              f"{row['error_ms']:>9} {pct:>8}  {row['within']}")
+    print(f"\n{'asked pps':>10} {'sent pps':>9} {'relayed':>9} {'loss %':>7}")
+    for row in figures["flood"]:
+        print(f"{row['rate_asked']:>10g} {row['rate_sent']:>9} {row['rate_relayed']:>9} {row['loss_pct']:>7}")
+    print(f"\nrelay max rate (< 1% loss): {figures['max_rate_pps']} packets/s ({figures['method']})")
+    if args.json:
+        print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

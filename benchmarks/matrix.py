@@ -1,0 +1,81 @@
+"""How fast is the segmentation matrix? Prints figures; asserts nothing.
+
+    python benchmarks/matrix.py [--topology homelab] [--sample 40] [--json]
+
+Brings the lab up (the image must exist or is built first, not timed), probes
+the full matrix through the batched agent, then times a sample of the same
+probes done the naive way (one `docker exec` per probe, bash's /dev/tcp with a
+1 s timeout) and extrapolates. With --json the last line is one JSON object.
+"""
+
+import argparse
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from labwarden.image import ensure_image  # noqa: E402
+from labwarden.lab import Lab  # noqa: E402
+from labwarden.matrix import matrix_flows, run_matrix  # noqa: E402
+from labwarden.policy import load_policy  # noqa: E402
+from labwarden.topology import load_topology  # noqa: E402
+
+
+def naive_probe(lab, flow) -> None:
+    container = lab.containers[flow.src].name
+    subprocess.run(["docker", "exec", container, "timeout", "1", "bash", "-c",
+                    f"exec 3<>/dev/tcp/{flow.dst}/{flow.port}"], capture_output=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--topology", default="homelab")
+    parser.add_argument("--sample", type=int, default=40, help="naive probes to time")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    topology = load_topology(args.topology)
+    policy = load_policy(topology)
+    ensure_image()
+    figures = {"topology": topology.name}
+    started = time.monotonic()
+    lab = Lab(topology, policy, log=lambda m: None)
+    try:
+        lab.up()
+        figures["up_s"] = round(time.monotonic() - started, 3)
+        started = time.monotonic()
+        run = asyncio.run(run_matrix(lab, policy))
+        figures["matrix_s"] = round(time.monotonic() - started, 3)
+        figures["verdicts"] = len(run.cells)
+        figures["mismatches"] = sum(not c.ok for c in run.cells.values())
+        figures["verdicts_per_s"] = round(len(run.cells) / figures["matrix_s"], 1)
+
+        tcp = [f for f in matrix_flows(policy) if f.proto == "tcp"]
+        sample = random.Random(1).sample(tcp, min(args.sample, len(tcp)))
+        started = time.monotonic()
+        for flow in sample:
+            naive_probe(lab, flow)
+        naive_s = time.monotonic() - started
+        figures["naive_sample"] = len(sample)
+        figures["naive_verdicts_per_s"] = round(len(sample) / naive_s, 2)
+        figures["naive_matrix_s_estimate"] = round(len(run.cells) / figures["naive_verdicts_per_s"], 1)
+        figures["speedup"] = round(figures["verdicts_per_s"] / figures["naive_verdicts_per_s"], 1)
+    finally:
+        started = time.monotonic()
+        lab.down()
+        figures["down_s"] = round(time.monotonic() - started, 3)
+
+    for key, value in figures.items():
+        print(f"{key:>24}: {value}")
+    if args.json:
+        print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

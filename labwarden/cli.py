@@ -1,0 +1,107 @@
+"""`labwarden up|down|status|matrix`: the lab outside pytest.
+
+    labwarden up [--topology homelab] [--router-config FILE]   start a lab and leave it running
+    labwarden down [--topology homelab | --all]                remove it (or every labwarden lab)
+    labwarden status                                           list the running labs
+    labwarden matrix [--topology homelab] [--router-config FILE]
+                     probe the segmentation matrix (on the running lab, else a temporary
+                     one) and print the grid; exit 1 on any mismatch
+    labwarden diff --topology homelab --before REF_OR_FILE [--after FILE]
+                     probe the matrix under both router configs (one lab), print the flows
+                     whose verdict changed; exit 1 when the after config violates the policy
+"""
+
+import argparse
+import asyncio
+import sys
+
+import docker
+
+from .errors import LabwardenError
+from .lab import Lab, down_all, kept_project, labwarden_projects, remove_project
+from .matrix import render_grid, run_matrix
+from .policy import load_policy
+from .topology import load_topology
+
+
+def _load(args):
+    topology = load_topology(args.topology)
+    return topology, load_policy(topology)
+
+
+def cmd_up(args):
+    topology, policy = _load(args)
+    lab = Lab(topology, policy, router_config=args.router_config, keep=True,
+              log=lambda m: print(m, file=sys.stderr)).up()
+    print(f"lab {lab.project} is up ({lab.timings['up_s']:.1f} s): {', '.join(topology.nodes)}")
+    return 0
+
+
+def cmd_down(args):
+    if args.all:
+        removed = down_all()
+        print("removed: " + (", ".join(removed) if removed else "nothing"))
+    else:
+        topology = load_topology(args.topology)
+        remove_project(docker.from_env(), kept_project(topology))
+        print(f"removed {kept_project(topology)}")
+    return 0
+
+
+def cmd_status(args):
+    client = docker.from_env()
+    projects = sorted(labwarden_projects(client))
+    if not projects:
+        print("no labwarden lab is running")
+    for project in projects:
+        containers = client.containers.list(
+            all=True, filters={"label": f"com.docker.compose.project={project}"})
+        states = ", ".join(f"{c.labels['com.docker.compose.service']}={c.status}" for c in containers)
+        print(f"{project}: {states}")
+    return 0
+
+
+def cmd_matrix(args):
+    topology, policy = _load(args)
+    keep = kept_project(topology) in labwarden_projects(docker.from_env())
+    with Lab(topology, policy, router_config=args.router_config, keep=keep,
+             log=lambda m: print(m, file=sys.stderr)) as lab:
+        run = asyncio.run(run_matrix(lab, policy, timeout=args.probe_timeout))
+    print(render_grid(run))
+    for cell in run.cells.values():
+        if not cell.ok:
+            print("  " + cell.message(policy))
+    for src, cells in run.failed_controls.items():
+        print(f"  positive controls of {policy.label(src)} failed: "
+              + "; ".join(c.message(policy) for c in cells))
+    return 1 if run.failed_controls or any(not c.ok for c in run.cells.values()) else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="labwarden", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func in (("up", cmd_up), ("down", cmd_down), ("status", cmd_status), ("matrix", cmd_matrix)):
+        p = sub.add_parser(name)
+        p.set_defaults(func=func)
+        if name != "status":
+            p.add_argument("--topology", default="homelab")
+        if name in ("up", "matrix"):
+            p.add_argument("--router-config", default=None)
+        if name == "matrix":
+            p.add_argument("--probe-timeout", type=float, default=1.0)
+        if name == "down":
+            p.add_argument("--all", action="store_true", help="remove every labwarden lab")
+    from .diff import add_parser as add_diff_parser
+    add_diff_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except LabwardenError as err:
+        print(f"labwarden: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,500 @@
+"""Link impairments: named profiles, the links a lab declares, and how they are applied.
+
+A *link* is a segment (every packet crossing it is impaired once) or one node's
+attachment to a segment (``NODE@SEGMENT``: both directions between that node and the
+segment). compose.yaml declares them, beside what they describe::
+
+    networks:
+      sky:
+        x-labwarden: {impair: geo-satellite}          # the segment
+    services:
+      laptop:
+        x-labwarden:
+          impair: {cabin: {profile: airline-wifi, loss: 0%}}   # the laptop's attachment
+
+A profile is a name from PROFILES, or a mapping of ``delay`` (one way), ``jitter``
+(uniform, +-), ``loss`` (per direction), ``rate``, ``limit`` (packets queued behind the
+rate), ``reorder``, optionally on top of a named ``profile``.
+
+Applying (`apply`, called by `Lab.up`): `tc netem` where the kernel has it, else the
+userspace delay line (probe/delayline.py), chosen by trying a netem qdisc in the prober's
+own namespace; the reason is kept for the run's header. Each link is cut into *legs*
+(one sender onto the segment, towards everyone there or towards one node). The delay
+line carries a leg in the sender (egress), unless the sender runs a firewall (its
+forward chain would judge the detour through the TUN): then every receiver carries it
+(ingress, by the sender's MAC address). netem carries every leg in the sender. Every
+impairment is read back after it is applied; a mismatch stops the lab.
+
+The declared part (profiles, links, legs, expected delays) imports nothing of Docker;
+`apply` drives the lab's prober.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import zlib
+from dataclasses import asdict, dataclass, field, replace
+
+from .errors import ConfigError, LabError
+from .topology import Topology, read_yaml
+
+METHODS = ("auto", "netem", "delayline", "none")
+PROFILE_KEYS = ("profile", "delay", "jitter", "loss", "rate", "limit", "reorder")
+DELAYLINE_IN_PROBER = "/opt/labwarden/delayline.py"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One direction of a link: delay and jitter in ms, loss in %, rate in kbit/s (0: none)."""
+    name: str
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss_pct: float = 0.0
+    rate_kbit: float = 0.0
+    limit: int = 1000
+    reorder: bool = False
+
+    @property
+    def rtt_ms(self) -> float:
+        return 2 * self.delay_ms
+
+    def describe(self) -> str:
+        parts = [f"{self.delay_ms:g} ms each way"]
+        if self.jitter_ms:
+            parts.append(f"±{self.jitter_ms:g} ms jitter")
+        if self.loss_pct:
+            parts.append(f"{self.loss_pct:g}% loss")
+        if self.rate_kbit:
+            parts.append(f"{self.rate_kbit:g} kbit/s")
+        return f"{self.name} ({', '.join(parts)})"
+
+    def relay(self) -> dict:
+        return {"delay_ms": self.delay_ms, "jitter_ms": self.jitter_ms, "loss_pct": self.loss_pct,
+                "rate_kbit": self.rate_kbit, "limit": self.limit, "reorder": self.reorder}
+
+    def netem_args(self) -> list[str]:
+        args = ["delay", f"{self.delay_ms:g}ms"]
+        if self.jitter_ms:
+            args.append(f"{self.jitter_ms:g}ms")
+        if self.loss_pct:
+            args += ["loss", f"{self.loss_pct:g}%"]
+        if self.rate_kbit:
+            args += ["rate", f"{self.rate_kbit:g}kbit"]
+        return args + ["limit", str(self.limit)]
+
+
+# RTTs as the issue names them; one-way figures are half. Loss is per direction, so a
+# round trip over geo-satellite loses about 1%.
+PROFILES = {
+    "lan": Profile("lan", delay_ms=0.1),
+    "fiber-isp": Profile("fiber-isp", delay_ms=5, jitter_ms=0.5),
+    "leo-satellite": Profile("leo-satellite", delay_ms=20, jitter_ms=7, loss_pct=0.2),
+    "geo-satellite": Profile("geo-satellite", delay_ms=300, jitter_ms=10, loss_pct=0.5),
+    "airline-wifi": Profile("airline-wifi", delay_ms=300, jitter_ms=10, loss_pct=0.5,
+                            rate_kbit=1500, limit=100),
+}
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str                  # "sky" (a segment) or "sat@sky" (an attachment)
+    segment: str
+    node: str | None
+    profile: Profile
+
+    def covers(self, sender: str, segment: str, receiver: str) -> bool:
+        """Whether a packet from sender to receiver over segment crosses this link."""
+        return segment == self.segment and (self.node is None or self.node in (sender, receiver))
+
+
+@dataclass(frozen=True)
+class Leg:
+    """Packets `sender` puts onto `segment`, for everyone there (to=None) or for one node."""
+    link: Link
+    sender: str
+    to: str | None
+
+
+# ---------------------------------------------------------------- parsing
+
+_UNITS = {"ms": 1.0, "s": 1000.0, "us": 0.001}
+_RATES = {"kbit": 1.0, "mbit": 1000.0, "gbit": 1e6, "bit": 0.001}
+
+
+def _quantity(f, where, raw, units: dict, default_unit: str) -> float:
+    if isinstance(raw, bool):
+        raise ConfigError(f, where, f"{raw!r} is not a quantity")
+    if isinstance(raw, (int, float)):
+        value = float(raw)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z%/]*)\s*", str(raw).lower())
+        unit = (m.group(2) if m else "") or default_unit
+        unit = unit.removesuffix("/s").removesuffix("ps")
+        if not m or unit not in units:
+            raise ConfigError(f, where, f"{raw!r} is not a quantity in {', '.join(units)} "
+                              f"(e.g. 300 {default_unit})")
+        value = float(m.group(1)) * units[unit]
+    if value < 0:
+        raise ConfigError(f, where, f"{raw!r} must not be negative")
+    return value
+
+
+def parse_profile(f, where, raw) -> Profile:
+    """A profile name, or a mapping of settings (optionally on top of a named profile)."""
+    names = ", ".join(PROFILES)
+    if isinstance(raw, str):
+        if raw not in PROFILES:
+            raise ConfigError(f, where, f"unknown profile {raw!r}; known profiles: {names}")
+        return PROFILES[raw]
+    if not isinstance(raw, dict):
+        raise ConfigError(f, where, f"must be a profile name ({names}) or a mapping with keys among: "
+                          f"{', '.join(PROFILE_KEYS)}")
+    for key in raw:
+        if key not in PROFILE_KEYS:
+            raise ConfigError(f, f"{where}.{key}", f"unknown key; known keys: {', '.join(PROFILE_KEYS)}")
+    base = parse_profile(f, f"{where}.profile", raw["profile"]) if "profile" in raw else Profile("custom")
+    changes = {}
+    if "delay" in raw:
+        changes["delay_ms"] = _quantity(f, f"{where}.delay", raw["delay"], _UNITS, "ms")
+    if "jitter" in raw:
+        changes["jitter_ms"] = _quantity(f, f"{where}.jitter", raw["jitter"], _UNITS, "ms")
+    if "loss" in raw:
+        changes["loss_pct"] = _quantity(f, f"{where}.loss", raw["loss"], {"%": 1.0}, "%")
+        if changes["loss_pct"] > 100:
+            raise ConfigError(f, f"{where}.loss", f"{raw['loss']!r} is more than 100%")
+    if "rate" in raw:
+        changes["rate_kbit"] = _quantity(f, f"{where}.rate", raw["rate"], _RATES, "kbit")
+    if "limit" in raw:
+        limit = raw["limit"]
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigError(f, f"{where}.limit", f"{limit!r} is not a positive number of packets")
+        changes["limit"] = limit
+    if "reorder" in raw:
+        if not isinstance(raw["reorder"], bool):
+            raise ConfigError(f, f"{where}.reorder", f"{raw['reorder']!r} must be true or false")
+        changes["reorder"] = raw["reorder"]
+    if changes and "profile" in raw:
+        changes["name"] = f"{base.name}*"
+    profile = replace(base, **changes)
+    if profile.jitter_ms > profile.delay_ms:
+        raise ConfigError(f, f"{where}.jitter", f"jitter {profile.jitter_ms:g} ms is more than the delay "
+                          f"{profile.delay_ms:g} ms: a packet cannot leave before it came")
+    return profile
+
+
+def load_links(topology: Topology) -> list[Link]:
+    """The impaired links compose.yaml declares (x-labwarden.impair on networks and services)."""
+    f = _shown(topology)
+    doc = read_yaml(topology.compose_file, f)
+    links = []
+    for name, spec in (doc.get("networks") or {}).items():
+        x = (spec or {}).get("x-labwarden") if isinstance(spec, dict) else None
+        if x is None:
+            continue
+        where = f"networks.{name}.x-labwarden"
+        if not isinstance(x, dict) or set(x) - {"impair"}:
+            raise ConfigError(f, where, "must be a mapping with the key: impair")
+        if str(name) not in topology.segments:
+            continue
+        links.append(Link(str(name), str(name), None, parse_profile(f, f"{where}.impair", x["impair"])))
+    for name, spec in (doc.get("services") or {}).items():
+        x = (spec or {}).get("x-labwarden") if isinstance(spec, dict) else None
+        if not isinstance(x, dict) or x.get("impair") is None:
+            continue
+        where = f"services.{name}.x-labwarden.impair"
+        node = topology.nodes.get(str(name))
+        if node is None:
+            raise ConfigError(f, where, f"{name} shares another node's network: impair that node's links")
+        if not isinstance(x["impair"], dict):
+            raise ConfigError(f, where, "must map the node's segments to profiles, e.g. {sky: geo-satellite}")
+        for seg, raw in x["impair"].items():
+            if seg not in node.addresses:
+                raise ConfigError(f, f"{where}.{seg}", f"{seg} is not a segment {name} is attached to "
+                                  f"(attached: {', '.join(node.segments)})")
+            links.append(Link(f"{name}@{seg}", str(seg), str(name), parse_profile(f, f"{where}.{seg}", raw)))
+    return links
+
+
+def _shown(topology: Topology) -> str:
+    from .policy import _shown as shown  # one way of shortening paths for messages
+    return shown(topology.compose_file)
+
+
+# ---------------------------------------------------------------- what a path should see
+
+def legs(topology: Topology, links: list[Link]) -> list[Leg]:
+    out = []
+    for link in links:
+        attached = [n for n, node in topology.nodes.items() if link.segment in node.addresses]
+        if link.node is None:
+            out += [Leg(link, sender, None) for sender in attached]
+        else:
+            out.append(Leg(link, link.node, None))
+            out += [Leg(link, sender, link.node) for sender in attached if sender != link.node]
+    return out
+
+
+def crossing_delay(links: list[Link], sender: str, segment: str, receiver: str) -> tuple[float, float]:
+    """(delay, jitter) in ms, one way, of a packet crossing segment from sender to receiver."""
+    hit = [l.profile for l in links if l.covers(sender, segment, receiver)]
+    return sum(p.delay_ms for p in hit), sum(p.jitter_ms for p in hit)
+
+
+# ---------------------------------------------------------------- the delay line's plan
+
+def _routes_onto(topology: Topology, sender: str, segment: str, to: str | None) -> list[list[str]]:
+    """[prefix, src] of every route of sender that leaves over segment (towards `to`)."""
+    node = topology.nodes[sender]
+    src = str(node.addresses[segment])
+    subnet = topology.segments[segment].subnet
+    hops = {"default": node.gateway} if node.gateway else {}
+    hops |= {str(prefix): hop for prefix, hop in node.routes.items()}
+    if to is None:
+        routes = [str(subnet)] + [p for p, hop in hops.items() if hop in subnet]
+    else:
+        target = topology.nodes[to].addresses[segment]
+        routes = [f"{target}/32"] + [p for p, hop in hops.items() if hop == target]
+    return [[prefix, src] for prefix in routes]
+
+
+def delayline_plan(topology: Topology, links: list[Link], firewalled: set[str],
+                   macs: dict[tuple[str, str], str]) -> dict[str, list[dict]]:
+    """Per node, the links its relay carries (the request format of delayline.py)."""
+    plan: dict[str, dict[int, dict]] = {}
+
+    def entry(node: str, k: int, link: Link) -> dict:
+        return plan.setdefault(node, {}).setdefault(k, {
+            "id": k, "name": link.name, "profile": link.profile.relay()})
+
+    for k, link in enumerate(links):
+        for leg in legs(topology, [link]):
+            node = topology.nodes[leg.sender]
+            ifname = node.interfaces[link.segment]
+            if leg.sender not in firewalled:
+                e = entry(leg.sender, k, link)
+                e["egress"] = {"ifname": ifname, "local": True,
+                               "routes": _routes_onto(topology, leg.sender, link.segment, leg.to),
+                               "from": [i for s, i in node.interfaces.items() if s != link.segment]}
+                continue
+            receivers = [leg.to] if leg.to else [n for n, other in topology.nodes.items()
+                                                  if link.segment in other.addresses and n != leg.sender]
+            for receiver in receivers:
+                if receiver in firewalled:
+                    raise LabError(f"link {link.name}: neither {leg.sender} nor {receiver} can carry the "
+                                   "delay line between them (both run a firewall, which would judge the "
+                                   "detour through the relay); impair another link, or use netem")
+                e = entry(receiver, k, link)
+                ingress = e.setdefault("ingress", {"ifname": topology.nodes[receiver].interfaces[link.segment],
+                                                   "macs": []})
+                ingress["macs"].append(macs[(leg.sender, link.segment)])
+    return {node: list(by_k.values()) for node, by_k in plan.items()}
+
+
+def netem_plan(topology: Topology, links: list[Link]) -> dict[str, list[list[str]]]:
+    """Per node, the `tc` commands (argv) that put each leg on the sender's egress."""
+    plan: dict[str, list[list[str]]] = {}
+    by_iface: dict[tuple[str, str], list[Leg]] = {}
+    for leg in legs(topology, links):
+        by_iface.setdefault((leg.sender, leg.link.segment), []).append(leg)
+    for (sender, segment), mine in by_iface.items():
+        dev = topology.nodes[sender].interfaces[segment]
+        cmds = plan.setdefault(sender, [])
+        everyone = [l for l in mine if l.to is None]
+        if everyone and len(mine) == 1:
+            cmds.append(["tc", "qdisc", "replace", "dev", dev, "root", "netem", *everyone[0].link.profile.netem_args()])
+            continue
+        # towards one node only (or several links on one interface): a prio band per leg
+        cmds.append(["tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "prio", "bands",
+                     str(2 + len(mine)), "priomap", *["1"] * 16])
+        for i, leg in enumerate(mine):
+            band = 3 + i
+            cmds.append(["tc", "qdisc", "add", "dev", dev, "parent", f"1:{band}", "handle", f"{band}0:",
+                         "netem", *leg.link.profile.netem_args()])
+            prefixes = [p for p, _ in _routes_onto(topology, sender, segment, leg.to)]
+            for j, prefix in enumerate(prefixes):
+                prefix = "0.0.0.0/0" if prefix == "default" else prefix
+                cmds.append(["tc", "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio",
+                             str(10 * (i + 1) + (j > 0) * 50), "u32", "match", "ip", "dst", prefix,
+                             "flowid", f"1:{band}"])
+    return plan
+
+
+# ---------------------------------------------------------------- applying
+
+@dataclass
+class Impairment:
+    """What a lab's links are, how they were applied, and what was read back."""
+    links: list[Link]
+    method: str = "none"           # netem | delayline | none
+    reason: str = ""
+    carriers: dict[str, list[str]] = field(default_factory=dict)  # node -> what it carries
+    readback: dict = field(default_factory=dict)
+
+    def header(self) -> dict:
+        return {"method": self.method, "reason": self.reason,
+                "links": [{"link": l.name, "profile": l.profile.describe(), **asdict(l.profile)}
+                          for l in self.links],
+                "carriers": self.carriers}
+
+    def summary(self) -> str:
+        """One line for the run's header: which links, how, and why that way."""
+        if not self.links or self.method == "none":
+            return f"links: none impaired ({self.reason})"
+        links = "; ".join(f"{l.name}: {l.profile.describe()}" for l in self.links)
+        how = "tc netem" if self.method == "netem" else "the userspace delay line"
+        return f"links impaired with {how} ({self.reason}): {links}"
+
+    def link(self, name: str) -> Link:
+        for link in self.links:
+            if link.name == name:
+                return link
+        raise LabError(f"no impaired link {name!r} (links: {', '.join(l.name for l in self.links) or 'none'})")
+
+
+def prober_exec(lab, *argv: str, detach: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
+    from .lab import PROBER  # the realiser, only when applying
+    container = lab.containers[PROBER].name
+    return subprocess.run(["docker", "exec", *(["-d"] if detach else []), container, *argv],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def netem_available(lab) -> tuple[bool, str]:
+    """Try a netem qdisc on the prober's own loopback (its namespace has nothing else)."""
+    proc = prober_exec(lab, "sh", "-c", "tc qdisc add dev lo root netem delay 0ms && tc qdisc del dev lo root")
+    if proc.returncode == 0:
+        return True, "tc netem works on this kernel"
+    why = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+    return False, (f"this kernel has no sch_netem (`tc qdisc add ... netem`: {why[-1] if why else 'failed'}); "
+                   "links go through labwarden's userspace delay line")
+
+
+def firewalled_nodes(lab) -> set[str]:
+    nodes = {n for n, node in lab.topology.nodes.items() if node.firewall is not None}
+    if lab.policy is not None and lab.router_firewall():
+        nodes.add(lab.policy.router)
+    return nodes
+
+
+def apply(lab, method: str = "auto", links: list[Link] | None = None) -> Impairment:
+    """Impair the lab's declared links (or these) and read them back; nothing without any."""
+    links = load_links(lab.topology) if links is None else links
+    impairment = Impairment(links)
+    if not links or method == "none":
+        impairment.reason = "no impaired links" if not links else "impairment switched off (--impair none)"
+        return impairment
+    if method not in METHODS:
+        raise LabError(f"unknown impairment method {method!r} (known: {', '.join(METHODS)})")
+    has_netem, why = netem_available(lab)
+    if method == "netem" and not has_netem:
+        raise LabError(f"--impair netem: {why.split(';')[0]}")
+    impairment.method = "netem" if (method == "netem" or (method == "auto" and has_netem)) else "delayline"
+    impairment.reason = why if method == "auto" else f"--impair {method} ({why})"
+    if impairment.method == "netem":
+        _apply_netem(lab, impairment)
+    else:
+        _apply_delayline(lab, impairment)
+    return impairment
+
+
+def _apply_netem(lab, impairment: Impairment) -> None:
+    plan = netem_plan(lab.topology, impairment.links)
+    for node, cmds in plan.items():
+        netns = lab.transports[node].netns
+        script = " && ".join(" ".join(c) for c in cmds)
+        proc = prober_exec(lab, "nsenter", f"--net={netns}", "sh", "-c", script)
+        if proc.returncode != 0:
+            raise LabError(f"impairing {node} with netem failed: {proc.stderr.strip()}")
+        devs = sorted({c[4] for c in cmds})
+        shown = prober_exec(lab, "nsenter", f"--net={netns}", "sh", "-c",
+                            " ; ".join(f"tc -j qdisc show dev {d}" for d in devs))
+        qdiscs = [q for line in shown.stdout.splitlines() if line.strip().startswith("[")
+                  for q in json.loads(line)]
+        netems = [q for q in qdiscs if q.get("kind") == "netem"]
+        wanted = sum(1 for c in cmds if "netem" in c)
+        if len(netems) != wanted:
+            raise LabError(f"impairing {node}: {wanted} netem qdiscs applied, {len(netems)} read back: {qdiscs}")
+        impairment.readback[node] = qdiscs
+        impairment.carriers[node] = [f"netem on {d}" for d in devs]
+
+
+def _apply_delayline(lab, impairment: Impairment) -> None:
+    topology = lab.topology
+    macs = {(n, s): lab.mac(n, s) for n, node in topology.nodes.items() for s in node.addresses}
+    plan = delayline_plan(topology, impairment.links, firewalled_nodes(lab), macs)
+    request = {"nodes": {node: {"netns": lab.transports[node].netns,
+                                "addresses": [str(a) for a in topology.nodes[node].addresses.values()],
+                                "links": entries} for node, entries in plan.items()}}
+    encoded = base64.b64encode(zlib.compress(json.dumps(request).encode())).decode()
+    proc = prober_exec(lab, "python3", DELAYLINE_IN_PROBER, "start", encoded)
+    try:
+        answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise LabError(f"the delay line did not start: {proc.stderr.strip()[-2000:] or proc.stdout[-500:]}") from None
+    errors = [a["error"] for a in answer.get("nodes", {}).values() if "error" in a]
+    if answer.get("error") or errors:
+        raise LabError(f"the delay line did not start: {answer.get('error') or '; '.join(errors)}")
+    for node, entries in plan.items():
+        status = answer["nodes"][node]["ok"]
+        problems = verify_delayline(entries, status["readback"])
+        if problems:
+            raise LabError(f"the delay line in {node} did not read back as applied: {'; '.join(problems)}")
+        impairment.readback[node] = status
+        impairment.carriers[node] = [f"{e['name']}: " + " + ".join(
+            ([f"egress {e['egress']['ifname']}"] if "egress" in e else [])
+            + ([f"ingress {e['ingress']['ifname']} from {len(e['ingress']['macs'])} sender(s)"]
+               if "ingress" in e else [])) for e in entries]
+
+
+def verify_delayline(entries: list[dict], readback: dict) -> list[str]:
+    """What the relay's read-back lacks of its plan (empty: all there)."""
+    problems = []
+    tuns = {t["name"]: t for t in readback.get("tuns", [])}
+    for e in entries:
+        k = e["id"]
+        kinds = (["o"] if "egress" in e else []) + (["i", "j"] if "ingress" in e else [])
+        for t in kinds:
+            name = f"lwd{k}{t}"
+            if not tuns.get(name, {}).get("up"):
+                problems.append(f"TUN {name} is not up")
+        if "egress" in e:
+            table = readback.get("tables", {}).get(str(1100 + 3 * k), [])
+            have = {r.get("dst") for r in table}
+            for prefix, _ in e["egress"]["routes"]:
+                if prefix not in have:
+                    problems.append(f"route {prefix} missing from table {1100 + 3 * k}")
+            rules = [r for r in readback.get("rules", []) if r.get("priority") == 400
+                     and r.get("table") == str(1100 + 3 * k)]
+            if not any(r.get("iif") == "lo" for r in rules):
+                problems.append(f"no rule sends locally made packets into lwd{k}o")
+        if "ingress" in e:
+            nft = readback.get("nft", "")
+            for mac in e["ingress"]["macs"]:
+                if mac.lower() not in nft.lower():
+                    problems.append(f"no nft mark for frames from {mac}")
+    sysctls = readback.get("sysctls", {})
+    if sysctls.get("net.ipv4.ip_forward") != "1":
+        problems.append("ip_forward is not 1")
+    return problems
+
+
+def prober_status(lab) -> dict:
+    """`delayline.py status`: each relay's liveness, counters and a fresh read-back, per node."""
+    proc = prober_exec(lab, "python3", DELAYLINE_IN_PROBER, "status")
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1]).get("nodes", {})
+    except (ValueError, IndexError):
+        raise LabError(f"the delay line's status could not be read: {proc.stderr.strip()[-1000:]}") from None
+
+
+def counters(lab) -> dict:
+    """The relays' counters now (packets in, out, lost, ...), per node and direction."""
+    proc = prober_exec(lab, "python3", DELAYLINE_IN_PROBER, "status")
+    try:
+        nodes = json.loads(proc.stdout.strip().splitlines()[-1]).get("nodes", {})
+    except (ValueError, IndexError):
+        return {}
+    return {n: {"alive": s.get("alive"), "counters": s.get("counters")} for n, s in nodes.items()}
+

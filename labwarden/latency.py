@@ -1,0 +1,541 @@
+"""Latency: budgets a policy declares, how they are measured, and how the figures are judged.
+
+Budgets live in policy.yaml, per path::
+
+    budgets:
+      personal/laptop -> servers/web tcp/443: [p95 < 5 ms, loss < 2%]
+      laptop -> web icmp: p50 < 1 ms
+      visitor -> edge http/80/index.html:                  # a page load (http/PORT[/PATH])
+        limits: [p95 < 1500 ms, ttfb p95 < 1500 ms]
+        samples: 20                                        # default 20
+        interval: 20 ms                                    # between launches (default 10 ms)
+        timeout: 5 s                                       # per sample (default 3 s)
+
+A path is ``SRC -> DST MEASURE``: nodes (optionally ``zone/node``; the router as
+``router@segment``) or an address; MEASURE is ``icmp`` (echo round trip), ``tcp/N``
+(connect time) or ``http/N[/PATH]`` (full page load; ``ttfb ...`` limits judge the time
+to the first byte). A limit is ``METRIC < VALUE``: min, p50, p95, p99, max, mean, jitter
+(RFC 3550 style: mean absolute difference of consecutive samples) in ms or s, or loss
+in %. Percentiles interpolate linearly between the received samples; lost samples only
+count as loss.
+
+Also here: the expected route of a path through the topology (for traceroutes) and the
+round trip a path should show given the lab's impaired links. Pure logic but for
+`measure`/`traceroute`, which run through a lab's probe agents.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from .errors import ConfigError
+from .impair import Link, crossing_delay
+from .probe import NodeJob
+
+METRICS = ("min", "p50", "p95", "p99", "max", "mean", "jitter", "loss")
+KINDS = ("icmp", "tcp", "http")
+BUDGET_KEYS = ("limits", "samples", "interval", "timeout")
+DEFAULT_SAMPLES, DEFAULT_INTERVAL_S, DEFAULT_TIMEOUT_S = 20, 0.01, 3.0
+ACCURACY_PCT, ACCURACY_FLOOR_MS = 1.0, 2.0
+
+
+# ---------------------------------------------------------------- statistics
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def jitter(samples: list[float | None]) -> float | None:
+    """Mean absolute difference of consecutive received samples, in sending order."""
+    got = [s for s in samples if s is not None]
+    if len(got) < 2:
+        return None
+    return sum(abs(b - a) for a, b in zip(got, got[1:])) / (len(got) - 1)
+
+
+@dataclass(frozen=True)
+class Stats:
+    count: int
+    received: int
+    loss_pct: float
+    min: float | None
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    max: float | None
+    mean: float | None
+    jitter: float | None
+
+    @classmethod
+    def of(cls, samples: list[float | None]) -> Stats:
+        got = [s for s in samples if s is not None]
+        loss = 100.0 * (len(samples) - len(got)) / len(samples) if samples else 100.0
+        return cls(len(samples), len(got), loss, min(got, default=None), percentile(got, 50),
+                   percentile(got, 95), percentile(got, 99), max(got, default=None),
+                   sum(got) / len(got) if got else None, jitter(samples))
+
+    def get(self, metric: str) -> float | None:
+        return self.loss_pct if metric == "loss" else getattr(self, metric)
+
+    def row(self) -> list:
+        f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        return [self.count, f"{self.loss_pct:.1f}%", f(self.min), f(self.p50), f(self.p95), f(self.p99),
+                f(self.max), f(self.jitter)]
+
+
+STATS_COLUMNS = ["n", "loss", "min", "p50", "p95", "p99", "max", "jitter"]
+
+
+# ---------------------------------------------------------------- budgets
+
+@dataclass(frozen=True)
+class Limit:
+    metric: str            # one of METRICS
+    bound: float           # ms, or % for loss
+    strict: bool = True    # < (else <=)
+    series: str = "main"   # main | ttfb (http only)
+    text: str = ""
+
+    def holds(self, stats: Stats) -> bool:
+        value = stats.get(self.metric)
+        if value is None:
+            return False
+        return value < self.bound if self.strict else value <= self.bound
+
+    def unit(self) -> str:
+        return "%" if self.metric == "loss" else " ms"
+
+
+@dataclass(frozen=True)
+class Budget:
+    label: str             # the path as the policy names it
+    src: str
+    dst: IPv4Address
+    dst_node: str | None
+    kind: str              # icmp | tcp | http
+    port: int | None
+    path: str
+    limits: tuple[Limit, ...]
+    samples: int = DEFAULT_SAMPLES
+    interval_s: float = DEFAULT_INTERVAL_S
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    @property
+    def measure(self) -> str:
+        if self.kind == "icmp":
+            return "icmp"
+        return f"{self.kind}/{self.port}" + (self.path if self.kind == "http" and self.path != "/" else "")
+
+    def spec(self, spec_id: int) -> dict:
+        item = {"id": spec_id, "kind": self.kind, "dst": str(self.dst), "count": self.samples,
+                "interval_s": self.interval_s, "timeout_s": self.timeout_s}
+        if self.port is not None:
+            item["port"] = self.port
+        if self.kind == "http":
+            item["path"] = self.path
+        return item
+
+
+_LIMIT = re.compile(r"\s*(?:(ttfb)\s+)?([a-z0-9]+)\s*(<=|<)\s*([0-9]*\.?[0-9]+)\s*(ms|s|%)?\s*$")
+_MEASURE = re.compile(r"^(icmp|tcp/(\d+)|http/(\d+)(/\S*)?)$")
+
+
+def parse_limit(f, where, raw, kind: str) -> Limit:
+    m = _LIMIT.match(str(raw).lower()) if isinstance(raw, str) else None
+    forms = "METRIC < VALUE, e.g. 'p95 < 5 ms' or 'loss < 2%' (metrics: " + ", ".join(METRICS) + ")"
+    if not m:
+        raise ConfigError(f, where, f"{raw!r} is not a limit: use {forms}")
+    ttfb, metric, op, value, unit = m.groups()
+    if metric not in METRICS:
+        raise ConfigError(f, where, f"unknown metric {metric!r} in {raw!r}; metrics: {', '.join(METRICS)}")
+    if ttfb and kind != "http":
+        raise ConfigError(f, where, f"{raw!r}: ttfb limits are for http/N paths only")
+    if metric == "loss":
+        if unit not in (None, "%"):
+            raise ConfigError(f, where, f"{raw!r}: loss is a percentage, e.g. 'loss < 2%'")
+        bound = float(value)
+    else:
+        if unit == "%":
+            raise ConfigError(f, where, f"{raw!r}: {metric} is a time, e.g. '{metric} < 5 ms'")
+        bound = float(value) * (1000.0 if unit == "s" else 1.0)
+    return Limit(metric, bound, op == "<", "ttfb" if ttfb else "main", str(raw).strip())
+
+
+def _endpoint(f, where, text: str, policy, side: str):
+    """(node, address) of one end of a path."""
+    topology = policy.topology
+    name = text.split("/", 1)[1] if "/" in text else text
+    try:
+        address = IPv4Address(text)
+    except ValueError:
+        address = None
+    if address is not None:
+        holder = topology.node_at(address)
+        if side == "src":
+            raise ConfigError(f, where, f"the source {text} must be a node, not an address")
+        return (holder.name if holder else None), address
+    node, _, segment = name.partition("@")
+    if node not in topology.nodes:
+        raise ConfigError(f, where, f"unknown node {node!r} in the path; nodes: {', '.join(topology.nodes)}")
+    if "/" in text and text.split("/", 1)[0] != policy.zone_of(node) and node != policy.router:
+        raise ConfigError(f, where, f"{node} is in zone {policy.zone_of(node)}, not {text.split('/', 1)[0]}")
+    if segment:
+        if segment not in topology.nodes[node].addresses:
+            raise ConfigError(f, where, f"{node} is not attached to segment {segment} "
+                              f"(attached: {', '.join(topology.nodes[node].segments)})")
+        return node, topology.nodes[node].addresses[segment]
+    return node, None
+
+
+def parse_budget(f, where, path: str, raw, policy) -> Budget:
+    text = " ".join(str(path).split())
+    src_text, arrow, rest = text.partition("->")
+    parts = rest.split()
+    if not arrow or len(parts) != 2:
+        raise ConfigError(f, where, f"{path!r} is not a path: use 'SRC -> DST MEASURE', e.g. "
+                          "'personal/laptop -> servers/web tcp/443' (MEASURE: icmp, tcp/N, http/N[/PATH])")
+    m = _MEASURE.match(parts[1])
+    if not m:
+        raise ConfigError(f, where, f"{parts[1]!r} is not a measure: use icmp, tcp/N or http/N[/PATH]")
+    kind = parts[1].split("/")[0]
+    port = int(m.group(2) or m.group(3)) if kind != "icmp" else None
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(f, where, f"port {port} is not in 1..65535")
+    src, _ = _endpoint(f, where, src_text.strip(), policy, "src")
+    dst_node, address = _endpoint(f, where, parts[0], policy, "dst")
+    if address is None:
+        address = nearest_address(policy.topology, src, dst_node)
+    if isinstance(raw, (str, list)):
+        raw = {"limits": raw}
+    if not isinstance(raw, dict):
+        raise ConfigError(f, where, "must be a limit, a list of limits, or a mapping with keys among: "
+                          + ", ".join(BUDGET_KEYS))
+    for key in raw:
+        if key not in BUDGET_KEYS:
+            raise ConfigError(f, f"{where}.{key}", f"unknown key; known keys: {', '.join(BUDGET_KEYS)}")
+    limits = raw.get("limits")
+    limits = [limits] if isinstance(limits, str) else limits
+    if not limits or not isinstance(limits, list):
+        raise ConfigError(f, f"{where}.limits", "missing: at least one limit such as 'p95 < 5 ms'")
+    parsed = tuple(parse_limit(f, f"{where}.limits[{i}]", item, kind) for i, item in enumerate(limits))
+    samples = raw.get("samples", DEFAULT_SAMPLES)
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= 1000:
+        raise ConfigError(f, f"{where}.samples", f"{samples!r} is not a number of samples (1..1000)")
+    from .impair import _UNITS, _quantity
+    interval = _quantity(f, f"{where}.interval", raw.get("interval", DEFAULT_INTERVAL_S * 1000), _UNITS, "ms")
+    timeout = _quantity(f, f"{where}.timeout", raw.get("timeout", DEFAULT_TIMEOUT_S * 1000), _UNITS, "ms")
+    path_part = (m.group(4) or "/") if kind == "http" else "/"
+    label = f"{_label(policy, src)} -> {_dst_label(policy, dst_node, address)} {parts[1]}"
+    return Budget(label, src, address, dst_node, kind, port, path_part, parsed, samples,
+                  interval / 1000, timeout / 1000)
+
+
+def _label(policy, node: str) -> str:
+    return policy.label(node)
+
+
+def _dst_label(policy, node: str | None, address: IPv4Address) -> str:
+    if node is None:
+        return str(address)
+    if node == policy.router:
+        return f"{node}@{policy.topology.segment_of(address).name}"
+    return policy.label(node)
+
+
+def nearest_address(topology, src: str, dst: str) -> IPv4Address:
+    """dst's address on a segment shared with src, else its first (as may_initiate picks)."""
+    a, b = topology.nodes[src], topology.nodes[dst]
+    shared = [s for s in b.segments if s in a.segments]
+    return b.addresses[shared[0] if shared else b.segments[0]]
+
+
+def load_budgets(f, raw, policy) -> list[Budget]:
+    if raw is None:
+        return []
+    if not isinstance(raw, dict):
+        raise ConfigError(f, "budgets", "must map paths ('SRC -> DST MEASURE') to limits")
+    return [parse_budget(f, f"budgets[{path}]", str(path), value, policy) for path, value in raw.items()]
+
+
+# ---------------------------------------------------------------- judging
+
+@dataclass
+class Measured:
+    budget: Budget
+    samples: list[float | None]
+    ttfb: list[float | None] = field(default_factory=list)
+    errors: dict = field(default_factory=dict)
+    status: list = field(default_factory=list)
+
+    @property
+    def stats(self) -> Stats:
+        return Stats.of(self.samples)
+
+    def series(self, name: str) -> Stats:
+        return Stats.of(self.ttfb) if name == "ttfb" else self.stats
+
+    def failures(self) -> list[str]:
+        """One line per broken limit, naming path, budget and the measured figure."""
+        out = []
+        for limit in self.budget.limits:
+            stats = self.series(limit.series)
+            if limit.holds(stats):
+                continue
+            value = stats.get(limit.metric)
+            what = f"{'ttfb ' if limit.series == 'ttfb' else ''}{limit.metric}"
+            seen = "nothing was received" if value is None else f"measured {what} {value:.2f}{limit.unit()}"
+            errors = (", errors: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.errors.items()))
+                      if self.errors else "")
+            out.append(f"{self.budget.label}: budget '{limit.text}' broken: {seen} "
+                       f"({stats.received}/{stats.count} samples, min {_ms(stats.min)}, p50 {_ms(stats.p50)}, "
+                       f"p95 {_ms(stats.p95)}, max {_ms(stats.max)}{errors})")
+        return out
+
+    def rows(self) -> list[dict]:
+        """Table rows: one per series (page load, ttfb), marked bad when a limit on it broke."""
+        rows = []
+        names = ["main"] + (["ttfb"] if self.budget.kind == "http" else [])
+        for name in names:
+            limits = [l for l in self.budget.limits if l.series == name]
+            stats = self.series(name)
+            what = {"icmp": "icmp echo rtt", "tcp": "tcp connect", "http": "page load"}[self.budget.kind]
+            what = "http ttfb" if name == "ttfb" else what
+            bad = any(not l.holds(stats) for l in limits)
+            rows.append({"cells": [self.budget.label, what, *stats.row(),
+                                   ", ".join(l.text for l in limits) or "-",
+                                   "FAIL" if bad else "ok"], "bad": bad})
+        return rows
+
+
+BUDGET_COLUMNS = ["path", "measure", *STATS_COLUMNS, "budget", "verdict"]
+
+
+def _ms(v) -> str:
+    return "-" if v is None else f"{v:.2f} ms"
+
+
+def render_table(columns: list[str], rows: list) -> str:
+    cells = [[str(c) for c in (r["cells"] if isinstance(r, dict) else r)] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+# ---------------------------------------------------------------- measuring
+
+@dataclass
+class TimedJob(NodeJob):
+    """A node's agent job with latency samples and traceroutes (probe/timing.py)."""
+    latency: list[dict] = field(default_factory=list)
+    traceroute: list[dict] = field(default_factory=list)
+
+    def request(self, netns):
+        item = super().request(netns)
+        if self.latency:
+            item["latency"] = self.latency
+        if self.traceroute:
+            item["traceroute"] = self.traceroute
+        return item
+
+
+async def measure(lab, budgets: list[Budget]) -> dict[Budget, Measured]:
+    """Every budget's samples, all source nodes at once (one agent call)."""
+    jobs: dict[str, TimedJob] = {}
+    order: dict[str, list[Budget]] = {}
+    for budget in budgets:
+        job = jobs.setdefault(budget.src, TimedJob())
+        job.latency.append(budget.spec(len(job.latency)))
+        order.setdefault(budget.src, []).append(budget)
+    answers = await lab.run(jobs)
+    out = {}
+    for src, mine in order.items():
+        rows = {r["id"]: r for r in answers[src].raw.get("latency", [])}
+        for i, budget in enumerate(mine):
+            row = rows.get(i, {"samples": [None] * budget.samples, "errors": {"no answer": budget.samples}})
+            out[budget] = Measured(budget, row["samples"], row.get("ttfb", []), row.get("errors", {}),
+                                   row.get("status", []))
+    return out
+
+
+async def ping(lab, pairs: list[tuple[str, IPv4Address]], count: int, interval_s: float,
+               timeout_s: float = 3.0) -> dict[tuple[str, IPv4Address], list[float | None]]:
+    """ICMP echo round trips from each (node, address), all at once."""
+    jobs: dict[str, TimedJob] = {}
+    keys: dict[str, list] = {}
+    for src, address in pairs:
+        job = jobs.setdefault(src, TimedJob())
+        job.latency.append({"id": len(job.latency), "kind": "icmp", "dst": str(address), "count": count,
+                            "interval_s": interval_s, "timeout_s": timeout_s})
+        keys.setdefault(src, []).append((src, address))
+    answers = await lab.run(jobs)
+    out = {}
+    for src, mine in keys.items():
+        rows = {r["id"]: r for r in answers[src].raw.get("latency", [])}
+        for i, key in enumerate(mine):
+            out[key] = rows.get(i, {}).get("samples", [None] * count)
+    return out
+
+
+# ---------------------------------------------------------------- the route a path takes
+
+@dataclass(frozen=True)
+class Hop:
+    ttl: int
+    node: str
+    address: IPv4Address      # where its answers come from: its address on the way in
+    segment: str
+    rtt_ms: float             # what the impaired links add, there and back
+    jitter_ms: float          # the most jitter can move that
+
+
+def expected_route(topology, links: list[Link], src: str, dst: IPv4Address, max_hops: int = 16) -> list[Hop]:
+    """The hops from src to dst by the topology's static routes (gateway, routes, on-link),
+    each with the round trip the impaired links on the way add."""
+    hops: list[Hop] = []
+    here, delay, spread = src, 0.0, 0.0
+    for ttl in range(1, max_hops + 1):
+        node = topology.nodes[here]
+        onlink = [s for s in node.segments if dst in topology.segments[s].subnet]
+        if onlink:
+            segment, hop_addr = onlink[0], dst
+        else:
+            routes = sorted(((p, h) for p, h in node.routes.items() if dst in p),
+                            key=lambda ph: ph[0].prefixlen, reverse=True)
+            hop_addr = routes[0][1] if routes else node.gateway
+            if hop_addr is None:
+                return hops
+            segment = next(s for s in node.segments if hop_addr in topology.segments[s].subnet)
+        nxt = topology.node_at(hop_addr)
+        if nxt is None:
+            return hops
+        d, j = crossing_delay(links, here, segment, nxt.name)
+        back, jb = crossing_delay(links, nxt.name, segment, here)
+        delay, spread = delay + d + back, spread + j + jb
+        arrived = onlink or dst in nxt.addresses.values()
+        hops.append(Hop(ttl, nxt.name, dst if arrived else nxt.addresses[segment], segment, delay, spread))
+        if arrived:
+            return hops
+        here = nxt.name
+    return hops
+
+
+def tolerance_ms(expected_ms: float) -> float:
+    """How far a measured round trip may lie from the configured one: 1% or 2 ms."""
+    return max(ACCURACY_FLOOR_MS, expected_ms * ACCURACY_PCT / 100)
+
+
+async def traceroute(lab, items: list[tuple[str, IPv4Address, str, int | None]], max_hops: int = 12,
+                     queries: int = 3, timeout_s: float = 3.0) -> dict[tuple, dict]:
+    """Traceroutes (src, dst, proto, port) from inside the nodes, all at once."""
+    jobs: dict[str, TimedJob] = {}
+    keys: dict[str, list] = {}
+    for src, dst, proto, port in items:
+        job = jobs.setdefault(src, TimedJob())
+        spec = {"id": len(job.traceroute), "dst": str(dst), "proto": proto, "max_hops": max_hops,
+                "queries": queries, "timeout_s": timeout_s}
+        if port is not None:
+            spec["port"] = port
+        job.traceroute.append(spec)
+        keys.setdefault(src, []).append((src, dst, proto, port))
+    answers = await lab.run(jobs)
+    out = {}
+    for src, mine in keys.items():
+        rows = {r["id"]: r for r in answers[src].raw.get("traceroute", [])}
+        for i, key in enumerate(mine):
+            out[key] = rows.get(i, {"reached": False, "hops": []})
+    return out
+
+
+def judge_traceroute(topology, links: list[Link], src: str, dst: IPv4Address, answer: dict,
+                     dst_node_override: str | None = None) -> tuple[list[dict], list[str]]:
+    """Table rows (hop, address, node, segment, latency, expected) and what is wrong."""
+    expected = expected_route(topology, links, src, dst)
+    rows, problems = [], []
+    hops = answer.get("hops", [])
+    if not answer.get("reached"):
+        problems.append(f"the traceroute from {src} never reached {dst}")
+    if answer.get("reached") and len(hops) != len(expected):
+        problems.append(f"{dst} was reached in {len(hops)} hops; the topology says {len(expected)} "
+                        f"({' -> '.join(h.node for h in expected)})")
+    for i, hop in enumerate(hops):
+        want = expected[i] if i < len(expected) else None
+        replies = hop.get("replies", [])
+        got = [r for r in replies if r and r.get("addr")]
+        addrs = sorted({r["addr"] for r in got})
+        times = [r["ms"] for r in got if r.get("ms") is not None]
+        shown = "  ".join("*" if not r or r.get("ms") is None else f"{r['ms']:.1f} ms" for r in replies)
+        holder = [topology.node_at(a) for a in addrs]
+        seg = [topology.segment_of(a) for a in addrs]
+        bad = False
+        if want is not None and addrs and addrs != [str(want.address)]:
+            bad = True
+            problems.append(f"hop {hop['ttl']}: answered by {', '.join(addrs)}; the topology says "
+                            f"{want.node} ({want.address})")
+        if want is not None and times:
+            median = percentile(times, 50)
+            slack = tolerance_ms(want.rtt_ms) + want.jitter_ms
+            if abs(median - want.rtt_ms) > slack + 1.0:  # +1 ms: answers to TTL probes take a slow path
+                bad = True
+                problems.append(f"hop {hop['ttl']} ({want.node}): median {median:.1f} ms; the links on the "
+                                f"way add {want.rtt_ms:.1f} ms (±{slack + 1.0:.1f} ms)")
+        rows.append({"cells": [hop["ttl"], ", ".join(addrs) or "*",
+                               ", ".join(h.name if h else "?" for h in holder) or "-",
+                               ", ".join(s.name if s else "?" for s in seg) or "-",
+                               shown or "* * *", f"{want.rtt_ms:.1f} ms" if want else "-"], "bad": bad})
+    return rows, problems
+
+
+TRACE_COLUMNS = ["hop", "address", "node", "segment", "latency", "links add"]
+
+
+# ---------------------------------------------------------------- checking the emulation
+
+@dataclass(frozen=True)
+class LinkCheck:
+    """A ping across one impaired link: who pings whom, and the round trip it must show."""
+    link: str
+    src: str
+    dst: IPv4Address
+    dst_node: str
+    rtt_ms: float
+    jitter_ms: float
+
+    @property
+    def interval_s(self) -> float:
+        """Far enough apart that jitter never has to hold a packet back to keep the order."""
+        return max(0.01, (2 * self.jitter_ms + 1) / 1000)
+
+    def judge(self, samples: list[float | None]) -> tuple[Stats, str | None]:
+        stats = Stats.of(samples)
+        allowed = tolerance_ms(self.rtt_ms)
+        if stats.p50 is None:
+            return stats, f"link {self.link}: no echo came back from {self.dst_node} ({self.dst}) to {self.src}"
+        if abs(stats.p50 - self.rtt_ms) > allowed:
+            return stats, (f"link {self.link}: {self.src} -> {self.dst_node} ({self.dst}) round trip p50 "
+                           f"{stats.p50:.2f} ms, configured {self.rtt_ms:.2f} ms (allowed ±{allowed:.2f} ms: "
+                           f"{ACCURACY_PCT:g}% or {ACCURACY_FLOOR_MS:g} ms); min {stats.min:.2f}, max {stats.max:.2f}")
+        return stats, None
+
+
+def link_check(topology, links: list[Link], link: Link, firewalled: set[str]) -> LinkCheck | None:
+    """A pair of nodes on the link's segment whose echo crosses the link both ways; answered,
+    if possible, by a node without a firewall (which might drop the echo)."""
+    attached = [n for n, node in topology.nodes.items() if link.segment in node.addresses]
+    pairs = [(a, b) for a in attached for b in attached if a != b
+             and (link.node is None or link.node in (a, b))]
+    if not pairs:
+        return None
+    pairs.sort(key=lambda ab: (ab[1] in firewalled, ab[0] in firewalled))
+    a, b = pairs[0]
+    there, j1 = crossing_delay(links, a, link.segment, b)
+    back, j2 = crossing_delay(links, b, link.segment, a)
+    return LinkCheck(link.name, a, topology.nodes[b].addresses[link.segment], b, there + back, j1 + j2)

@@ -1,0 +1,366 @@
+"""The live lab: the same suites against real hosts, reached over SSH (or any testinfra backend).
+
+An inventory (YAML; annotated example: topologies/homelab/live.example.yaml)
+maps every node of the topology to a testinfra host spec and may give the
+real subnets, addresses and interface names; the policy is the topology's
+own. `LiveLab` offers what suites use of a `Lab` (`topology`, `policy`,
+`run`, `mac`, `transports`), but:
+
+- it never changes anything: no firewall, route, service or sysctl is touched
+  (a setup job is refused), nothing is brought up or down; the only trace it
+  leaves is the probe agent, pushed into a temporary folder on each host at
+  `up()` and removed at `down()`;
+- every probe and raw packet must go to an address inside the inventory's
+  `ranges` (the agent refuses the whole batch otherwise, before sending);
+- it paces itself: each node starts at most `max_pps` probes and raw packets
+  per second (one burst per second), so a nightly run cannot look like an attack;
+- the agent runs as whoever the spec logs in as (`?sudo=true` for root).
+  Without root it cannot sniff or send raw packets: it falls back to
+  connect()-based probes, and the checks that need raw packets skip; `up()`
+  says which nodes are in which mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import secrets
+import subprocess
+import tempfile
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import testinfra
+
+from .errors import ConfigError, LabError, ProbeError
+from .probe import AGENT, NodeJob, NodeAnswer, Transport, run_jobs
+from .topology import Node, Segment, Topology, _address, _valid_ifname, read_yaml
+
+KEYS = ("topology", "ranges", "max_pps", "ssh_config", "segments", "public", "nodes")
+NODE_KEYS = ("host", "addresses", "interfaces")
+DEFAULT_MAX_PPS = 100
+START_LEAD_S, START_TRIES, LATE_S = 1.0, 3, 0.02  # synchronised rounds: lead time, tries, tolerance
+PUSH = ("import base64, os, sys, tempfile, zlib; d = tempfile.mkdtemp(prefix='labwarden-'); "
+        "p = os.path.join(d, 'agent.py'); open(p, 'wb').write(zlib.decompress(base64.b64decode(sys.argv[1]))); "
+        "print(p)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Inventory:
+    file: Path
+    hosts: dict[str, str]                      # node -> testinfra spec
+    ranges: list[IPv4Network]
+    max_pps: int = DEFAULT_MAX_PPS
+    ssh_config: str | None = None
+    segments: dict[str, IPv4Network] = dataclasses.field(default_factory=dict)
+    addresses: dict[str, dict[str, IPv4Address]] = dataclasses.field(default_factory=dict)
+    interfaces: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    public: IPv4Address | None = None
+
+
+def load_inventory(path, topology: Topology) -> Inventory:
+    """Read and check an inventory against the topology; mistakes name file, field and problem."""
+    file = Path(path)
+    f = str(file)
+    if not file.is_file():
+        raise ConfigError(f, "--inventory", "no such file")
+    doc = read_yaml(file, f)
+    for key in doc:
+        if key not in KEYS:
+            raise ConfigError(f, str(key), f"unknown key; known keys: {', '.join(KEYS)}")
+    if doc.get("topology") not in (None, topology.name):
+        raise ConfigError(f, "topology", f"the inventory is for {doc['topology']!r}, the run for {topology.name!r}")
+    raw_ranges = doc.get("ranges")
+    if not isinstance(raw_ranges, list) or not raw_ranges:
+        raise ConfigError(f, "ranges", "missing: list the subnets probes may go to, e.g. [192.168.1.0/24]")
+    ranges = [_net(f, f"ranges[{i}]", r) for i, r in enumerate(raw_ranges)]
+    max_pps = doc.get("max_pps", DEFAULT_MAX_PPS)
+    if isinstance(max_pps, bool) or not isinstance(max_pps, int) or max_pps < 1:
+        raise ConfigError(f, "max_pps", f"{max_pps!r} is not a positive number of packets per second")
+    segments = {}
+    for name, raw in (doc.get("segments") or {}).items():
+        if name not in topology.segments:
+            raise ConfigError(f, f"segments.{name}", f"unknown segment; segments of {topology.name}: "
+                              f"{', '.join(topology.segments)}")
+        segments[name] = _net(f, f"segments.{name}", raw)
+    nodes = doc.get("nodes")
+    if not isinstance(nodes, dict):
+        raise ConfigError(f, "nodes", "missing: map every node of the topology to {host: SPEC}")
+    missing = [n for n in topology.nodes if n not in nodes]
+    if missing:
+        raise ConfigError(f, "nodes", f"no host for {', '.join(missing)}: every node of "
+                          f"{topology.name} needs one (nodes: {', '.join(topology.nodes)})")
+    hosts, addresses, interfaces = {}, {}, {}
+    for name, spec in nodes.items():
+        where = f"nodes.{name}"
+        if name not in topology.nodes:
+            raise ConfigError(f, where, f"{name!r} is not a node of {topology.name} "
+                              f"(nodes: {', '.join(topology.nodes)})")
+        spec = {"host": spec} if isinstance(spec, str) else spec
+        if not isinstance(spec, dict) or not isinstance(spec.get("host"), str):
+            raise ConfigError(f, f"{where}.host", "missing: a testinfra host spec such as ssh://admin@192.168.1.10")
+        for key in spec:
+            if key not in NODE_KEYS:
+                raise ConfigError(f, f"{where}.{key}", f"unknown key; known keys: {', '.join(NODE_KEYS)}")
+        hosts[name] = spec["host"]
+        node = topology.nodes[name]
+        for seg, raw in (spec.get("addresses") or {}).items():
+            if seg not in node.addresses:
+                raise ConfigError(f, f"{where}.addresses.{seg}", f"{name} is not attached to {seg} "
+                                  f"(attached: {', '.join(node.segments)})")
+            addresses.setdefault(name, {})[seg] = _address(f, f"{where}.addresses.{seg}", raw)
+        for seg, ifname in (spec.get("interfaces") or {}).items():
+            if seg not in node.addresses or not _valid_ifname(ifname):
+                raise ConfigError(f, f"{where}.interfaces.{seg}", f"needs a segment {name} is attached to "
+                                  "and a Linux interface name")
+            interfaces.setdefault(name, {})[seg] = ifname
+    public = _address(f, "public", doc["public"]) if doc.get("public") is not None else None
+    ssh_config = str(Path(doc["ssh_config"]).expanduser()) if doc.get("ssh_config") else None
+    inventory = Inventory(file.resolve(), hosts, ranges, max_pps, ssh_config, segments, addresses,
+                          interfaces, public)
+    _check_addresses(f, inventory, topology)
+    return inventory
+
+
+def _net(f, where, raw) -> IPv4Network:
+    try:
+        return IPv4Network(str(raw))
+    except ValueError:
+        raise ConfigError(f, where, f"{raw!r} is not an IPv4 subnet such as 192.168.1.0/24") from None
+
+
+def _check_addresses(f, inventory: Inventory, topology: Topology) -> None:
+    for name, node in topology.nodes.items():
+        for seg, address in node.addresses.items():
+            address = inventory.addresses.get(name, {}).get(seg, address)
+            subnet = inventory.segments.get(seg, topology.segments[seg].subnet)
+            where = f"nodes.{name}.addresses.{seg}"
+            if address not in subnet:
+                raise ConfigError(f, where, f"{address} is not in segment {seg} ({subnet}): "
+                                  f"give segments.{seg} or the node's real address")
+            if not any(address in r for r in inventory.ranges):
+                raise ConfigError(f, where, f"{address} is outside the inventory's ranges "
+                                  f"({', '.join(map(str, inventory.ranges))}): probes could not reach it")
+
+
+def apply_inventory(inventory: Inventory, topology: Topology, policy):
+    """(topology, policy) with the inventory's real subnets, addresses and interface names.
+
+    Only addresses and names change: zones, rules and services are the policy's own."""
+    segments = {name: Segment(name, inventory.segments.get(name, seg.subnet),
+                              None if name in inventory.segments else seg.gateway)
+                for name, seg in topology.segments.items()}
+    real = {name: {**node.addresses, **inventory.addresses.get(name, {})} for name, node in topology.nodes.items()}
+
+    def moved(hop):  # a next hop, as the real address of the same node on the same segment
+        holder = topology.node_at(hop) if hop is not None else None
+        if holder is None:
+            return hop
+        return real[holder.name][next(s for s, a in holder.addresses.items() if a == hop)]
+
+    nodes = {name: Node(name, real[name], moved(node.gateway),
+                        {prefix: moved(hop) for prefix, hop in node.routes.items()}, None,
+                        {**node.interfaces, **inventory.interfaces.get(name, {})})
+             for name, node in topology.nodes.items()}
+    live = Topology(topology.name, topology.path, topology.compose_file, segments, nodes)
+    public = inventory.public or policy.public
+    if policy.public is not None and inventory.public is None:
+        router = topology.nodes[policy.router]
+        seg = next(s for s, a in router.addresses.items() if a == policy.public)
+        public = nodes[policy.router].addresses[seg]
+    return live, dataclasses.replace(policy, topology=live, public=public)
+
+
+class NeedsRoot(ProbeError):
+    """A check needs raw packets (captures, crafted sends) on a host the agent has no root on."""
+
+
+class LiveLab:
+    """Real hosts, probed in place; read-only. Use as a context manager, like `Lab`."""
+
+    mode = "live"
+
+    def __init__(self, topology: Topology, policy, inventory: Inventory, log=print):
+        self.topology, self.policy, self.inventory, self.log = topology, policy, inventory, log
+        self.project = f"live:{inventory.file.name}"
+        self.transports: dict[str, Transport] = {}
+        self.privileged: dict[str, bool] = {}
+        self.info: dict[str, dict] = {}
+        self.timings: dict[str, float] = {}
+        self._agents: dict[str, str] = {}
+        self._control = f"{tempfile.gettempdir()}/labwarden-ssh-{secrets.token_hex(4)}"
+        self.lead = START_LEAD_S
+
+    def __enter__(self):
+        return self.up()
+
+    def __exit__(self, *exc):
+        self.down()
+
+    def router_firewall(self):
+        return None  # the live router's rules are its own business: never read or changed
+
+    def allowed_ranges(self, extra=()) -> list[str]:
+        return [str(r) for r in self.inventory.ranges]  # no extras: live probes stay in the inventory
+
+    def up(self) -> LiveLab:
+        started = time.monotonic()
+        try:
+            blob = base64.b64encode(zlib.compress(AGENT.read_bytes(), 9)).decode()
+            for name, spec in self.inventory.hosts.items():
+                self._connect(name, spec, blob)
+            began = time.monotonic()
+            answers = asyncio.run(self.run({n: NodeJob(info=True) for n in self.topology.nodes}))
+            # synchronised rounds start this far ahead: room for every host's call to arrive
+            self.lead = max(START_LEAD_S, 3 * (time.monotonic() - began))
+            for name, answer in answers.items():
+                self._check_node(name, answer.info or {})
+        except BaseException:
+            self.down()
+            raise
+        self.log(self.summary())
+        self.timings["up_s"] = time.monotonic() - started
+        return self
+
+    def summary(self) -> str:
+        """How this live lab probes: which nodes have root, the pace."""
+        plain = [n for n, root in self.privileged.items() if not root]
+        return (f"labwarden: live lab from {self.inventory.file.name}: {len(self.transports)} hosts; "
+                + (f"no root on {', '.join(plain)}: connect()-based probes only there, "
+                   "raw-packet checks skip" if plain else "raw-socket probes everywhere (root)")
+                + f"; at most {self.inventory.max_pps} probes/s per node")
+
+    def _connect(self, name: str, spec: str, blob: str) -> None:
+        kwargs = {"ssh_config": self.inventory.ssh_config} if self.inventory.ssh_config else {}
+        if spec.startswith("ssh://"):  # one connection per host, reused by every call (ControlMaster)
+            kwargs["controlpath"] = f"{self._control}-{name}"
+        host = testinfra.get_host(spec, **kwargs)
+        shown = f"node {name} ({spec})"
+        try:
+            pushed = host.run("python3 -c %s %s", PUSH, blob)
+        except Exception as err:  # testinfra raises plain exceptions for a host it cannot reach
+            raise LabError(f"{shown}: cannot reach it: {err}") from None
+        if pushed.rc != 0:
+            raise LabError(f"{shown}: could not push the probe agent (needs python3 >= 3.11 there): "
+                           f"{pushed.stderr.strip()[-500:]}")
+        self._agents[name] = pushed.stdout.strip().splitlines()[-1]
+        self.transports[name] = Transport(host, None, self._agents[name], self._near(name))
+        self.privileged[name] = host.run("id -u").stdout.strip() == "0"
+
+    def _near(self, name: str) -> tuple:
+        """Every address of the node's next-hop routers (as `Lab` does): their RSTs are genuine."""
+        node = self.topology.nodes[name]
+        routers = {self.topology.node_at(hop) for hop in [node.gateway, *node.routes.values()]
+                   if hop is not None} - {None}
+        return tuple(sorted({a for r in routers for a in r.addresses.values()}))
+
+    def _check_node(self, name: str, info: dict) -> None:
+        """The host really is the node: it holds the node's addresses; learn its interfaces."""
+        held = {a.split("/")[0]: link for link in info.get("interfaces", []) for a in link.get("addrs", [])}
+        node = self.topology.nodes[name]
+        for seg, address in node.addresses.items():
+            link = held.get(str(address))
+            if link is None:
+                raise LabError(f"node {name} ({self.inventory.hosts[name]}) does not hold {address} "
+                               f"(its address on {seg}); it holds {', '.join(sorted(held)) or 'nothing'}: "
+                               "fix the inventory's addresses")
+            if node.interfaces[seg] != link["name"]:
+                raise LabError(f"node {name}: {address} is on interface {link['name']}, not "
+                               f"{node.interfaces[seg]}: set nodes.{name}.interfaces.{seg} in the inventory")
+        self.info[name] = info
+
+    def down(self) -> None:
+        for name, path in list(self._agents.items()):
+            try:
+                self.transports[name].host.run("rm -rf %s", str(Path(path).parent))
+            except Exception:  # an unreachable host keeps a file in its temp folder: nothing to undo
+                pass
+            self._agents.pop(name, None)
+        for name in self.transports:  # end the shared SSH connections now, not 60 s later
+            socket_path = Path(f"{self._control}-{name}")
+            if socket_path.exists():
+                subprocess.run(["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", name],
+                               capture_output=True, timeout=10)
+
+    def _enough_threads(self) -> None:
+        """A thread per host: asyncio's default pool (cores + 4) would start some agents only
+        after others ended, too late for their captures."""
+        loop = asyncio.get_running_loop()
+        if getattr(loop, "_labwarden_threads", 0) < len(self.transports):
+            loop.set_default_executor(ThreadPoolExecutor(max_workers=len(self.transports) + 4,
+                                                         thread_name_prefix="labwarden-live"))
+            loop._labwarden_threads = len(self.transports)
+
+    async def _together(self, jobs: dict[str, NodeJob], timeout: float) -> dict[str, NodeAnswer]:
+        """One round. When some node captures while others send, every agent starts sending at
+        one wall-clock time (hosts' clocks agree to ms under NTP) far enough ahead that all have
+        their sniffers running; a round in which an agent was late is run again, with more lead."""
+        if not any(job.capture_s for job in jobs.values()):
+            return await run_jobs(self.transports, jobs, self.allowed_ranges(), timeout)
+        lead = self.lead
+        for _ in range(START_TRIES):
+            start_at = time.time() + lead
+            timed = {n: dataclasses.replace(job, start_at=start_at) for n, job in jobs.items()}
+            answers = await run_jobs(self.transports, timed, self.allowed_ranges(), timeout)
+            late = {n: a.raw.get("late_s", 0.0) for n, a in answers.items() if a.raw.get("late_s", 0.0) > LATE_S}
+            if not late:
+                return answers
+            self.log(f"labwarden: agents started late ({', '.join(f'{n} {s:.2f} s' for n, s in late.items())}); "
+                     f"again with {lead * 2:.1f} s lead")
+            lead *= 2
+        raise ProbeError(f"agents kept starting late ({late}): captures could miss what others sent, "
+                         "so this round proves nothing (are the hosts' clocks in sync?)")
+
+    def mac(self, node: str, segment: str) -> str:
+        ifname = self.topology.nodes[node].interfaces[segment]
+        for link in self.info.get(node, {}).get("interfaces", []):
+            if link["name"] == ifname:
+                return link["mac"]
+        raise LabError(f"node {node} has no interface {ifname}")
+
+    def exec(self, node: str, *argv: str):
+        raise LabError("live mode runs nothing in the nodes but the probe agent")
+
+    async def run(self, jobs: dict[str, NodeJob], timeout: float = 1.0, allow_extra=()) -> dict[str, NodeAnswer]:
+        """Like `Lab.run`, read-only and paced: rounds of at most max_pps packets per node, a second apart."""
+        for name, job in jobs.items():
+            if job.setup:
+                raise ProbeError(f"live mode never changes a host: refused the setup of {name}")
+        raw = sorted(n for n, job in jobs.items() if (job.capture_s or job.send) and not self.privileged.get(n, True))
+        if raw:
+            raise NeedsRoot(f"no root on {', '.join(raw)} (inventory {self.inventory.file.name}): "
+                            "this check captures or sends raw packets there")
+        self._enough_threads()
+        pps = self.inventory.max_pps
+        rounds: list[dict[str, NodeJob]] = []
+        for name, job in jobs.items():
+            sends = [("send", s) for s in job.send] + [("probe", p) for p in job.probes]
+            chunks = [sends[i:i + pps] for i in range(0, len(sends), pps)] or [[]]
+            for i, chunk in enumerate(chunks):
+                while len(rounds) <= i:
+                    rounds.append({})
+                part = dataclasses.replace(job, probes=[p for k, p in chunk if k == "probe"],
+                                           send=[s for k, s in chunk if k == "send"])
+                if i:  # every round captures its own answers; the rest goes with the first
+                    part.info = False
+                    for key, none in (("fetch", []), ("trace", False)):
+                        if hasattr(part, key):
+                            setattr(part, key, none)
+                rounds[i][name] = part
+        merged: dict[str, NodeAnswer] = {}
+        for i, round_jobs in enumerate(rounds):
+            began = time.monotonic()
+            answers = await self._together(round_jobs, timeout)
+            for name, answer in answers.items():
+                if name not in merged:
+                    merged[name] = answer
+                else:
+                    merged[name].observations += answer.observations
+                    merged[name].captured += answer.captured
+            if i + 1 < len(rounds):
+                await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
+        return merged

@@ -1,0 +1,520 @@
+"""A lab's intent, read from policy.yaml, and the oracle: the expected verdict of any flow.
+
+Pure logic over a Topology: no Docker, no packets. ``Policy.expect(flow)``
+says what a black-box probe must observe (open, closed, rejected, filtered),
+which node the flow reaches, and which part of the policy decided it.
+
+The model: zones are sets of segments; the router is the zone ``router``;
+nodes on one segment reach each other directly and are not judged by the
+rules; everything crossing the router is denied unless an ``allow`` rule
+covers it; replies to flows that pass come back (stateful); forwards send
+traffic for the router's public address (or, with `daddr: any`, for any address
+the outside zone sends through the router) on to an inside node. A router that
+rejects refuses a flow to one of its own addresses in that address's name, which
+no observer can tell from a closed port: such flows are expected "closed".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from labwarden.errors import ConfigError, LabwardenError
+from labwarden.topology import Topology, read_yaml
+
+PROTOS = ("tcp", "udp", "icmp")
+VERDICTS = frozenset({"open", "closed", "filtered", "rejected"})
+BLOCKED = {"drop": frozenset({"filtered"}), "reject": frozenset({"rejected"}),
+           "any": frozenset({"filtered", "rejected"})}
+ROUTER_ZONE = "router"
+KEYS = ("router", "zones", "blocked", "services", "allow", "forwards",
+        "public", "masquerade", "hairpin", "antispoof", "syn_limit", "tunnels", "budgets")
+RULE_KEYS = ("name", "from", "to", "ports")
+FORWARD_KEYS = ("name", "public", "to", "port", "daddr")
+FORWARD_DADDRS = ("public", "any")
+SYN_LIMIT_KEYS = ("rate", "burst")
+TUNNEL_KEYS = ("name", "client", "local", "edge", "public", "page")
+PORT_FORMS = "tcp/N or udp/N (N in 1..65535), or icmp"
+
+
+@dataclass(frozen=True, order=True)
+class Service:
+    """A port: tcp/22, udp/53, or icmp (echo)."""
+    proto: str
+    port: int | None = None
+
+    def __str__(self):
+        return self.proto if self.port is None else f"{self.proto}/{self.port}"
+
+    @classmethod
+    def parse(cls, text) -> Service:
+        if isinstance(text, Service):
+            return text
+        if text == "icmp":
+            return cls("icmp")
+        proto, _, port = str(text).partition("/")
+        if proto in ("tcp", "udp") and port.isdigit() and 1 <= int(port) <= 65535:
+            return cls(proto, int(port))
+        raise ValueError(f"{text!r} is not a port: use {PORT_FORMS}")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """allow: new connections from zones to zones on these ports (any: every port and icmp)."""
+    name: str
+    sources: frozenset[str]
+    targets: frozenset[str]
+    ports: frozenset[Service]
+    any: bool = False
+
+    def covers(self, src_zone: str, dst_zone: str, service: Service) -> bool:
+        return (src_zone in self.sources and dst_zone in self.targets
+                and (self.any or service in self.ports))
+
+
+@dataclass(frozen=True)
+class Forward:
+    """forward: `public` on the router's public address goes on to `to`:`port`.
+
+    daddr "any": the router matches the port only, so the forward takes traffic from
+    the outside zone to any address it sends through the router (any of the router's
+    addresses, any inside address), as an OpenWrt redirect without src_dip does. A flow
+    already addressed to the target's address and port has nothing rewritten: it is a
+    direct flow, judged by the allow rules like any other.
+    """
+    name: str
+    public: Service
+    to: str
+    port: int
+    daddr: str = "public"
+
+    @property
+    def target(self) -> Service:
+        return Service(self.public.proto, self.port)
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """tunnel: `client` publishes its `local` port through an outbound-only connection
+    to `edge`, which serves it on `public` at its own addresses (cloudflared, ssh -R).
+    `page`, if given, is the file a visitor must get there, byte for byte."""
+    name: str
+    client: str
+    local: Service
+    edge: str
+    public: Service
+    page: Path | None = None
+
+
+@dataclass(frozen=True)
+class SynLimit:
+    """The router accepts at most `rate` new TCP connections per second to its own
+    addresses, summed over every source, after a `burst`; it drops the excess SYNs
+    (OpenWrt's syn_flood). Not part of the oracle: the prober paces itself under it."""
+    rate: float
+    burst: int
+
+
+@dataclass(frozen=True)
+class Flow:
+    """A new connection (or echo request) from a node to an address."""
+    src: str
+    dst: IPv4Address
+    proto: str
+    port: int | None
+    dst_node: str | None = None
+
+    @property
+    def service(self) -> Service:
+        return Service(self.proto, self.port)
+
+    def label(self, policy: Policy) -> str:
+        """The flow's id everywhere: 'servers/web -> personal/laptop tcp/22'."""
+        if self.dst_node == policy.router:
+            dst = f"{policy.router}@{policy.topology.segment_of(self.dst).name}"
+        elif self.dst_node is not None:
+            dst = policy.label(self.dst_node)
+        else:
+            dst = str(self.dst)
+        return f"{policy.label(self.src)} -> {dst} {self.service}"
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What a probe of a flow may observe, whom the flow reaches, and why."""
+    verdicts: frozenset[str]
+    reached: str | None
+    reason: str
+
+    def admits(self, verdict: str) -> bool:
+        return verdict in self.verdicts
+
+    def __str__(self):
+        return "|".join(sorted(self.verdicts))
+
+
+@dataclass(eq=False)
+class Policy:
+    file: Path
+    topology: Topology
+    router: str
+    zones: dict[str, list[str]]
+    blocked: str = "drop"
+    services: dict[str, frozenset[Service]] = field(default_factory=dict)
+    allow: list[Rule] = field(default_factory=list)
+    forwards: list[Forward] = field(default_factory=list)
+    public: IPv4Address | None = None
+    masquerade: list[str] = field(default_factory=list)
+    hairpin: bool = False
+    antispoof: bool = False
+    syn_limit: SynLimit | None = None
+    tunnels: list[Tunnel] = field(default_factory=list)
+    budgets: list = field(default_factory=list)  # latency.Budget: per path, what latency must hold
+
+    def zone_of(self, node: str) -> str:
+        if node == self.router:
+            return ROUTER_ZONE
+        if node not in self.topology.nodes:
+            raise LabwardenError(f"unknown node {node!r}; nodes: {', '.join(self.topology.nodes)}")
+        return self.zone_of_segment(self.topology.nodes[node].segments[0])
+
+    def zone_of_segment(self, segment: str) -> str:
+        return next(zone for zone, segments in self.zones.items() if segment in segments)
+
+    @property
+    def outside(self) -> str | None:
+        """The zone forwards accept traffic from: the one holding the public address."""
+        if self.public is None:
+            return None
+        return self.zone_of_segment(self.topology.segment_of(self.public).name)
+
+    def label(self, node: str) -> str:
+        return node if node == self.router else f"{self.zone_of(node)}/{node}"
+
+    def flow(self, src: str, dst_address, service: Service | str) -> Flow:
+        self.zone_of(src)  # an unknown node fails here, with the list of nodes
+        service = Service.parse(service)
+        dst = IPv4Address(dst_address)
+        holder = self.topology.node_at(dst)
+        return Flow(src, dst, service.proto, service.port, holder.name if holder else None)
+
+    def declared_services(self) -> set[Service]:
+        """Every port named anywhere in the policy."""
+        named = set().union(*self.services.values(), *(rule.ports for rule in self.allow))
+        named |= {t.public for t in self.tunnels} | {t.local for t in self.tunnels}
+        return named | {f.public for f in self.forwards} | {f.target for f in self.forwards}
+
+    def listening(self, node: str) -> frozenset[Service]:
+        """What answers on the node's addresses: its services, and the public side of
+        the tunnels it is the edge of."""
+        return frozenset(self.services.get(node, ())) | {t.public for t in self.tunnels if t.edge == node}
+
+    # -- the oracle -------------------------------------------------------
+
+    def expect(self, flow: Flow) -> Expectation:
+        topology, service = self.topology, flow.service
+        segment = topology.segment_of(flow.dst)
+        if segment is None:
+            return Expectation(frozenset({"filtered"}), None, "not a lab address")
+        holder = topology.node_at(flow.dst)
+        dst_node = holder.name if holder else None
+        if dst_node == flow.src:
+            return self._reached(dst_node, service, "same node")
+        forward = self._forward(flow)
+        if forward is not None:
+            return self._reached(forward.to, forward.target, f"forward '{forward.name}'")
+        if dst_node == self.router:
+            return self._to_router(flow, service)
+        if topology.on_link(topology.nodes[flow.src], flow.dst):
+            if holder is None:
+                return Expectation(frozenset({"filtered"}), None, "no such host")
+            return self._reached(dst_node, service, "same segment")
+        rule = self._rule(self.zone_of(flow.src), self.zone_of_segment(segment.name), service)
+        if rule is None:
+            return self._blocked()
+        if holder is None:
+            return Expectation(frozenset({"filtered"}), None, "no such host")
+        return self._reached(dst_node, service, f"allow '{rule.name}'")
+
+    def return_allowed(self, flow: Flow) -> bool:
+        """Replies pass for every flow that reached its node (the router is stateful)."""
+        return self.expect(flow).reached is not None
+
+    def may_initiate(self, src_node: str, dst_node: str, service: Service | str) -> bool:
+        """Whether src_node may open a new connection to dst_node (on-link address preferred)."""
+        src, dst = self.topology.nodes[src_node], self.topology.nodes[dst_node]
+        shared = [s for s in dst.segments if s in src.segments]
+        address = dst.addresses[shared[0] if shared else dst.segments[0]]
+        return self.expect(self.flow(src_node, address, service)).reached == dst_node
+
+    def syn_limited(self, flow: Flow) -> bool:
+        """Whether the flow's SYN counts against the router's syn_limit: a new TCP
+        connection to one of the router's own addresses that no forward sends on."""
+        return (self.syn_limit is not None and flow.proto == "tcp" and flow.src != self.router
+                and flow.dst_node == self.router and self._forward(flow) is None)
+
+    def _forward(self, flow: Flow) -> Forward | None:
+        """The forward that sends this flow on to an inside node, if any."""
+        if flow.src == self.router or not self.forwards:
+            return None
+        from_outside = self.zone_of(flow.src) == self.outside
+        if flow.dst == self.public and (from_outside or self.hairpin):
+            return next((f for f in self.forwards if f.public == flow.service), None)
+        through_router = flow.dst_node == self.router or not self.topology.on_link(flow.src, flow.dst)
+        if not (from_outside and through_router):
+            return None
+        forward = next((f for f in self.forwards if f.daddr == "any" and f.public == flow.service), None)
+        if forward is not None and flow.dst_node == forward.to and flow.port == forward.port:
+            return None  # already addressed to the target: nothing to rewrite, so a direct flow
+        return forward
+
+    def _to_router(self, flow: Flow, service: Service) -> Expectation:
+        rule = self._rule(self.zone_of(flow.src), ROUTER_ZONE, service)
+        if rule is None:
+            expected = self._blocked()
+            if self.blocked != "drop" and service.proto != "icmp":
+                # The router rejects a flow to its own address with a TCP reset or an ICMP
+                # port-unreachable in that address's name: what a closed port sends.
+                verdicts = expected.verdicts | {"closed"}
+                if self.blocked == "reject":
+                    verdicts -= {"rejected"}
+                expected = Expectation(verdicts, None, "default deny (refused by the router itself: "
+                                       "looks closed)")
+        else:
+            expected = self._reached(self.router, service, f"allow '{rule.name}'")
+        return expected
+
+    def _rule(self, src_zone: str, dst_zone: str, service: Service) -> Rule | None:
+        return next((r for r in self.allow if r.covers(src_zone, dst_zone, service)), None)
+
+    def _reached(self, node: str, service: Service, reason: str) -> Expectation:
+        # hosts answer ping; a port answers only if something listens on it
+        listening = service.proto == "icmp" or service in self.listening(node)
+        return Expectation(frozenset({"open" if listening else "closed"}), node, reason)
+
+    def _blocked(self) -> Expectation:
+        return Expectation(BLOCKED[self.blocked], None, "default deny")
+
+
+# -- loading -----------------------------------------------------------------
+
+def load_policy(topology: Topology, path=None) -> Policy:
+    """Load and validate policy.yaml (default: the one in the topology's folder)."""
+    file = Path(path) if path is not None else topology.path / "policy.yaml"
+    if not file.is_file():
+        raise ConfigError(_shown(file.parent), file.name, "no such file: a lab needs a policy file")
+    f = _shown(file)
+    doc = read_yaml(file, f)
+    for key in doc:
+        if key not in KEYS:
+            raise ConfigError(f, str(key), f"unknown key; known keys: {', '.join(KEYS)}")
+    for key in ("router", "zones"):
+        if key not in doc:
+            raise ConfigError(f, key, "missing: this key is required")
+    nodes = topology.nodes
+    router = doc["router"]
+    if router not in nodes:
+        raise ConfigError(f, "router", f"{router!r} is not a node of {topology.name} (nodes: {', '.join(nodes)})")
+    zones = _zones(f, doc["zones"], topology, router)
+    known = [*zones, ROUTER_ZONE]
+    blocked = doc.get("blocked", "drop")
+    if blocked not in BLOCKED:
+        raise ConfigError(f, "blocked", f"{blocked!r} is not one of: {', '.join(BLOCKED)}")
+    services = _services(f, doc.get("services") or {}, topology)
+    allow = [_rule(f, f"allow[{i}]", raw, known) for i, raw in enumerate(_list(f, "allow", doc.get("allow")))]
+    public = _public(f, doc, topology, router)
+    forwards = [_forward(f, f"forwards[{i}]", raw, topology)
+                for i, raw in enumerate(_list(f, "forwards", doc.get("forwards")))]
+    if forwards and public is None:
+        raise ConfigError(f, "public", "missing: forwards need the router's public address")
+    masquerade = _list(f, "masquerade", doc.get("masquerade"))
+    for i, zone in enumerate(masquerade):
+        if zone not in zones:
+            raise ConfigError(f, f"masquerade[{i}]", f"unknown zone {zone!r}; known zones: {', '.join(zones)}")
+    flags = {key: doc.get(key, False) for key in ("hairpin", "antispoof")}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f, key, f"{value!r} must be true or false")
+    syn_limit = _syn_limit(f, doc.get("syn_limit"))
+    tunnels = _tunnels(f, _list(f, "tunnels", doc.get("tunnels")), topology, services)
+    policy = Policy(file.resolve(), topology, router, zones, blocked, services, allow, forwards,
+                    public, masquerade, **flags, syn_limit=syn_limit, tunnels=tunnels)
+    from labwarden import impair, latency  # budgets name paths through the policy's labels
+    impair.load_links(topology)  # the lab's impaired links: a mistake stops the run here too
+    policy.budgets = latency.load_budgets(f, doc.get("budgets"), policy)
+    return policy
+
+
+def _shown(path: Path) -> str:
+    # relative to the working directory when under it: messages stay short
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _list(f, where, raw) -> list:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError(f, where, "must be a list")
+    return raw
+
+
+def _zones(f, raw, topology: Topology, router: str) -> dict[str, list[str]]:
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f, "zones", "must map each zone's name to its segments, e.g. {servers: [servers]}")
+    zones: dict[str, list[str]] = {}
+    owner: dict[str, str] = {}
+    for zone, segments in raw.items():
+        if zone == ROUTER_ZONE:
+            raise ConfigError(f, f"zones.{zone}", f"'{ROUTER_ZONE}' is reserved: it names the router itself")
+        segments = [segments] if isinstance(segments, str) else segments
+        if not isinstance(segments, list):
+            raise ConfigError(f, f"zones.{zone}", "must be a list of segments")
+        for i, seg in enumerate(segments):
+            if seg not in topology.segments:
+                raise ConfigError(f, f"zones.{zone}[{i}]", f"unknown segment {seg!r}; segments of "
+                                  f"{topology.name}: {', '.join(topology.segments)}")
+            if seg in owner:
+                raise ConfigError(f, f"zones.{zone}[{i}]", f"segment {seg} is already in zone {owner[seg]}")
+            owner[seg] = str(zone)
+        zones[str(zone)] = list(segments)
+    for seg in topology.segments:
+        if seg not in owner:
+            raise ConfigError(f, "zones", f"segment {seg} is in no zone; every segment needs exactly one")
+    for node in topology.nodes.values():
+        spanned = sorted({owner[s] for s in node.segments})
+        if node.name != router and len(spanned) > 1:
+            raise ConfigError(f, "zones", f"node {node.name} is attached to zones {' and '.join(spanned)}; "
+                              "only the router may span zones")
+    return zones
+
+
+def _port(f, where, raw, allow_any=False) -> Service:
+    try:
+        return Service.parse(raw)
+    except ValueError:
+        forms = f"{PORT_FORMS}{' (or the whole list: any)' if allow_any else ''}"
+        raise ConfigError(f, where, f"{raw!r} is not a port: use {forms}") from None
+
+
+def _services(f, raw, topology: Topology) -> dict[str, frozenset[Service]]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f, "services", "must map node names to lists of ports")
+    services = {}
+    for node, ports in raw.items():
+        if node not in topology.nodes:
+            raise ConfigError(f, f"services.{node}", f"{node!r} is not a node of {topology.name} "
+                              f"(nodes: {', '.join(topology.nodes)})")
+        ports = _list(f, f"services.{node}", ports)
+        services[node] = frozenset(_port(f, f"services.{node}[{i}]", p) for i, p in enumerate(ports))
+    return services
+
+
+def _check_keys(f, where, raw, keys, required):
+    if not isinstance(raw, dict):
+        raise ConfigError(f, where, f"must be a mapping with keys among: {', '.join(keys)}")
+    for key in raw:
+        if key not in keys:
+            raise ConfigError(f, f"{where}.{key}", f"unknown key; known keys: {', '.join(keys)}")
+    for key in required:
+        if key not in raw:
+            raise ConfigError(f, f"{where}.{key}", "missing: this key is required")
+
+
+def _rule(f, where, raw, known: list[str]) -> Rule:
+    _check_keys(f, where, raw, RULE_KEYS, ("from", "to", "ports"))
+    ends = {}
+    for key in ("from", "to"):
+        zones = [raw[key]] if isinstance(raw[key], str) else _list(f, f"{where}.{key}", raw[key])
+        for zone in zones:
+            if zone not in known:
+                raise ConfigError(f, f"{where}.{key}", f"unknown zone {zone!r}; known zones: {', '.join(known)}")
+        ends[key] = frozenset(zones)
+    name = str(raw.get("name", where))
+    if raw["ports"] == "any":
+        return Rule(name, ends["from"], ends["to"], frozenset(), any=True)
+    ports = _list(f, f"{where}.ports", raw["ports"])
+    services = frozenset(_port(f, f"{where}.ports[{i}]", p, allow_any=True) for i, p in enumerate(ports))
+    return Rule(name, ends["from"], ends["to"], services)
+
+
+def _public(f, doc, topology: Topology, router: str) -> IPv4Address | None:
+    if doc.get("public") is None:
+        return None
+    try:
+        public = IPv4Address(str(doc["public"]))
+    except ValueError:
+        raise ConfigError(f, "public", f"{doc['public']!r} is not an IPv4 address") from None
+    held = topology.nodes[router].addresses.values()
+    if public not in held:
+        raise ConfigError(f, "public", f"{public} is not an address of the router {router} "
+                          f"(its addresses: {', '.join(map(str, held))})")
+    return public
+
+
+def _forward(f, where, raw, topology: Topology) -> Forward:
+    _check_keys(f, where, raw, FORWARD_KEYS, ("public", "to"))
+    public = _port(f, f"{where}.public", raw["public"])
+    if public.proto == "icmp":
+        raise ConfigError(f, f"{where}.public", "icmp cannot be forwarded: use tcp/N or udp/N")
+    if raw["to"] not in topology.nodes:
+        raise ConfigError(f, f"{where}.to", f"{raw['to']!r} is not a node of {topology.name} "
+                          f"(nodes: {', '.join(topology.nodes)})")
+    port = raw.get("port", public.port)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f, f"{where}.port", f"{port!r} is not a port number (1..65535)")
+    daddr = raw.get("daddr", "public")
+    if daddr not in FORWARD_DADDRS:
+        raise ConfigError(f, f"{where}.daddr", f"{daddr!r} is not one of: {', '.join(FORWARD_DADDRS)} "
+                          "(public: the router's public address only; any: any address the outside "
+                          "zone sends through the router)")
+    return Forward(str(raw.get("name", where)), public, raw["to"], port, daddr)
+
+
+def _syn_limit(f, raw) -> SynLimit | None:
+    if raw is None:
+        return None
+    _check_keys(f, "syn_limit", raw, SYN_LIMIT_KEYS, SYN_LIMIT_KEYS)
+    rate, burst = raw["rate"], raw["burst"]
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+        raise ConfigError(f, "syn_limit.rate", f"{rate!r} is not a positive number of SYNs per second")
+    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+        raise ConfigError(f, "syn_limit.burst", f"{burst!r} is not a positive whole number of SYNs")
+    return SynLimit(float(rate), burst)
+
+
+def _tunnels(f, raws: list, topology: Topology, services) -> list[Tunnel]:
+    tunnels: list[Tunnel] = []
+    for i, raw in enumerate(raws):
+        where = f"tunnels[{i}]"
+        _check_keys(f, where, raw, TUNNEL_KEYS, ("client", "local", "edge", "public"))
+        for key in ("client", "edge"):
+            if raw[key] not in topology.nodes:
+                raise ConfigError(f, f"{where}.{key}", f"{raw[key]!r} is not a node of {topology.name} "
+                                  f"(nodes: {', '.join(topology.nodes)})")
+        if raw["client"] == raw["edge"]:
+            raise ConfigError(f, f"{where}.edge", "the edge must be another node than the client")
+        ports = {}
+        for key in ("local", "public"):
+            ports[key] = _port(f, f"{where}.{key}", raw[key])
+            if ports[key].proto != "tcp":
+                raise ConfigError(f, f"{where}.{key}", f"{raw[key]!r}: a tunnel carries tcp/N only")
+        edge, public = raw["edge"], ports["public"]
+        if public in services.get(edge, ()):
+            raise ConfigError(f, f"{where}.public", f"{public} is already a service of {edge}: "
+                              "the tunnel's public side needs a port of its own")
+        for other in tunnels:
+            if (other.edge, other.public) == (edge, public):
+                raise ConfigError(f, f"{where}.public", f"tunnel '{other.name}' already publishes "
+                                  f"{public} on {edge}")
+        page = None
+        if raw.get("page") is not None:
+            page = (topology.path / str(raw["page"])).resolve()
+            if not page.is_file():
+                raise ConfigError(f, f"{where}.page", f"no such file: {topology.path / str(raw['page'])}")
+        tunnels.append(Tunnel(str(raw.get("name", where)), raw["client"], ports["local"], edge,
+                              public, page))
+    return tunnels

@@ -1,0 +1,198 @@
+"""The engine side of probing: batches for the agent, and what came back.
+
+`agent.py` beside this file is the program that runs in the nodes' network
+namespaces (standard library only). This module encodes a request for it,
+sends each transport (a pytest-testinfra host) its share, all transports at
+once, and turns the answers into `Observation` values.
+
+A transport is where the agent runs: in the Docker lab one prober container
+enters every node's namespace, so one call carries all nodes; in a live lab
+each node is its own SSH host.
+"""
+
+import asyncio
+import base64
+import json
+import zlib
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from ..errors import ProbeError
+
+AGENT = Path(__file__).parent / "agent.py"
+DOCUMENTATION_RANGES = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
+
+
+@dataclass(frozen=True)
+class Probe:
+    proto: str                 # tcp | udp | icmp
+    dst: IPv4Address
+    port: int | None = None
+    payload: bytes | None = None
+
+    def request(self, probe_id: int) -> dict:
+        item = {"id": probe_id, "proto": self.proto, "dst": str(self.dst)}
+        if self.port is not None:
+            item["port"] = self.port
+        if self.payload is not None:
+            item["payload"] = self.payload.hex()
+        return item
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one probe saw: the verdict, who answered and how."""
+    verdict: str               # open | closed | rejected | filtered | error
+    by: IPv4Address | None
+    detail: str
+    ttl: int | None = None
+    rtt_ms: float | None = None
+
+    def explain(self) -> str:
+        return f"{self.verdict} ({self.detail})"
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """One short TCP exchange: connect, send `send`, read what comes back (a page, a banner)."""
+    dst: IPv4Address
+    port: int
+    send: bytes = b""
+    tls: bool = False
+    read_s: float | None = None   # default: the batch's timeout
+    max: int = 65536
+
+    def request(self, fetch_id: int) -> dict:
+        item = {"id": fetch_id, "dst": str(self.dst), "port": self.port, "tls": self.tls, "max": self.max}
+        if self.send:
+            item["send"] = self.send.hex()
+        if self.read_s is not None:
+            item["read_s"] = self.read_s
+        return item
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What one fetch got: connected or why not, and the bytes the peer sent."""
+    fetch: Fetch
+    sport: int | None
+    connected: bool
+    error: str | None          # None | refused | timeout | unreachable | reset | other text
+    eof: bool                  # the peer closed the connection
+    reply: bytes
+    connect_ms: float | None
+    ms: float | None
+
+    def explain(self) -> str:
+        where = f"{self.fetch.dst}:{self.fetch.port}"
+        if not self.connected:
+            why = {"refused": "connection refused (RST)", "timeout": "no answer to the SYN",
+                   "unreachable": "unreachable (ICMP error or no route)"}.get(self.error, self.error)
+            return f"could not connect to {where}: {why}"
+        got = f"{len(self.reply)} bytes" + (f" ({self.reply[:60]!r})" if self.reply else "")
+        end = "then the peer closed" if self.eof else f"then {self.error or 'nothing more'}"
+        return f"connected to {where} in {self.connect_ms} ms, got {got}, {end}"
+
+
+@dataclass
+class NodeJob:
+    """Everything one node does in one agent request."""
+    probes: list[Probe] = field(default_factory=list)
+    setup: dict | None = None
+    capture_s: float | None = None
+    send: list[dict] = field(default_factory=list)
+    info: bool = False
+    fetch: list[Fetch] = field(default_factory=list)
+    trace: bool = False        # run `nft monitor trace` in the node for the window
+    start_at: float | None = None  # wall-clock time to start sending at (agents on several hosts)
+
+    def request(self, netns: str | None) -> dict:
+        item = {"netns": netns, "probes": [p.request(i) for i, p in enumerate(self.probes)]}
+        if self.setup:
+            item["setup"] = self.setup
+        if self.capture_s:
+            item["capture"] = {"seconds": self.capture_s}
+        if self.send:
+            item["send"] = self.send
+        if self.info:
+            item["info"] = True
+        if self.fetch:
+            item["fetch"] = [f.request(i) for i, f in enumerate(self.fetch)]
+        if self.trace:
+            item["trace"] = True
+        if self.start_at is not None:
+            item["start_at"] = self.start_at
+        return item
+
+
+@dataclass
+class NodeAnswer:
+    observations: list[Observation]
+    captured: list[dict]
+    info: dict | None
+    raw: dict
+    fetched: list[Fetched] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Transport:
+    """Where a node's agent runs: a testinfra host, and the namespace to enter there."""
+    host: object               # testinfra.host.Host
+    netns: str | None          # /proc/PID/ns/net, or None to probe from the host itself
+    agent_path: str            # the agent's path on that host
+    near: tuple = ()           # addresses of the node's next-hop routers: 0 hops away, even off-link
+
+
+def encode(request: dict) -> str:
+    return base64.b64encode(zlib.compress(json.dumps(request).encode())).decode()
+
+
+def _observation(item: dict) -> Observation:
+    by = item.get("by")
+    return Observation(item["verdict"], IPv4Address(by) if by else None,
+                       item.get("detail", ""), item.get("ttl"), item.get("rtt_ms"))
+
+
+def _call_agent(transport: Transport, nodes: dict, allowed: list[str], timeout: float) -> dict:
+    request = {"timeout": timeout, "allowed": allowed, "nodes": nodes}
+    result = transport.host.run("python3 %s %s", transport.agent_path, encode(request))
+    if result.rc != 0:
+        raise ProbeError(f"the probe agent failed on {transport.host.backend.get_pytest_id()} "
+                         f"(exit {result.rc}): {result.stderr.strip()[-2000:]}")
+    try:
+        answer = json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise ProbeError(f"the probe agent printed no JSON: {result.stdout[-500:]!r} "
+                         f"{result.stderr[-1500:]!r}") from None
+    if answer.get("error"):
+        raise ProbeError(f"the probe agent refused the batch: {answer['error']}")
+    return answer["nodes"]
+
+
+async def run_jobs(transports: dict[str, Transport], jobs: dict[str, NodeJob],
+                   allowed: list[str], timeout: float = 1.0) -> dict[str, NodeAnswer]:
+    """Run every node's job at once: one agent call per transport host, all concurrent."""
+    groups: dict[int, tuple[Transport, dict]] = {}
+    for node, job in jobs.items():
+        transport = transports[node]
+        request = job.request(transport.netns)
+        if transport.near:
+            request["near"] = [str(a) for a in transport.near]
+        groups.setdefault(id(transport.host), (transport, {}))[1][node] = request
+    answers = await asyncio.gather(*(
+        asyncio.to_thread(_call_agent, transport, nodes, allowed, timeout)
+        for transport, nodes in groups.values()))
+    merged = {node: raw for answer in answers for node, raw in answer.items()}
+    out = {}
+    for node in jobs:
+        raw = merged.get(node) or {"error": "the agent returned nothing for this node"}
+        if raw.get("error"):
+            raise ProbeError(f"node {node}: {raw['error']}")
+        results = sorted(raw.get("results", []), key=lambda r: r["id"])
+        out[node] = NodeAnswer([_observation(r) for r in results], raw.get("captured", []),
+                               raw.get("info"), raw)
+        out[node].fetched = [Fetched(f, r["sport"], r["connected"], r["error"], r["eof"],
+                                     bytes.fromhex(r["reply"]), r["connect_ms"], r["ms"])
+                             for f, r in zip(jobs[node].fetch, sorted(raw.get("fetched", []), key=lambda r: r["id"]))]
+    return out

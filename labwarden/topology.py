@@ -1,0 +1,292 @@
+"""A lab's topology: its segments and nodes, read from the lab folder's compose.yaml.
+
+Plain, validated data and nothing else: this module starts nothing and imports
+nothing of Docker (the Lab realises a Topology). Every problem in the file is
+raised here as a ConfigError naming file, field and reason, before anything
+starts.
+
+Naming, once: a *segment* is a Compose network (a bridge, the stand-in for a
+VLAN); a *node* is a Compose service, attached to one or more segments with a
+fixed ``ipv4_address`` on each. ``x-labwarden`` on a service adds what Compose
+cannot say: ``gateway`` (default route), ``routes`` (prefix -> next hop),
+``firewall`` (nftables file, relative to the lab folder) and ``interfaces``
+(segment -> interface name inside the node, default: the segment's name);
+``impair`` (segment -> link profile) is read by labwarden.impair, as is
+``x-labwarden: {impair: PROFILE}`` on a network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import yaml
+
+from labwarden.errors import ConfigError, LabwardenError
+
+COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+X_KEYS = ("firewall", "gateway", "impair", "interfaces", "routes")  # impair: read by labwarden.impair
+# the repo's own labs, for when the suite runs from another directory
+PACKAGE_TOPOLOGIES = Path(__file__).resolve().parents[1] / "topologies"
+
+
+@dataclass(frozen=True)
+class Segment:
+    name: str
+    subnet: IPv4Network
+    gateway: IPv4Address | None  # the ipam gateway: the bridge's address, held by no node
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    addresses: dict[str, IPv4Address] = field(hash=False)  # segment -> address
+    gateway: IPv4Address | None
+    routes: dict[IPv4Network, IPv4Address] = field(hash=False)
+    firewall: Path | None
+    interfaces: dict[str, str] = field(hash=False)  # segment -> interface name
+
+    @property
+    def segments(self) -> list[str]:
+        return list(self.addresses)
+
+    def address_on(self, segment: str) -> IPv4Address:
+        try:
+            return self.addresses[segment]
+        except KeyError:
+            raise LabwardenError(
+                f"{self.name} is not attached to segment {segment} "
+                f"(attached: {', '.join(self.segments)})") from None
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str
+    path: Path
+    compose_file: Path
+    segments: dict[str, Segment] = field(hash=False)
+    nodes: dict[str, Node] = field(hash=False)
+
+    def node_at(self, address) -> Node | None:
+        """The node holding this address, if any."""
+        address = IPv4Address(address)
+        for node in self.nodes.values():
+            if address in node.addresses.values():
+                return node
+        return None
+
+    def segment_of(self, address) -> Segment | None:
+        """The segment whose subnet contains this address, if any."""
+        address = IPv4Address(address)
+        for segment in self.segments.values():
+            if address in segment.subnet:
+                return segment
+        return None
+
+    def lab_ranges(self) -> list[IPv4Network]:
+        return [segment.subnet for segment in self.segments.values()]
+
+    def on_link(self, a: Node | str, b_address) -> bool:
+        """Whether a reaches b_address directly, without a router in between."""
+        node = self.nodes[a] if isinstance(a, str) else a
+        b_address = IPv4Address(b_address)
+        return any(b_address in self.segments[s].subnet for s in node.segments)
+
+
+def read_yaml(file: Path, shown: str) -> dict:
+    """The mapping in a YAML file; syntax errors become ConfigError(field='line N')."""
+    try:
+        doc = yaml.safe_load(file.read_text())
+    except yaml.MarkedYAMLError as e:
+        line = e.problem_mark.line + 1 if e.problem_mark else 1
+        context = f"{e.context}: " if e.context else ""
+        raise ConfigError(shown, f"line {line}", f"invalid YAML: {context}{e.problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(shown, "line 1", f"invalid YAML: {e}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(shown, "line 1", "the file must hold a mapping of keys to settings")
+    return doc
+
+
+def load_topology(path_or_name, search=(Path("topologies"),)) -> Topology:
+    """Load and validate a lab folder, given as a path or as a lab name to look up."""
+    folder, shown = _find_folder(path_or_name, search)
+    compose = next((folder / n for n in COMPOSE_NAMES if (folder / n).is_file()), None)
+    if compose is None:
+        raise ConfigError(shown, "compose.yaml", "no such file: a lab folder needs a compose.yaml")
+    f = f"{shown}/{compose.name}"
+    doc = read_yaml(compose, f)
+    segments = _segments(f, doc.get("networks"))
+    services = doc.get("services")
+    if not services or not isinstance(services, dict):
+        raise ConfigError(f, "services", "no services: a lab needs at least one node")
+    nodes: dict[str, Node] = {}
+    holders: dict[IPv4Address, str] = {}
+    for name, spec in services.items():
+        node = _node(f, folder, str(name), spec, segments)
+        if node is None:
+            continue
+        for seg, address in node.addresses.items():
+            if address in holders:
+                raise ConfigError(f, f"services.{name}.networks.{seg}.ipv4_address",
+                                  f"{address} is already the address of {holders[address]}")
+            holders[address] = node.name
+        nodes[node.name] = node
+    return Topology(name=folder.resolve().name, path=folder.resolve(),
+                    compose_file=compose.resolve(), segments=segments, nodes=nodes)
+
+
+def _find_folder(path_or_name, search) -> tuple[Path, str]:
+    given = Path(path_or_name)
+    candidates = []
+    if len(given.parts) == 1:  # a bare name: look it up, then take it as a path
+        candidates += [Path(d) / given for d in search] + [PACKAGE_TOPOLOGIES / given]
+    candidates.append(given)
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate, str(candidate)
+    known = sorted({d.name for root in [*map(Path, search), PACKAGE_TOPOLOGIES] if root.is_dir()
+                    for d in root.iterdir() if (d / "compose.yaml").is_file()})
+    looked = ", ".join(dict.fromkeys(map(str, candidates)))
+    raise ConfigError(candidates[0], "compose.yaml",
+                      f"no such lab folder (looked in: {looked}; known labs: {', '.join(known) or 'none'})")
+
+
+def _network(f, where, raw) -> IPv4Network:
+    try:
+        return IPv4Network(str(raw), strict=True)
+    except ValueError as e:
+        raise ConfigError(f, where, f"{raw!r} is not an IPv4 subnet such as 198.18.10.0/24 ({e})") from None
+
+
+def _address(f, where, raw) -> IPv4Address:
+    try:
+        return IPv4Address(str(raw))
+    except ValueError:
+        raise ConfigError(f, where, f"{raw!r} is not an IPv4 address") from None
+
+
+def _segments(f, networks) -> dict[str, Segment]:
+    if networks is None:
+        networks = {}
+    if not isinstance(networks, dict):
+        raise ConfigError(f, "networks", "must map each segment's name to its settings")
+    segments: dict[str, Segment] = {}
+    for name, spec in networks.items():
+        where = f"networks.{name}.ipam.config[0]"
+        try:
+            config = spec["ipam"]["config"][0]
+            raw = config["subnet"]
+        except (KeyError, IndexError, TypeError):
+            raise ConfigError(f, f"{where}.subnet", "missing: every segment needs an explicit subnet "
+                              "(ipam: {config: [{subnet: ...}]})") from None
+        subnet = _network(f, f"{where}.subnet", raw)
+        gateway = None
+        if config.get("gateway") is not None:
+            gateway = _address(f, f"{where}.gateway", config["gateway"])
+            if gateway not in subnet:
+                raise ConfigError(f, f"{where}.gateway", f"{gateway} is not in the segment's subnet {subnet}")
+        for other in segments.values():
+            if subnet.overlaps(other.subnet):
+                raise ConfigError(f, f"{where}.subnet",
+                                  f"{subnet} of segment {name} overlaps segment {other.name} ({other.subnet})")
+        segments[str(name)] = Segment(str(name), subnet, gateway)
+    return segments
+
+
+def _node(f, folder: Path, name: str, spec, segments: dict[str, Segment]) -> Node | None:
+    where = f"services.{name}"
+    if not isinstance(spec, dict):
+        raise ConfigError(f, where, "must be a mapping of service settings")
+    nets = spec.get("networks")
+    if nets is None and "network_mode" in spec:
+        return None  # shares another node's network namespace: not a place of its own
+    if isinstance(nets, list):
+        nets = {n: None for n in nets}
+    if not nets or not isinstance(nets, dict):
+        raise ConfigError(f, f"{where}.networks",
+                          "missing: every node needs at least one segment with an ipv4_address")
+    addresses: dict[str, IPv4Address] = {}
+    for seg, opts in nets.items():
+        if seg not in segments:
+            raise ConfigError(f, f"{where}.networks.{seg}", f"network {seg} is not declared under "
+                              f"networks (declared: {', '.join(segments) or 'none'})")
+        at = f"{where}.networks.{seg}.ipv4_address"
+        raw = opts.get("ipv4_address") if isinstance(opts, dict) else None
+        if raw is None:
+            raise ConfigError(f, at, "missing: every attachment needs a fixed address, "
+                              "so that policy and probes can name it")
+        address, segment = _address(f, at, raw), segments[seg]
+        if address not in segment.subnet:
+            raise ConfigError(f, at, f"{address} is not in segment {seg} ({segment.subnet})")
+        if address in (segment.subnet.network_address, segment.subnet.broadcast_address):
+            raise ConfigError(f, at, f"{address} is not a host address of segment {seg} ({segment.subnet})")
+        if address == segment.gateway:
+            raise ConfigError(f, at, f"{address} is segment {seg}'s ipam gateway (the bridge's own address)")
+        addresses[str(seg)] = address
+    return _extras(f, folder, name, spec.get("x-labwarden"), addresses, segments)
+
+
+def _extras(f, folder, name, x, addresses, segments) -> Node:
+    where = f"services.{name}.x-labwarden"
+    x = {} if x is None else x
+    if not isinstance(x, dict):
+        raise ConfigError(f, where, f"must be a mapping with keys among: {', '.join(X_KEYS)}")
+    for key in x:
+        if key not in X_KEYS:
+            raise ConfigError(f, f"{where}.{key}", f"unknown key; known keys: {', '.join(X_KEYS)}")
+
+    def on_link(at, raw) -> IPv4Address:
+        hop = _address(f, at, raw)
+        if not any(hop in segments[s].subnet for s in addresses):
+            attached = ", ".join(f"{s} {segments[s].subnet}" for s in addresses)
+            raise ConfigError(f, at, f"{hop} is not on a segment {name} is attached to "
+                              f"({attached}); a next hop must be on-link")
+        return hop
+
+    gateway = on_link(f"{where}.gateway", x["gateway"]) if x.get("gateway") is not None else None
+    raw_routes = x.get("routes") or {}
+    if not isinstance(raw_routes, dict):
+        raise ConfigError(f, f"{where}.routes", "must map prefixes to next hops, e.g. {198.18.0.0/15: 203.0.113.2}")
+    routes = {_network(f, f"{where}.routes[{p}]", p): on_link(f"{where}.routes[{p}]", hop)
+              for p, hop in raw_routes.items()}
+    firewall = None
+    if x.get("firewall") is not None:
+        firewall = (folder / str(x["firewall"])).resolve()
+        if not firewall.is_file():
+            raise ConfigError(f, f"{where}.firewall", f"no such file: {folder / str(x['firewall'])}")
+    interfaces = _interfaces(f, f"{where}.interfaces", name, x.get("interfaces"), addresses)
+    return Node(name, addresses, gateway, routes, firewall, interfaces)
+
+
+def _valid_ifname(name) -> bool:
+    # the kernel's dev_valid_name(): shorter than IFNAMSIZ (16), no '/', ':' or whitespace
+    return (isinstance(name, str) and 0 < len(name) <= 15 and name not in (".", "..")
+            and not any(c in "/:" or c.isspace() for c in name))
+
+
+def _interfaces(f, where, name, raw, addresses) -> dict[str, str]:
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f, where, "must map segment names to interface names")
+    for seg, ifname in raw.items():
+        if seg not in addresses:
+            raise ConfigError(f, f"{where}.{seg}", f"{seg} is not a segment {name} is attached to "
+                              f"(attached: {', '.join(addresses)})")
+        if not _valid_ifname(ifname):
+            raise ConfigError(f, f"{where}.{seg}", f"{ifname!r} is not a valid Linux interface name "
+                              "(1-15 characters, no '/', ':' or whitespace)")
+    interfaces = {seg: raw.get(seg, seg) for seg in addresses}
+    for seg, ifname in interfaces.items():
+        if not _valid_ifname(ifname):
+            raise ConfigError(f, where, f"segment {seg}'s name is not a valid Linux interface name "
+                              f"(1-15 characters, no '/', ':' or whitespace): set {where}.{seg}")
+    seen: dict[str, str] = {}
+    for seg, ifname in interfaces.items():
+        if ifname in seen:
+            raise ConfigError(f, f"{where}.{seg}", f"segments {seen[ifname]} and {seg} would share interface {ifname}")
+        seen[ifname] = seg
+    return interfaces

@@ -1,0 +1,97 @@
+"""suites/fuzz: hypothesis profiles, and the fuzzers the tests share.
+
+Profiles (`--fuzz-profile`, default ci):
+
+- ci: a fixed seed (derandomized, so a CI run is reproducible), few examples;
+- nightly: many examples, a random seed, failures kept in the hypothesis
+  database under reports/hypothesis (the next run tries them first).
+
+Each hypothesis example is a batch of flows (or one ruleset with its flows):
+the counts below are batches, not flows.
+"""
+
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
+
+from labwarden.fuzz import FlowFuzzer, config_aims
+from labwarden.fuzz_rules import RuleChecker
+from labwarden.nft_model import World
+
+EXAMPLES = {  # per test kind: hypothesis examples under each profile
+    "ci": {"probes": 12, "odd": 8, "rules": 200},  # rules: drawn alike at times; >= 100 distinct
+    "nightly": {"probes": 300, "odd": 200, "rules": 2000},
+}
+FUZZ_TIMEOUT = 0.5     # seconds a fuzz batch waits for answers (a mismatch is re-checked with --probe-timeout)
+RULES_TIMEOUT = 0.2    # the same per ruleset: in-lab answers take about a millisecond
+_STATS = pytest.StashKey[list]()
+
+
+def _base(profile: str, rootpath) -> settings:
+    common = dict(deadline=None, print_blob=profile == "nightly", report_multiple_bugs=False,
+                  suppress_health_check=list(HealthCheck))
+    if profile == "ci":
+        return settings(derandomize=True, database=None,
+                        phases=[Phase.explicit, Phase.generate, Phase.shrink], **common)
+    return settings(derandomize=False, database=DirectoryBasedExampleDatabase(rootpath / "reports" / "hypothesis"),
+                    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink], **common)
+
+
+def pytest_configure(config):
+    config.stash[_STATS] = []
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--fuzz-replay", None):
+        return
+    skip = pytest.mark.skip(reason="replays one flow: give --fuzz-replay 'SRC DST PROTO[/PORT] [KIND=VALUE]'")
+    for item in items:
+        if item.path.name == "test_replay.py":
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    for line in config.stash.get(_STATS, []):
+        terminalreporter.write_line(f"labwarden fuzz: {line}")
+
+
+@pytest.fixture(scope="session")
+def fuzz_profile(pytestconfig) -> str:
+    return pytestconfig.getoption("--fuzz-profile", "ci")
+
+
+@pytest.fixture(scope="session")
+def fuzz_settings(pytestconfig, fuzz_profile):
+    """fuzz_settings(kind): hypothesis settings for a test of that kind under the profile."""
+    base = _base(fuzz_profile, pytestconfig.rootpath)
+    return lambda kind: settings(base, max_examples=EXAMPLES[fuzz_profile][kind])
+
+
+@pytest.fixture
+def fuzz_stats(pytestconfig, request):
+    """Call with a line of figures: printed in the run's summary."""
+    return lambda line: pytestconfig.stash[_STATS].append(f"{request.node.name}: {line}")
+
+
+@pytest.fixture(scope="session")
+def router_config_text(lab):
+    """The router's nftables config when the lab is ours, else None."""
+    path = lab.router_firewall() if hasattr(lab, "router_firewall") else None
+    return path.read_text() if path else None
+
+
+@pytest.fixture(scope="session")
+def aims(labwarden_policy, router_config_text):
+    return config_aims(labwarden_policy, router_config_text) if router_config_text else []
+
+
+@pytest.fixture
+def flow_fuzzer(lab, labwarden_policy, probe_timeout):
+    return FlowFuzzer(lab, labwarden_policy, timeout=min(FUZZ_TIMEOUT, probe_timeout),
+                      confirm_timeout=probe_timeout)
+
+
+@pytest.fixture
+def rule_checker(lab, labwarden_policy, probe_timeout):
+    return RuleChecker(lab, labwarden_policy, World.of(labwarden_policy),
+                       timeout=min(RULES_TIMEOUT, probe_timeout), confirm_timeout=probe_timeout)

@@ -1,0 +1,52 @@
+"""Rule fuzzing: do we understand nftables? Hypothesis draws router rulesets from the
+grammar of labwarden.nft_model, each is loaded into the lab's router and probed with
+flows aimed at its rules, and the kernel's verdicts must equal the model's.
+
+A difference shrinks to a small ruleset and one flow: either the model is wrong
+(fix it, and keep the case in tests/unit/test_nft_model.py) or the kernel
+surprises everyone (explain it in the model's docstring, and keep it there too).
+The router gets the topology's own config back at the end, whatever happened.
+"""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from labwarden.fuzz import run_sync
+from labwarden.fuzz_rules import FLOWS_PER_RULESET, probe_flows, rulesets
+from labwarden.probe import NodeJob
+
+
+class ModelDiffers(AssertionError):
+    pass
+
+
+@pytest.mark.emulated_only("it loads random rulesets into the router")
+def test_kernel_agrees_with_the_model(lab, labwarden_policy, rule_checker, fuzz_settings, fuzz_stats, fuzz_profile):
+    config = lab.router_firewall() if hasattr(lab, "router_firewall") else None
+    if config is None:
+        pytest.skip("the router's config is not ours to replace (no nftables file): nothing to restore")
+    world = rule_checker.world
+
+    @fuzz_settings("rules")
+    @given(st.data())
+    def check(data):
+        ruleset = data.draw(rulesets(world), label="ruleset")
+        aimed = probe_flows(world, ruleset)
+        slot = st.integers(0, 7).flatmap(lambda keep: aimed if keep else st.none())
+        first = data.draw(aimed, label="flow")  # every ruleset meets at least one flow
+        slots = data.draw(st.lists(slot, min_size=FLOWS_PER_RULESET - 1, max_size=FLOWS_PER_RULESET - 1),
+                          label="more flows")
+        loaded.add(ruleset)
+        differences = rule_checker.check(ruleset, [first, *filter(None, slots)])
+        if differences:
+            raise ModelDiffers("\n\n".join(d.message() for d in differences))
+
+    loaded = set()
+    try:
+        check()
+    finally:
+        fuzz_stats(f"{len(loaded)} distinct rulesets; " + rule_checker.rate())
+        run_sync(lab.run({labwarden_policy.router: NodeJob(setup={"nft": config.read_text()})}))
+    if fuzz_profile == "ci":
+        assert len(loaded) >= 100, f"only {len(loaded)} distinct rulesets were drawn: raise the ci examples"

@@ -1,0 +1,56 @@
+"""No discovery or snooping across segments.
+
+A node that may not reach a segment must not learn that its hosts exist: an
+ARP sweep, broadcast/mDNS/SSDP queries and a ping sweep from it find nothing
+there, while the same sweep from inside that segment finds its hosts. And a
+capture on every other node, while a segment's devices talk to each other and
+to the internet, sees none of their packets.
+"""
+
+from labwarden.exposure import hidden_segments, observers
+from labwarden.fixtures import lab_config
+
+RESPONDER_PORTS = {("udp", 5353), ("udp", 1900)}
+
+
+def pytest_generate_tests(metafunc):
+    _, policy = lab_config(metafunc.config)
+    if "observer_segment" in metafunc.fixturenames:
+        pairs = [(n, s) for n in observers(policy) for s in hidden_segments(policy, n)]
+        metafunc.parametrize("observer_segment", pairs,
+                             ids=[f"{policy.label(n)} -> {s}" for n, s in pairs])
+    if "talking_segment" in metafunc.fixturenames:
+        segments = [s for s in policy.topology.segments
+                    if not any(s in segs for z, segs in policy.zones.items() if z == "wan")]
+        metafunc.parametrize("talking_segment", segments)
+
+
+def _has_responder(policy, segment):
+    return any((s.proto, s.port) in RESPONDER_PORTS
+               for node, services in policy.services.items()
+               if segment in policy.topology.nodes[node].addresses for s in services)
+
+
+def test_sweep_finds_nothing(discovery, labwarden_policy, observer_segment):
+    results, controls = discovery
+    observer, segment = observer_segment
+    control_node, control = controls[segment]
+    if not control.arp and not control.ping:
+        raise RuntimeError(f"control failed: {control_node} swept its own segment {segment} "
+                           f"and found nothing, so an empty sweep from elsewhere proves nothing")
+    if _has_responder(labwarden_policy, segment) and not control.discovery:
+        raise RuntimeError(f"control failed: discovery queries from {control_node} on {segment} "
+                           f"got no answer from the segment's responder")
+    found = results[(observer, segment)]
+    assert not found.any(), (f"{labwarden_policy.label(observer)} discovered hosts of {segment}: "
+                             f"{found} (from inside {segment}, {control_node} found {control})")
+
+
+def test_capture_sees_nothing(snooping, labwarden_policy, talking_segment):
+    per_listener, control = snooping[talking_segment]
+    if not control:
+        raise RuntimeError(f"control failed: the router's capture on {talking_segment} saw none "
+                           "of the traffic the segment's hosts sent")
+    leaks = {n: frames for n, frames in per_listener.items() if frames}
+    assert not leaks, f"packets of {talking_segment} hosts were seen elsewhere: " + "; ".join(
+        f"{labwarden_policy.label(n)} saw {len(fs)} (first: {fs[0]})" for n, fs in leaks.items())

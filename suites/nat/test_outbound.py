@@ -1,0 +1,41 @@
+"""Outbound NAT: every inside node reaches the outside and arrives there as the
+router's public address (for the zones the policy masquerades), as a capture on
+each outside node shows. And the way back in does not exist: outside nodes with
+their own route to every inside segment via the router get nothing through to
+any inside address, as a capture on every inside node shows.
+"""
+
+import pytest
+
+from labwarden import nat
+
+
+def pytest_generate_tests(metafunc):
+    if "inside_node" in metafunc.fixturenames:
+        from labwarden.fixtures import lab_config
+        _, policy = lab_config(metafunc.config)
+        nodes = nat.inside_nodes(policy) if policy.public is not None else []
+        metafunc.parametrize("inside_node", nodes, ids=[policy.label(n) for n in nodes])
+
+
+def test_inside_goes_out_masqueraded(outbound, nat_policy, inside_node):
+    mine = [o for o in outbound if o.src == inside_node]
+    wrong = [o.explain(nat_policy) for o in mine if not o.ok]
+    assert not wrong, "outbound NAT is wrong:\n  " + "\n  ".join(wrong)
+
+
+@pytest.mark.emulated_only("it adds routes to the wan hosts (an attacker's own routes)")
+def test_outside_cannot_address_inside_ranges(way_in, nat_policy):
+    if not way_in.routes:
+        pytest.skip("no outside node shares a segment with the router's public address")
+    blind = [n for n, saw in way_in.controls.items() if not saw]
+    if blind:
+        raise RuntimeError(f"control failed: the captures on {', '.join(blind)} did not see the router's "
+                           "ping, so seeing nothing from outside proves nothing")
+    label = nat_policy.label
+    arrived = [f"{label(n)} got {len(frames)} packets from outside (first: {frames[0]})"
+               for n, frames in way_in.arrivals.items() if frames]
+    wrong = [c.message(nat_policy) for c in way_in.cells if not c.ok]
+    assert not arrived and not wrong, (
+        "outside nodes routing inside ranges via the router got through:\n  "
+        + "\n  ".join(arrived + wrong))

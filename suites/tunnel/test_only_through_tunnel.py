@@ -1,0 +1,26 @@
+"""The published service is reachable only through the tunnel: the policy has no
+forward for it, no outside node reaches the client directly (its addresses, or
+the router's public address on the tunnel's ports), and the tunnel itself is the
+client's own outbound connection to the edge."""
+
+from labwarden import tunnel as tunnels
+
+
+async def test_no_way_to_the_client_but_the_tunnel(lab, tunnel_policy, tunnel_case, probe_timeout):
+    policy, t = tunnel_policy, tunnel_case
+    assert not tunnels.forwards_to(policy, t), \
+        f"tunnel '{t.name}': the policy also forwards to it: {tunnels.forwards_to(policy, t)}"
+    cells = await tunnels.direct_reach(lab, policy, t, probe_timeout)
+    declared = [c for c in cells if c.expected.reached == t.client]
+    assert not declared, (f"tunnel '{t.name}': the policy itself lets outside nodes reach "
+                          f"{policy.label(t.client)}: " + "; ".join(c.flow.label(policy) for c in declared))
+    wrong = [c.message(policy) for c in cells if not c.ok]
+    assert not wrong, f"tunnel '{t.name}': reachable other than through the tunnel:\n  " + "\n  ".join(wrong)
+
+
+async def test_the_tunnel_is_the_clients_outbound_connection(lab, tunnel_policy, tunnel_case, say):
+    policy, t = tunnel_policy, tunnel_case
+    seen = await tunnels.connection(lab, policy, t)
+    assert seen.outbound, (f"tunnel '{t.name}': no outbound connection from {policy.label(t.client)} to "
+                           f"a port {policy.label(t.edge)} listens on: {seen.explain(policy)}")
+    say(f"\ntunnel '{t.name}': {seen.explain(policy)}")

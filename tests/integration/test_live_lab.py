@@ -1,0 +1,131 @@
+"""Live mode for real, without a real house: the home lab as the "real" hosts, reached over SSH.
+
+The home lab comes up (Docker mode) and its matrix is probed the Docker way.
+Then every node gets an sshd that listens on the node's loopback only (so no
+probe can see it), reached through `docker exec ... socat` as an ssh_config
+ProxyCommand: no management network, no second path between nodes. An
+inventory of ssh:// specs points live mode at them, and the isolation suite
+runs in live mode in a subprocess:
+
+- as root everywhere: every test passes (the Docker-host one skips, saying
+  why), every matrix verdict is the one Docker mode saw, nothing is left behind;
+- with the phone reached as a plain user: its probes go through connect() and
+  ping sockets and still give the Docker verdicts; the checks that need raw
+  packets there skip, naming the phone.
+"""
+
+import asyncio
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+from labwarden.lab import Lab
+from labwarden.matrix import run_matrix
+from labwarden.policy import load_policy
+from labwarden.topology import load_topology
+
+ROOT = Path(__file__).resolve().parents[2]
+SSH_PORT = 2222
+PLAIN_USER = "lwprobe"
+
+
+def start_sshd(lab: Lab, node: str, public_key: str) -> None:
+    container = lab.containers[node].name
+    subprocess.run(["docker", "exec", "-i", container, "sh", "-c",
+                    "mkdir -p /run/sshd && cat > /etc/labwarden/live_keys"],
+                   input=public_key, text=True, check=True, timeout=30)
+    subprocess.run(["docker", "exec", "-d", container, "/usr/sbin/sshd", "-D", "-e", "-p", str(SSH_PORT),
+                    "-o", "ListenAddress=127.0.0.1", "-o", "PermitRootLogin=prohibit-password",
+                    "-o", "AuthorizedKeysFile=/etc/labwarden/live_keys", "-o", "StrictModes=no",
+                    "-o", "PidFile=/run/sshd-live.pid"], check=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def ssh_lab(tmp_path_factory):
+    """(lab, policy, the Docker mode's matrix, ssh_config), sshd running in every node."""
+    tmp = tmp_path_factory.mktemp("ssh-lab")
+    topology = load_topology(ROOT / "topologies" / "homelab")
+    policy = load_policy(topology)
+    key = tmp / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    with Lab(topology, policy, log=lambda m: None) as lab:
+        docker_mode = asyncio.run(run_matrix(lab, policy))
+        for node in topology.nodes:
+            start_sshd(lab, node, (tmp / "id_ed25519.pub").read_text())
+        subprocess.run(["docker", "exec", lab.containers["phone"].name, "useradd", "-m", PLAIN_USER],
+                       check=True, timeout=30)
+        ssh_config = tmp / "ssh_config"
+        ssh_config.write_text(
+            "Host *\n  User root\n  IdentityFile {key}\n  IdentitiesOnly yes\n"
+            "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+            "  ConnectTimeout 20\n"
+            "  ProxyCommand docker exec -i {project}-%h-1 socat - TCP:127.0.0.1:{port}\n"
+            .format(key=key, project=lab.project, port=SSH_PORT))
+        yield lab, policy, docker_mode, ssh_config
+
+
+def run_live(ssh_lab, tmp_path, suites, users=None):
+    lab, policy, _, ssh_config = ssh_lab
+    users = users or {}
+    inventory = tmp_path / "live.yaml"
+    inventory.write_text(yaml.safe_dump({
+        "topology": "homelab", "max_pps": 1000, "ssh_config": str(ssh_config),
+        "ranges": [str(s.subnet) for s in lab.topology.segments.values()],
+        "nodes": {n: {"host": f"ssh://{users[n] + '@' if n in users else ''}{n}"} for n in lab.topology.nodes}}))
+    out = tmp_path / "live-report"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", *suites, "-q", "-p", "no:cacheprovider", "--tb=short", "-rs",
+         "--lab", "live", "--inventory", str(inventory), "--report-dir", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    doc = json.loads((out / "labwarden.json").read_text()) if (out / "labwarden.json").is_file() else {}
+    cases = list(ET.parse(out / "junit.xml").getroot().iter("testcase")) if (out / "junit.xml").is_file() else []
+    skipped = {f"{c.get('classname')}::{c.get('name')}": c.find("skipped").get("message")
+               for c in cases if c.find("skipped") is not None}
+    return proc, doc, cases, skipped
+
+
+def same_verdicts(ssh_lab, doc) -> dict:
+    _, policy, docker_mode, _ = ssh_lab
+    live = {p["flow"]: p["observed"] for p in doc["probes"] if p["group"] == "segmentation matrix"}
+    docker = {f.label(policy): c.observed.verdict for f, c in docker_mode.cells.items()}
+    return {f: (docker[f], live.get(f)) for f in docker if docker[f] != live.get(f)}
+
+
+def test_isolation_suite_over_ssh_sees_what_docker_mode_sees(ssh_lab, tmp_path):
+    lab = ssh_lab[0]
+    proc, doc, cases, skipped = run_live(ssh_lab, tmp_path, ["suites/isolation"])
+    output = proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, output
+    assert "raw-socket probes everywhere (root)" in proc.stdout, output
+    assert list(skipped.values()) == [
+        "emulated lab only: it probes the Docker host's bridges, which a live lab does not have"], skipped
+    assert len(cases) > 1000
+    assert doc["header"]["mode"] == "live (read-only)" and "router_config" not in doc["header"]
+    differ = same_verdicts(ssh_lab, doc)
+    assert not differ, f"{len(differ)} verdicts differ (docker, live): {dict(list(differ.items())[:20])}"
+    leftovers = {n: subprocess.run(["docker", "exec", lab.containers[n].name, "sh", "-c",
+                                    "ls -d /tmp/labwarden-* 2>/dev/null"],
+                                   capture_output=True, text=True).stdout.split() for n in lab.topology.nodes}
+    assert not any(leftovers.values()), f"the agent was left behind: {leftovers}"
+
+
+def test_a_node_without_root_probes_with_connect_and_skips_raw_checks(ssh_lab, tmp_path):
+    proc, doc, cases, skipped = run_live(ssh_lab, tmp_path, ["suites/isolation/test_matrix.py",
+                                                             "suites/isolation/test_discovery.py"],
+                                         users={"phone": PLAIN_USER})
+    output = proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, output
+    assert "no root on phone: connect()-based probes only there" in proc.stdout, output
+    assert doc["header"]["connect_only"] == "phone"
+    differ = same_verdicts(ssh_lab, doc)
+    assert not differ, f"{len(differ)} verdicts differ (docker, live): {dict(list(differ.items())[:20])}"
+    phone = [p for p in doc["probes"] if p["src"] == "personal/phone" and p["observed"] == "open"]
+    assert phone and all("no root" in p["detail"] or "seen by the socket" in p["detail"] for p in phone), phone[:3]
+    # the snooping check captures on every node, the phone too: it skips, saying why
+    assert skipped and all("live mode: no root on phone" in why for why in skipped.values()), skipped
+    assert any("test_capture_sees_nothing" in name for name in skipped)

@@ -1,0 +1,68 @@
+"""The plugin as a user meets it: bad input stops the run before anything
+starts, and neither a failure nor Ctrl-C leaves anything behind."""
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def lab_leftovers(client, topology: str) -> list[str]:
+    prefix = f"lw-{topology}-"
+    names = [c.name for c in client.containers.list(all=True) if c.name.startswith(prefix)]
+    return names + [n.name for n in client.networks.list() if n.name.startswith(prefix)]
+
+
+def run_pytest(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, **kw)
+
+
+@pytest.fixture
+def broken_lab(tmp_path):
+    """A copy of the home lab whose policy names a zone that does not exist."""
+    lab = tmp_path / "brokenlab"
+    shutil.copytree(ROOT / "topologies" / "homelab", lab)
+    policy = lab / "policy.yaml"
+    policy.write_text(policy.read_text().replace("from: personal, to: servers", "from: guests, to: servers", 1))
+    return lab
+
+
+def test_bad_policy_stops_before_anything_starts(broken_lab):
+    proc = run_pytest("suites/isolation", "--topology", str(broken_lab))
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert f"{broken_lab}/policy.yaml: allow[0].from: unknown zone 'guests'" in proc.stderr, proc.stderr
+    assert not lab_leftovers(docker.from_env(), "brokenlab")
+
+
+def test_missing_router_config_is_named(tmp_path):
+    proc = run_pytest("suites/isolation", "--router-config", str(tmp_path / "nope.nft"))
+    assert proc.returncode == 4
+    assert "--router-config: no such file" in proc.stderr
+
+
+def test_ctrl_c_tears_the_lab_down():
+    client = docker.from_env()
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                             "suites/isolation/test_matrix.py"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(c.name.endswith("labwarden-prober-1") and c.name.startswith("lw-homelab-")
+                      for c in client.containers.list()):
+            assert proc.poll() is None and time.monotonic() < deadline, "the lab never came up"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "KeyboardInterrupt" in out, out[-2000:]
+    assert not lab_leftovers(client, "homelab"), out[-2000:]

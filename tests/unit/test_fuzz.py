@@ -1,0 +1,152 @@
+"""Flow fuzzing's pure parts, without Docker: flows and their one-line form, the oracle
+for odd packets, aims taken from a router config, reassembly of captured fragments, and
+reading an nft trace back to the config file's lines."""
+
+from ipaddress import IPv4Address as A
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from labwarden.fuzz import (ARRIVED, LOST, FuzzFlow, arrivals, batches, config_aims, craft, edge_addresses,
+                            expect_flow, interesting_ports, odd_flows, probe_flows, replay_command)
+from labwarden.matrix import matrix_services
+from labwarden.nft_trace import explain, parse_config, parse_events, parse_listing, stories
+from labwarden.policy import load_policy
+from labwarden.topology import load_topology
+
+ROOT = Path(__file__).resolve().parents[2]
+HOMELAB = ROOT / "topologies" / "homelab"
+ODD_PORT = HOMELAB / "mutants" / "odd-port.nft"
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return load_policy(load_topology(HOMELAB))
+
+
+def test_a_flow_reads_back_from_its_spec(policy):
+    for flow in (FuzzFlow("web", A("198.18.1.10"), "tcp", 31337),
+                 FuzzFlow("laptop", A("198.18.10.10"), "tcp", 22, ("flags", "SF")),
+                 FuzzFlow("gpu", A("203.0.113.10"), "icmp", None, ("icmp", "13/0")),
+                 FuzzFlow("visitor", A("198.18.10.10"), "udp", 0)):
+        assert FuzzFlow.parse(flow.spec(), policy) == flow
+    assert FuzzFlow("web", A("198.18.1.10"), "tcp", 31337).label(policy) == \
+        "servers/web -> personal/laptop tcp/31337"
+    with pytest.raises(ValueError):
+        FuzzFlow.parse("web 198.18.1.10", policy)
+    command = replay_command(FuzzFlow("web", A("198.18.1.10"), "tcp", 31337, ("flags", "")), "homelab", ODD_PORT)
+    assert "--fuzz-replay 'web 198.18.1.10 tcp/31337 flags='" in command
+    assert command.endswith("--router-config topologies/homelab/mutants/odd-port.nft") or str(ODD_PORT) in command
+
+
+def test_odd_packets_never_cross_a_deny(policy):
+    def outcome(spec):
+        return expect_flow(policy, FuzzFlow.parse(spec, policy)).outcomes
+    assert outcome("web 198.18.1.10 tcp/22 flags=SF") == {LOST}            # servers -> personal: denied
+    assert outcome("laptop 198.18.10.10 tcp/22 flags=SF") == {ARRIVED, LOST}  # allowed: not promised
+    assert outcome("laptop 198.18.10.10 tcp/22 frag=split") == {ARRIVED}    # conntrack reassembles it
+    assert outcome("laptop 198.18.10.10 udp/22 frag=split") == {LOST}       # udp/22 is not allowed
+    assert outcome("laptop 198.18.10.10 udp/53 ttl=1") == {LOST}
+    assert outcome("laptop 198.18.1.11 udp/53 ttl=1") == {ARRIVED}          # on-link: no router
+    assert outcome("laptop 203.0.113.10 udp/53 spoof=198.18.10.11") == {LOST}   # antispoof
+    assert outcome("visitor 203.0.113.20 udp/53 spoof=198.51.100.77") == {ARRIVED}
+    assert outcome("laptop 198.18.10.10 icmp icmp=8/5") == {ARRIVED}        # an echo request of any code
+    assert outcome("laptop 198.18.10.10 icmp icmp=13/0") == {LOST}          # not echo: not allowed
+    assert outcome("laptop 203.0.113.10 icmp icmp=13/0") == {ARRIVED, LOST}  # 'everyone goes out': any
+    assert outcome("laptop 203.0.113.10 tcp/0") == {ARRIVED}
+
+
+def test_probes_to_nobody_may_be_silent_or_refused(policy):
+    assert expect_flow(policy, FuzzFlow("laptop", A("198.18.10.254"), "tcp", 22)).outcomes == \
+        {"filtered", "rejected"}
+    assert expect_flow(policy, FuzzFlow("web", A("198.18.1.10"), "tcp", 31337)).outcomes == {"filtered"}
+
+
+def test_edges_stay_inside_ranges_that_are_never_real(policy):
+    edges = edge_addresses(policy)
+    assert A("198.18.10.255") in edges and A("198.18.11.0") in edges and A("198.18.10.254") in edges
+    assert A("203.0.114.0") not in edges  # a real network
+
+
+def test_the_odd_port_is_aimed_at_by_the_fuzzer_and_missed_by_the_matrix(policy):
+    """The mutant opens tcp/31337 from servers to personal: no port the matrix probes."""
+    assert ("tcp", 31337) not in {(s.proto, s.port) for s in matrix_services(policy)}
+    aims = config_aims(policy, ODD_PORT.read_text())
+    aim = next(a for a in aims if 31337 in a.ports)
+    assert set(aim.srcs) == {"web", "git"} and aim.protos == ("tcp",)
+    assert set(aim.dsts) == {A("198.18.1.10"), A("198.18.1.11"), A("198.18.1.12")}
+    assert 31337 in interesting_ports(policy, aims)
+    assert not any(31337 in a.ports for a in config_aims(policy, (HOMELAB / "router/nftables.conf").read_text()))
+
+
+@settings(max_examples=150, database=None, derandomize=True, deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_every_drawn_flow_has_an_expectation_and_packets(policy, data):
+    aims = config_aims(policy, ODD_PORT.read_text())
+    for flow in data.draw(batches(probe_flows(policy, aims) | odd_flows(policy, aims), 8)).flows:
+        expected = expect_flow(policy, flow)
+        assert expected.outcomes
+        if flow.raw:
+            marker = b"lwfuzz-0123456789ab"
+            sent = craft(policy, flow, 20001, marker)
+            frames = [{"dir": "in", "hex": "00" * 12 + "0800" + item["l3"]} for item in sent]
+            assert arrivals(frames, {marker: flow}) == {flow}, flow  # the marker survives reassembly
+
+
+TRACE = """\
+trace id 0f2b8c41 inet labwarden_trace prerouting packet: iif "servers" ether saddr 02:42:c6:12:0a:0a ether daddr 02:42:c6:12:0a:01 ip saddr 198.18.10.10 ip daddr 198.18.1.10 ip dscp cs0 ip ecn not-ect ip ttl 64 ip id 4242 ip protocol tcp ip length 60 tcp sport 40000 tcp dport 31337 tcp flags == syn tcp window 64240
+trace id 0f2b8c41 inet labwarden_trace prerouting rule ip saddr { 198.18.1.10, 198.18.10.10 } meta nftrace set 1 # handle 3 (verdict continue)
+trace id 0f2b8c41 inet labwarden_trace prerouting verdict continue
+trace id 0f2b8c41 inet labwarden_trace prerouting policy accept
+trace id 0f2b8c41 inet filter antispoof packet: iif "servers" ip saddr 198.18.10.10 ip daddr 198.18.1.10 ip id 4242 ip protocol tcp tcp sport 40000 tcp dport 31337
+trace id 0f2b8c41 inet filter antispoof verdict continue
+trace id 0f2b8c41 inet filter antispoof policy accept
+trace id 0f2b8c41 inet filter forward packet: iif "servers" oif "personal" ip saddr 198.18.10.10 ip daddr 198.18.1.10 ip id 4242 ip protocol tcp tcp sport 40000 tcp dport 31337
+trace id 0f2b8c41 inet filter forward rule iifname "servers" oifname "personal" tcp dport 31337 accept # handle 21 (verdict accept)
+trace id 0f2b8c41 ip nat postrouting packet: oif "personal" ip saddr 198.18.10.10 ip daddr 198.18.1.10 ip id 4242 ip protocol tcp tcp sport 40000 tcp dport 31337
+trace id 0f2b8c41 ip nat postrouting verdict continue
+trace id 0f2b8c41 ip nat postrouting policy accept
+trace id 77aa0001 inet labwarden_trace prerouting packet: iif "servers" ip saddr 198.18.10.10 ip daddr 198.18.1.10 ip id 4243 ip protocol tcp tcp sport 40001 tcp dport 23
+trace id 77aa0001 inet labwarden_trace prerouting policy accept
+trace id 77aa0001 inet filter forward packet: iif "servers" oif "personal" ip saddr 198.18.10.10 ip daddr 198.18.1.10 ip id 4243 ip protocol tcp tcp sport 40001 tcp dport 23
+trace id 77aa0001 inet filter forward verdict continue
+trace id 77aa0001 inet filter forward policy drop
+"""
+
+
+def _listing(config: str) -> str:
+    """What `nft -a list ruleset` prints for a config: handles in the order of the rules."""
+    lines, handle = [], 10
+    for chain, entry in parse_config(config).items():
+        family, table, name = chain
+        lines += [f"table {family} {table} {{ # handle 1", f"\tchain {name} {{ # handle 2",
+                  f"\t\t{entry['policy'].text if entry['policy'] else ''}"]
+        for rule in entry["rules"]:
+            handle += 1
+            lines.append(f"\t\t{rule.text} # handle {handle}")
+        lines += ["\t}", "}"]
+    return "\n".join(lines)
+
+
+def test_a_trace_names_the_deciding_rule_and_its_line():
+    config = ODD_PORT.read_text()
+    listing = _listing(config).replace("# handle 21", "# handle 9921")
+    rules = parse_config(config)[("inet", "filter", "forward")]
+    odd = next(r for r in rules["rules"] if "31337" in r.text)
+    assert odd.line == 38 and rules["policy"].line == 30
+    handles = parse_listing(listing)[0][("inet", "filter", "forward")]
+    listing = listing.replace(f"# handle {handles[rules['rules'].index(odd)]}", "# handle 21")
+    packets = parse_events(TRACE.splitlines())
+    assert len(packets) == 2
+    flows = {"odd": ({A("198.18.10.10")}, A("198.18.1.10"), "tcp", 31337, {A("198.18.1.10")}),
+             "telnet": ({A("198.18.10.10")}, A("198.18.1.10"), "tcp", 23, {A("198.18.1.10")})}
+    told = stories(packets, flows)
+    fate, by = explain(told["odd"], listing, config, "mutants/odd-port.nft")
+    assert fate == "ACCEPTED"
+    assert by == ("by forward rule 'iifname \"servers\" oifname \"personal\" tcp dport 31337 accept' "
+                  "(mutants/odd-port.nft:38)")
+    fate, by = explain(told["telnet"], listing, config, "mutants/odd-port.nft")
+    assert (fate, by) == ("DROPPED", "by forward policy drop (mutants/odd-port.nft:30)")

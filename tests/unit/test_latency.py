@@ -1,0 +1,247 @@
+"""Latency machinery without Docker: statistics, budgets, profiles, the delay line's plan
+and its packet handling, expected routes."""
+
+import random
+import sys
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from labwarden import impair, latency
+from labwarden.errors import ConfigError, LabError
+from labwarden.policy import load_policy
+from labwarden.topology import load_topology
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "labwarden" / "probe"))
+import delayline  # noqa: E402  (a standalone program, like the agent)
+
+LAB = Path(__file__).resolve().parents[1] / "integration" / "latency_lab"
+
+
+@pytest.fixture(scope="module")
+def topology():
+    return load_topology(LAB)
+
+
+@pytest.fixture(scope="module")
+def policy(topology):
+    return load_policy(topology)
+
+
+# ---------------------------------------------------------------- statistics
+
+def test_percentiles_interpolate_like_numpy():
+    values = [float(v) for v in range(1, 11)]
+    assert latency.percentile(values, 50) == 5.5
+    assert latency.percentile(values, 95) == pytest.approx(9.55)
+    assert latency.percentile([3.0], 99) == 3.0
+    assert latency.percentile([], 50) is None
+
+
+def test_jitter_is_the_mean_difference_of_consecutive_samples():
+    # RFC 3550: |D(i-1, i)|, averaged; lost samples are skipped, order is kept
+    assert latency.jitter([10.0, 12.0, 11.0, None, 15.0]) == pytest.approx((2 + 1 + 4) / 3)
+    assert latency.jitter([10.0]) is None
+
+
+def test_stats_count_loss_and_ignore_lost_samples_in_percentiles():
+    stats = latency.Stats.of([1.0, None, 3.0, 2.0])
+    assert (stats.count, stats.received, stats.loss_pct) == (4, 3, 25.0)
+    assert (stats.min, stats.p50, stats.max) == (1.0, 2.0, 3.0)
+
+
+# ---------------------------------------------------------------- budgets
+
+def test_budgets_name_their_path_and_resolve_addresses(policy):
+    labels = [b.label for b in policy.budgets]
+    assert labels[0] == "cabin/laptop -> uplink/server tcp/80"
+    assert policy.budgets[0].dst == IPv4Address("198.18.72.10")
+    router = next(b for b in policy.budgets if b.dst_node == "gw")
+    assert router.label == "cabin/laptop -> gw@cabin icmp" and router.dst == IPv4Address("198.18.70.1")
+    page = next(b for b in policy.budgets if b.kind == "http")
+    assert (page.samples, page.interval_s, page.port) == (10, 0.02, 80)
+    assert [(l.series, l.metric, l.bound) for l in page.limits] == [("main", "p95", 400.0), ("ttfb", "p95", 400.0)]
+
+
+@pytest.mark.parametrize("path, value, field, words", [
+    ("laptop -> nowhere icmp", "p95 < 5 ms", "budgets[laptop -> nowhere icmp]", "unknown node 'nowhere'"),
+    ("laptop server icmp", "p95 < 5 ms", "budgets[laptop server icmp]", "is not a path"),
+    ("laptop -> server udp/53", "p95 < 5 ms", "budgets[laptop -> server udp/53]", "not a measure"),
+    ("laptop -> server icmp", "p97 < 5 ms", "budgets[laptop -> server icmp].limits[0]", "unknown metric 'p97'"),
+    ("laptop -> server icmp", "loss < 5 ms", "budgets[laptop -> server icmp].limits[0]", "loss is a percentage"),
+    ("laptop -> server icmp", "ttfb p95 < 5 ms", "budgets[laptop -> server icmp].limits[0]", "http/N paths only"),
+    ("laptop -> server icmp", {"limits": ["p95 < 5 ms"], "every": 3},
+     "budgets[laptop -> server icmp].every", "unknown key"),
+    ("uplink/laptop -> server icmp", "p95 < 5 ms", "budgets[uplink/laptop -> server icmp]", "not uplink"),
+])
+def test_budget_mistakes_name_file_field_and_problem(policy, path, value, field, words):
+    with pytest.raises(ConfigError) as err:
+        latency.load_budgets("policy.yaml", {path: value}, policy)
+    assert err.value.field == field and words in err.value.problem
+
+
+def test_a_broken_budget_names_path_budget_and_measured_figure(policy):
+    budget = latency.parse_budget("policy.yaml", "budgets[x]", "laptop -> server tcp/80", "p95 < 5 ms", policy)
+    measured = latency.Measured(budget, [100.0 + i for i in range(20)])
+    [failure] = measured.failures()
+    assert failure.startswith("cabin/laptop -> uplink/server tcp/80: budget 'p95 < 5 ms' broken: measured p95 118.05 ms")
+    assert latency.Measured(budget, [1.0] * 20).failures() == []
+    lost = latency.Measured(budget, [None] * 5, errors={"timeout": 5})
+    assert "nothing was received" in lost.failures()[0] and "timeout x5" in lost.failures()[0]
+
+
+# ---------------------------------------------------------------- profiles and links
+
+def test_named_profiles_match_the_issue():
+    rtt = {name: p.rtt_ms for name, p in impair.PROFILES.items()}
+    assert rtt["lan"] == pytest.approx(0.2) and rtt["fiber-isp"] == 10
+    assert 25 <= rtt["leo-satellite"] - 2 * impair.PROFILES["leo-satellite"].jitter_ms
+    assert rtt["leo-satellite"] + 2 * impair.PROFILES["leo-satellite"].jitter_ms <= 60
+    geo = impair.PROFILES["geo-satellite"]
+    assert 550 <= geo.rtt_ms - 2 * geo.jitter_ms and geo.rtt_ms + 2 * geo.jitter_ms <= 650 and geo.loss_pct
+    wifi = impair.PROFILES["airline-wifi"]
+    assert wifi.delay_ms == geo.delay_ms and wifi.rate_kbit > 0
+
+
+def test_profiles_parse_units_and_overrides():
+    p = impair.parse_profile("c.yaml", "x", {"profile": "geo-satellite", "loss": "0%", "rate": "2 mbit"})
+    assert (p.name, p.delay_ms, p.loss_pct, p.rate_kbit) == ("geo-satellite*", 300, 0, 2000)
+    assert impair.parse_profile("c.yaml", "x", {"delay": "0.3 s", "jitter": 5}).delay_ms == 300
+    with pytest.raises(ConfigError, match="unknown profile 'moon'.*known profiles: lan"):
+        impair.parse_profile("c.yaml", "x", "moon")
+    with pytest.raises(ConfigError, match="more than the delay"):
+        impair.parse_profile("c.yaml", "x", {"delay": "1 ms", "jitter": "2 ms"})
+    with pytest.raises(ConfigError, match="not a quantity"):
+        impair.parse_profile("c.yaml", "x", {"delay": "soon"})
+
+
+def test_links_come_from_compose(topology):
+    [link] = impair.load_links(topology)
+    assert (link.name, link.segment, link.node, link.profile.delay_ms) == ("sky", "sky", None, 50)
+
+
+MACS = {("gw", "sky"): "02:42:00:00:00:01", ("sat", "sky"): "02:42:00:00:00:02"}
+
+
+def test_a_firewalled_sender_is_carried_by_its_receivers(topology):
+    links = impair.load_links(topology)
+    plan = impair.delayline_plan(topology, links, {"gw"}, MACS)
+    assert list(plan) == ["sat"]
+    [entry] = plan["sat"]
+    assert entry["ingress"] == {"ifname": "sky", "macs": ["02:42:00:00:00:01"]}
+    assert entry["egress"]["routes"] == [["198.18.71.0/24", "198.18.71.2"]]
+    assert entry["egress"]["from"] == ["ground"]
+    # without the firewall, each sender carries its own side
+    plan = impair.delayline_plan(topology, links, set(), MACS)
+    assert sorted(plan) == ["gw", "sat"] and all("ingress" not in e for es in plan.values() for e in es)
+    assert ["default", "198.18.71.1"] in plan["gw"][0]["egress"]["routes"]
+
+
+def test_an_attachment_is_impaired_both_ways(topology):
+    link = impair.Link("sat@sky", "sky", "sat", impair.PROFILES["lan"])
+    legs = impair.legs(topology, [link])
+    assert {(l.sender, l.to) for l in legs} == {("sat", None), ("gw", "sat")}
+    plan = impair.delayline_plan(topology, [link], set(), MACS)
+    assert plan["gw"][0]["egress"]["routes"] == [["198.18.71.2/32", "198.18.71.1"], ["default", "198.18.71.1"]]
+    with pytest.raises(LabError, match="neither sat nor gw can carry"):
+        impair.delayline_plan(topology, [link], {"gw", "sat"}, MACS)
+
+
+def test_netem_puts_every_leg_on_its_senders_egress(topology):
+    plan = impair.netem_plan(topology, impair.load_links(topology))
+    assert plan["gw"] == [["tc", "qdisc", "replace", "dev", "sky", "root", "netem", "delay", "50ms", "2ms",
+                           "limit", "1000"]]
+    link = impair.Link("sat@sky", "sky", "sat", impair.PROFILES["geo-satellite"])
+    cmds = impair.netem_plan(topology, [link])["gw"]
+    assert cmds[0][6:8] == ["handle", "1:"] and any("198.18.71.2/32" in c for c in cmds)
+
+
+def test_expected_route_adds_the_links_on_the_way(topology):
+    links = impair.load_links(topology)
+    hops = latency.expected_route(topology, links, "laptop", IPv4Address("198.18.72.10"))
+    assert [(h.node, str(h.address), h.rtt_ms, h.jitter_ms) for h in hops] == [
+        ("gw", "198.18.70.1", 0, 0), ("sat", "198.18.71.2", 100, 4), ("server", "198.18.72.10", 100, 4)]
+    check = latency.link_check(topology, links, links[0], {"gw"})
+    assert (check.src, check.dst_node, check.rtt_ms) == ("gw", "sat", 100)
+
+
+def test_accuracy_tolerance_is_one_percent_or_two_ms():
+    assert latency.tolerance_ms(600) == 6 and latency.tolerance_ms(20) == 2
+
+
+# ---------------------------------------------------------------- the relay's packet handling
+
+def ipv4(ttl: int) -> bytearray:
+    header = bytearray(b"\x45\x00\x00\x1c\x00\x01\x00\x00" + bytes([ttl, 17]) + b"\x00\x00"
+                       + bytes([198, 18, 70, 10, 198, 18, 72, 10]))
+    csum = delayline_checksum(header)
+    header[10], header[11] = csum >> 8, csum & 0xFF
+    return header + b"\x00" * 8
+
+
+def delayline_checksum(header: bytes) -> int:
+    total = sum(int.from_bytes(header[i:i + 2], "big") for i in range(0, 20, 2) if i != 10)
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+@pytest.mark.parametrize("ttl, ttl_one, after", [(63, False, 64), (1, False, 2), (255, False, 255), (2, True, 1)])
+def test_restore_ttl_keeps_the_checksum_valid(ttl, ttl_one, after):
+    packet = ipv4(ttl)
+    delayline.restore_ttl(packet, ttl_one)
+    assert packet[8] == after
+    assert int.from_bytes(packet[10:12], "big") == delayline_checksum(packet)
+
+
+class FakeLoop:
+    def __init__(self):
+        self.now, self.timers = 0.0, []
+
+    def time(self):
+        return self.now
+
+    def call_at(self, when, func):
+        handle = FakeTimer(when, func)
+        self.timers.append(handle)
+        return handle
+
+
+class FakeTimer:
+    def __init__(self, when, func):
+        self._when, self.func, self.cancelled = when, func, False
+
+    def when(self):
+        return self._when
+
+    def cancel(self):
+        self.cancelled = True
+
+
+def stats():
+    return dict.fromkeys(("in", "out", "lost", "overflow", "write_errors", "max_backlog", "late_ms_sum"), 0)
+
+
+def test_direction_keeps_order_under_jitter_and_drops_at_the_loss_rate():
+    loop = FakeLoop()
+    d = delayline.Direction(loop, {"delay_ms": 300, "jitter_ms": 10}, random.Random(1), stats())
+    for i in range(200):
+        loop.now = i * 0.001
+        d.push(loop.now, 0, ipv4(64), False)
+    dues = [item[0] for item in d.queue]
+    assert dues == sorted(dues)                       # in order, as a link keeps it
+    assert all(0.29 <= due - i * 0.001 <= 0.32 for i, due in enumerate(dues))
+    lossy = delayline.Direction(loop, {"delay_ms": 1, "loss_pct": 10}, random.Random(2), stats())
+    for _ in range(5000):
+        lossy.push(loop.now, 0, ipv4(64), False)
+    assert 400 <= lossy.stats["lost"] <= 600
+
+
+def test_direction_serialises_packets_at_the_rate():
+    loop = FakeLoop()
+    d = delayline.Direction(loop, {"delay_ms": 0, "rate_kbit": 8, "limit": 3}, random.Random(1), stats())
+    for _ in range(5):
+        d.push(0.0, 0, bytearray(100), False)   # 100 bytes at 8 kbit/s: 0.1 s each
+    assert [round(item[0], 3) for item in d.queue] == [0.1, 0.2, 0.3]
+    assert d.stats["overflow"] == 2

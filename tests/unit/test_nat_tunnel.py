@@ -1,0 +1,140 @@
+"""How fetches read, and how forward and tunnel checks judge what came back: pure
+logic over made-up agent answers, no Docker."""
+
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from labwarden import nat, tunnel
+from labwarden.fetch import content, fetch_for, parse_http
+from labwarden.policy import load_policy
+from labwarden.probe import Fetch, Fetched
+from labwarden.topology import load_topology
+
+HOMELAB = Path(__file__).resolve().parents[2] / "topologies" / "homelab"
+PAGE = b"<!doctype html><p>hi</p>\n"
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return load_policy(load_topology(HOMELAB))
+
+
+def got(reply=b"", connected=True, error=None, eof=True, dst="203.0.113.30", port=80, sport=40000):
+    return Fetched(Fetch(IPv4Address(dst), port, b"GET", read_s=1.0), sport, connected, error, eof,
+                   reply, 0.3, 1.0)
+
+
+def http(body, status="200 OK"):
+    return (f"HTTP/1.0 {status}\r\nServer: x\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def test_fetch_for_picks_what_a_client_sends():
+    web, tls, ssh = fetch_for("203.0.113.2", 80), fetch_for("203.0.113.2", 443), fetch_for("203.0.113.2", 22)
+    assert web.send.startswith(b"GET / HTTP/1.1\r\nHost: 203.0.113.2\r\n") and not web.tls
+    assert tls.tls and tls.send.startswith(b"GET /")
+    assert ssh.send == b""
+
+
+def test_http_replies_read_as_status_and_body():
+    reply = parse_http(got(http(PAGE)))
+    assert (reply.status, reply.body, reply.complete) == (200, PAGE, True)
+    assert content(got(http(PAGE))) == PAGE
+    assert content(got(http(PAGE)[:-3], eof=False)) is None        # cut short
+    assert content(got(http(b"no", "502 Bad Gateway"))) is None
+    assert content(got(b"SSH-2.0-OpenSSH_9.2\r\n")) == b"SSH-2.0-OpenSSH_9.2\r"
+    assert content(got(connected=False, error="refused")) is None
+
+
+@pytest.mark.parametrize("via, state", [
+    (got(http(PAGE)), "up"),
+    (got(connected=False, error="refused"), "tunnel down"),
+    (got(b"", eof=True), "tunnel down"),                     # the edge closed without a word
+    (got(http(b"tunnel gone", "502 Bad Gateway")), "tunnel down"),
+    (got(b"", eof=False), "no answer"),                      # accepted, then silence: hung
+    (got(connected=False, error="timeout"), "no answer"),
+    (got(http(b"<p>another page</p>")), "wrong page"),
+])
+def test_page_states(policy, via, state):
+    t = policy.tunnels[0]
+    local = got(http(t.page.read_bytes()), dst="127.0.0.1", port=8080)
+    if via.reply == http(PAGE):
+        via = got(http(t.page.read_bytes()))
+    check = tunnel.judge_page(policy, t, "visitor", via, local)
+    assert check.state == state, check.explain(policy)
+    assert check.explain(policy).startswith("laptop page: wan/visitor -> wan/edge tcp/80: ")
+
+
+def test_a_tunnel_down_says_what_the_edge_did(policy):
+    t = policy.tunnels[0]
+    local = got(http(t.page.read_bytes()), dst="127.0.0.1", port=8080)
+    check = tunnel.judge_page(policy, t, "visitor", got(connected=False, error="refused"), local)
+    assert check.explain(policy) == (
+        "laptop page: wan/visitor -> wan/edge tcp/80: tunnel down: wan/edge 203.0.113.30:80 refused "
+        "the connection (RST): no tunnel client is behind tcp/80")
+
+
+@pytest.mark.parametrize("name, reply, proxy", [
+    ("a SOCKS5 greeting", b"\x05\x00", True),
+    ("a SOCKS5 greeting", b"HTTP/1.0 400 Bad request\r\n", False),
+    ("a SOCKS4 CONNECT to 127.0.0.1:22", b"\x00\x5a\x00\x00\x00\x00\x00\x00", True),
+    ("an HTTP CONNECT to 127.0.0.1:22", b"HTTP/1.1 200 Connection established\r\n\r\n", True),
+    ("an HTTP CONNECT to 127.0.0.1:22", b"HTTP/1.0 501 Unsupported method\r\n", False),
+])
+def test_proxies_are_recognised(name, reply, proxy):
+    assert (tunnel.proxy_answer(name, reply) is not None) is proxy
+
+
+def test_visitors_are_the_edges_neighbours_first(policy):
+    assert tunnel.visitors(policy, policy.tunnels[0]) == ["visitor", "scanner"]
+    airplane = load_policy(load_topology(HOMELAB.parent / "airplane"))
+    assert tunnel.visitors(airplane, airplane.tunnels[0]) == ["visitor", "ground", "satellite"]
+
+
+def judge(policy, via, landed, reference=None):
+    forward = policy.forwards[0]
+    reference = reference or got(http(PAGE), dst="198.18.10.10")
+    return nat._judge_forward(policy, forward, "visitor", reference, via, landed)
+
+
+@pytest.mark.parametrize("via, landed, state", [
+    (got(http(PAGE)), {"web": [IPv4Address("203.0.113.10")]}, "works"),
+    (got(connected=False, error="refused"), {"web": [IPv4Address("203.0.113.10")]}, "service down"),
+    (got(connected=False, error="timeout"), {}, "missing"),
+    (got(connected=False, error="refused"), {}, "missing"),
+    (got(connected=False, error="refused"), {"git": [IPv4Address("203.0.113.10")]}, "wrong host"),
+    (got(http(PAGE)), {"web": [IPv4Address("198.18.10.1")]}, "source rewritten"),
+    (got(http(b"<p>other</p>")), {"web": [IPv4Address("203.0.113.10")]}, "wrong reply"),
+])
+def test_forward_states(policy, via, landed, state):
+    assert judge(policy, via, landed)[0] == state
+
+
+def test_forward_messages_name_where_it_went(policy):
+    state, why = judge(policy, got(connected=False, error="refused"), {"git": [IPv4Address("203.0.113.10")]})
+    assert why.startswith("the connection lands on servers/git, not on servers/web tcp/80")
+    state, why = judge(policy, got(connected=False, error="timeout"), {})
+    assert why.startswith("filtered at the router")
+    state, why = judge(policy, got(http(PAGE)), {"web": [IPv4Address("198.18.10.1")]})
+    assert "198.18.10.1 (router)" in why and "source NAT" in why
+
+
+def test_inside_and_outside_nodes(policy):
+    assert nat.outside_nodes(policy) == ["visitor", "scanner", "edge"]
+    assert nat.inside_nodes(policy) == ["web", "git", "laptop", "phone", "tv", "gpu"]
+
+
+def test_the_tunnel_mutant_is_the_airplane_but_for_its_client():
+    """topologies/airplane/mutants/tunnel-socks: its header, then the airplane's compose.yaml
+    with the tunnel client's one line changed (and policy, page, gateway linked)."""
+    airplane = HOMELAB.parent / "airplane"
+    mutant = airplane / "mutants" / "tunnel-socks"
+    base = (airplane / "compose.yaml").read_text().splitlines()
+    lines = (mutant / "compose.yaml").read_text().splitlines()
+    lines = lines[lines.index(base[0]):]  # past the mutant's header
+    changed = [(a, b) for a, b in zip(base, lines) if a != b]
+    assert len(lines) == len(base) and len(changed) == 1, changed
+    assert '"0.0.0.0:80", root@198.18.60.30]' in changed[0][1]
+    for linked in ("policy.yaml", "www", "gateway"):
+        assert (mutant / linked).resolve() == (airplane / linked).resolve()
