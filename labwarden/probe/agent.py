@@ -8,7 +8,7 @@ base64(zlib(JSON)); prints one line of JSON. Request (every node key optional)::
      "nodes": {"laptop": {
         "netns": "/proc/1234/ns/net",        # null: stay where the agent runs (live lab)
         "setup": {"rename": {MAC: NAME}, "routes": [[PREFIX|"default", NEXTHOP]],
-                  "sysctls": {KEY: VALUE}, "nft": RULESET},
+                  "sysctls": {KEY: VALUE}, "nft": RULESET},   # nft: also flushes conntrack
         "info": true, "capture": {"seconds": 2.0}, "trace": true,
         "start_at": EPOCH_S,                 # send from then on (live labs: agents on many hosts)
         "near": [IP],                        # off-link addresses 0 hops away (the gateway's others)
@@ -845,6 +845,26 @@ class NodeRun:
                         'mount -o remount,rw /proc/sys && exec sysctl -w "$@"', "sh", *pairs)
         if setup.get("nft"):
             self.sh("nft", "-f", "-", stdin=setup["nft"])
+            self.flush_conntrack()
+
+    def flush_conntrack(self):
+        """Forget every tracked connection, so a new ruleset inherits none an earlier one let in.
+
+        (A SYN-ACK still on its way for a connection some fuzzed ruleset accepted would
+        otherwise pass the next ruleset's `ct state established` as a reply.) Netlink
+        IPCTNL_MSG_CT_DELETE without attributes is `conntrack -F`, which the image lacks.
+        """
+        netlink_netfilter, ctnetlink, ct_delete, request, ack = 12, 1, 2, 1, 4
+        body = struct.pack("BBH", socket.AF_INET, 0, 0)
+        message = struct.pack("=IHHII", 16 + len(body), ctnetlink << 8 | ct_delete, request | ack, 1, 0) + body
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink_netfilter) as nl:
+            nl.settimeout(5)
+            nl.sendto(message, (0, 0))
+            reply = nl.recv(4096)
+        kind, (err,) = struct.unpack_from("=H", reply, 4)[0], struct.unpack_from("=i", reply, 16)
+        if kind != 2 or err not in (0, -errno.ENOENT):
+            raise AgentError(f"node {self.name}: flushing conntrack failed: "
+                             f"{os.strerror(-err) if err else f'netlink message type {kind}'}")
 
     def info(self) -> dict:
         links, routes = json.loads(self.sh("ip", "-j", "addr")), json.loads(self.sh("ip", "-j", "route"))
