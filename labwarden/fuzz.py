@@ -29,8 +29,6 @@ No Docker here but through the `lab` handed in; the oracle is pure.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import re
 import secrets
 import shlex
@@ -40,6 +38,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from hypothesis import strategies as st
 
+from .lab import run_sync
 from .policy import Policy, Service
 from .probe import NodeJob, Probe
 
@@ -568,12 +567,6 @@ def arrivals(captured: list[dict], markers: dict[bytes, FuzzFlow]) -> set[FuzzFl
 
 
 # ---------------------------------------------------------------- sending
-
-def run_sync(coro):
-    """Run the lab's coroutine to the end from sync code, whatever loop the caller has."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
 
 @dataclass
 class FlowFuzzer:

@@ -16,6 +16,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from hypothesis import strategies as st
 
+from .lab import run_sync
 from .nft_model import (CT_STATES, EPHEMERAL, REJECT_CODES, Chain, Match, NamedSet, Prediction, Rule, Ruleset,
                         World, outside_ephemeral, port_constants, predict)
 from .probe import NodeJob, Probe
@@ -24,6 +25,7 @@ ICMP_TYPE_NAMES = ("echo-request", "echo-reply", "destination-unreachable")
 MAX_SUB_CHAINS = 3
 MAX_RULES = 6
 FLOWS_PER_RULESET = 24
+RULESETS_PER_EXAMPLE = 4      # loaded one after the other in one agent call
 
 
 # ---------------------------------------------------------------- values
@@ -229,7 +231,8 @@ class Difference:
 
 @dataclass
 class RuleChecker:
-    """Loads a ruleset into the lab's router and probes flows through it, in one agent request."""
+    """Loads rulesets into the lab's router and probes flows through each: several rulesets
+    in one agent call (`Lab.run_rounds`), each after an emptied conntrack table."""
     lab: object
     policy: object
     world: World
@@ -240,39 +243,45 @@ class RuleChecker:
     seconds: float = 0.0
     seen: dict = field(default_factory=dict)
 
-    def observe(self, ruleset: Ruleset, flows: list[tuple], timeout: float) -> dict[tuple, tuple[str, str]]:
-        from .fuzz import run_sync
-        jobs = {self.policy.router: NodeJob(setup={"nft": ruleset.render()})}
-        for src, dst, proto, port in flows:
-            jobs.setdefault(src, NodeJob()).probes.append(Probe(proto, dst, port))
+    def observe(self, cases: list[tuple[Ruleset, list[tuple]]], timeout: float) -> dict:
+        """{(ruleset, flow): (verdict, detail)} for every case's flows."""
+        rounds = []
+        for ruleset, flows in cases:
+            # no connection state from the ruleset before: each ruleset is judged on its own
+            jobs = {self.policy.router: NodeJob(setup={"nft": ruleset.render(), "flush_conntrack": True})}
+            for src, dst, proto, port in flows:
+                jobs.setdefault(src, NodeJob()).probes.append(Probe(proto, dst, port))
+            rounds.append(jobs)
         started = time.monotonic()
-        answers = run_sync(self.lab.run(jobs, timeout=timeout))
+        answers = run_sync(self.lab.run_rounds(rounds, timeout=timeout))
         self.seconds += time.monotonic() - started
-        self.rulesets += 1
-        self.flows += len(flows)
-        out, index = {}, {}
-        for flow in flows:
-            src = flow[0]
-            i = index.get(src, 0)
-            index[src] = i + 1
-            obs = answers[src].observations[i]
-            out[flow] = (obs.verdict, obs.detail)
+        self.rulesets += len(cases)
+        out = {}
+        for (ruleset, flows), answer in zip(cases, answers):
+            self.flows += len(flows)
+            index = {}
+            for flow in flows:
+                i = index[flow[0]] = index.get(flow[0], -1) + 1
+                obs = answer[flow[0]].observations[i]
+                out[(ruleset, flow)] = (obs.verdict, obs.detail)
         return out
 
-    def check(self, ruleset: Ruleset, flows: list[tuple]) -> list[Difference]:
-        flows = list(dict.fromkeys(flows))
-        new = [f for f in flows if (ruleset, f) not in self.seen]
-        if new:
-            for f, seen in self.observe(ruleset, new, self.timeout).items():
-                self.seen[(ruleset, f)] = (seen, False)
-        model = {f: predict(ruleset, self.world, *f) for f in flows}
-        doubtful = [f for f in flows if self.seen[(ruleset, f)][0][0] != model[f].verdict
-                    and not self.seen[(ruleset, f)][1]]
-        if doubtful:  # again, alone and with the full timeout, before it counts
-            for f, seen in self.observe(ruleset, doubtful, self.confirm_timeout).items():
-                self.seen[(ruleset, f)] = (seen, True)
-        return [Difference(ruleset, f, *self.seen[(ruleset, f)][0], model[f]) for f in flows
-                if self.seen[(ruleset, f)][0][0] != model[f].verdict]
+    def check(self, cases: list[tuple[Ruleset, list[tuple]]]) -> list[Difference]:
+        """The differences between kernel and model over every (ruleset, flows) case; a
+        flow on which they differ is probed again, alone with its ruleset and the full
+        timeout, before it counts."""
+        cases = [(ruleset, list(dict.fromkeys(flows))) for ruleset, flows in cases]
+        new = [(r, [f for f in flows if (r, f) not in self.seen]) for r, flows in cases]
+        for key, seen in self.observe([(r, fs) for r, fs in new if fs], self.timeout).items():
+            self.seen[key] = (seen, False)
+        model = {(r, f): predict(r, self.world, *f) for r, flows in cases for f in flows}
+        doubtful = [(r, f) for r, f in model if self.seen[(r, f)][0][0] != model[(r, f)].verdict
+                    and not self.seen[(r, f)][1]]
+        if doubtful:
+            for key, seen in self.observe([(r, [f]) for r, f in doubtful], self.confirm_timeout).items():
+                self.seen[key] = (seen, True)
+        return [Difference(r, f, *self.seen[(r, f)][0], model[(r, f)]) for r, f in model
+                if self.seen[(r, f)][0][0] != model[(r, f)].verdict]
 
     def rate(self) -> str:
         per_s = self.rulesets / self.seconds if self.seconds else 0.0

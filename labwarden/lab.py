@@ -10,6 +10,8 @@ container and network of the run; both are idempotent.
 """
 
 import asyncio
+import concurrent.futures
+import contextlib
 import fcntl
 import functools
 import os
@@ -27,7 +29,7 @@ import testinfra
 from . import impair
 from .errors import LabError, ProbeError
 from .image import ensure_image
-from .probe import AGENT, DOCUMENTATION_RANGES, NodeJob, Probe, Transport, run_jobs
+from .probe import AGENT, DOCUMENTATION_RANGES, NodeJob, Probe, Transport, run_jobs, run_rounds
 from .policy import Service
 from .topology import Topology
 
@@ -207,6 +209,30 @@ class Lab:
         router = self.topology.nodes[self.policy.router]
         return self.router_config or router.firewall
 
+    @contextlib.contextmanager
+    def router_on_loan(self):
+        """For a test that loads rulesets of its own into the router (rule fuzzing).
+
+        The lab's long-lived connections, its tunnel clients (the containers that share a
+        node's network namespace), stop first: otherwise one reconnects under a foreign
+        ruleset (without masquerade, say) and lingers into the next suite. Afterwards the
+        router gets its own ruleset back with an empty conntrack table, the clients start
+        again, and the lab is waited for as at start, whatever happened meanwhile.
+        """
+        sidecars = [c for c in self.containers.values()
+                    if c.attrs["HostConfig"].get("NetworkMode", "").startswith("container:")]
+        for c in sidecars:
+            c.stop(timeout=1)
+        try:
+            yield
+        finally:
+            own = self.router_firewall()
+            run_sync(self.run({self.policy.router: NodeJob(setup={"nft": own.read_text(),
+                                                                   "flush_conntrack": True})}))
+            for c in sidecars:
+                c.start()
+            run_sync(self._wait_ready())
+
     def _setup_for(self, name: str) -> dict:
         node = self.topology.nodes[name]
         networks = self.containers[name].attrs["NetworkSettings"]["Networks"]
@@ -267,6 +293,10 @@ class Lab:
     async def run(self, jobs: dict[str, NodeJob], timeout: float = 1.0, allow_extra=()):
         return await run_jobs(self.transports, jobs, self.allowed_ranges(allow_extra), timeout)
 
+    async def run_rounds(self, rounds: list[dict[str, NodeJob]], timeout: float = 1.0):
+        """Batches one after the other in one agent call: saves ~0.1 s of `docker exec` each."""
+        return await run_rounds(self.transports, rounds, self.allowed_ranges(), timeout)
+
     def mac(self, node: str, segment: str) -> str:
         """The MAC address of the node's interface on that segment."""
         networks = self.containers[node].attrs["NetworkSettings"]["Networks"]
@@ -276,6 +306,12 @@ class Lab:
         """Run a command in the node's own container (its image's tools)."""
         return subprocess.run(["docker", "exec", self.containers[node].name, *argv],
                               capture_output=True, text=True, timeout=60)
+
+
+def run_sync(coro):
+    """Run the lab's coroutine to the end from sync code, whatever loop the caller has."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def remove_project(client, project: str) -> None:

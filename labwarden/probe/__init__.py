@@ -154,8 +154,7 @@ def _observation(item: dict) -> Observation:
                        item.get("detail", ""), item.get("ttl"), item.get("rtt_ms"))
 
 
-def _call_agent(transport: Transport, nodes: dict, allowed: list[str], timeout: float) -> dict:
-    request = {"timeout": timeout, "allowed": allowed, "nodes": nodes}
+def _call_agent(transport: Transport, request: dict) -> dict:
     result = transport.host.run("python3 %s %s", transport.agent_path, encode(request))
     if result.rc != 0:
         raise ProbeError(f"the probe agent failed on {transport.host.backend.get_pytest_id()} "
@@ -165,14 +164,14 @@ def _call_agent(transport: Transport, nodes: dict, allowed: list[str], timeout: 
     except (ValueError, IndexError):
         raise ProbeError(f"the probe agent printed no JSON: {result.stdout[-500:]!r} "
                          f"{result.stderr[-1500:]!r}") from None
-    if answer.get("error"):
-        raise ProbeError(f"the probe agent refused the batch: {answer['error']}")
-    return answer["nodes"]
+    for part in [answer, *answer.get("rounds", [])]:
+        if part.get("error"):
+            raise ProbeError(f"the probe agent refused the batch: {part['error']}")
+    return answer
 
 
-async def run_jobs(transports: dict[str, Transport], jobs: dict[str, NodeJob],
-                   allowed: list[str], timeout: float = 1.0) -> dict[str, NodeAnswer]:
-    """Run every node's job at once: one agent call per transport host, all concurrent."""
+def _node_requests(transports: dict[str, Transport], jobs: dict[str, NodeJob]) -> dict:
+    """{id(host): (transport, {node: request})}: one agent call per transport host."""
     groups: dict[int, tuple[Transport, dict]] = {}
     for node, job in jobs.items():
         transport = transports[node]
@@ -180,10 +179,10 @@ async def run_jobs(transports: dict[str, Transport], jobs: dict[str, NodeJob],
         if transport.near:
             request["near"] = [str(a) for a in transport.near]
         groups.setdefault(id(transport.host), (transport, {}))[1][node] = request
-    answers = await asyncio.gather(*(
-        asyncio.to_thread(_call_agent, transport, nodes, allowed, timeout)
-        for transport, nodes in groups.values()))
-    merged = {node: raw for answer in answers for node, raw in answer.items()}
+    return groups
+
+
+def _node_answers(jobs: dict[str, NodeJob], merged: dict) -> dict[str, NodeAnswer]:
     out = {}
     for node in jobs:
         raw = merged.get(node) or {"error": "the agent returned nothing for this node"}
@@ -196,3 +195,28 @@ async def run_jobs(transports: dict[str, Transport], jobs: dict[str, NodeJob],
                                      bytes.fromhex(r["reply"]), r["connect_ms"], r["ms"])
                              for f, r in zip(jobs[node].fetch, sorted(raw.get("fetched", []), key=lambda r: r["id"]))]
     return out
+
+
+async def run_jobs(transports: dict[str, Transport], jobs: dict[str, NodeJob],
+                   allowed: list[str], timeout: float = 1.0) -> dict[str, NodeAnswer]:
+    """Run every node's job at once: one agent call per transport host, all concurrent."""
+    answers = await asyncio.gather(*(
+        asyncio.to_thread(_call_agent, transport, {"timeout": timeout, "allowed": allowed, "nodes": nodes})
+        for transport, nodes in _node_requests(transports, jobs).values()))
+    return _node_answers(jobs, {node: raw for answer in answers for node, raw in answer["nodes"].items()})
+
+
+async def run_rounds(transports: dict[str, Transport], rounds: list[dict[str, NodeJob]],
+                     allowed: list[str], timeout: float = 1.0) -> list[dict[str, NodeAnswer]]:
+    """Batches one after the other in one agent call (all their nodes on one host)."""
+    grouped = [_node_requests(transports, jobs) for jobs in rounds]
+    hosts = {h for groups in grouped for h in groups}
+    if len(hosts) > 1:
+        raise ProbeError("rounds need every node on one agent host (an emulated lab's prober)")
+    if not hosts:
+        return [{} for _ in rounds]
+    transport = next(iter(grouped[0].values()))[0]
+    request = {"timeout": timeout, "allowed": allowed,
+               "rounds": [{"nodes": next(iter(groups.values()))[1]} for groups in grouped]}
+    answer = await asyncio.to_thread(_call_agent, transport, request)
+    return [_node_answers(jobs, part["nodes"]) for jobs, part in zip(rounds, answer["rounds"])]

@@ -8,7 +8,7 @@ base64(zlib(JSON)); prints one line of JSON. Request (every node key optional)::
      "nodes": {"laptop": {
         "netns": "/proc/1234/ns/net",        # null: stay where the agent runs (live lab)
         "setup": {"rename": {MAC: NAME}, "routes": [[PREFIX|"default", NEXTHOP]],
-                  "sysctls": {KEY: VALUE}, "nft": RULESET},   # nft: also flushes conntrack
+                  "sysctls": {KEY: VALUE}, "nft": RULESET, "flush_conntrack": true},
         "info": true, "capture": {"seconds": 2.0}, "trace": true,
         "start_at": EPOCH_S,                 # send from then on (live labs: agents on many hosts)
         "near": [IP],                        # off-link addresses 0 hops away (the gateway's others)
@@ -17,6 +17,10 @@ base64(zlib(JSON)); prints one line of JSON. Request (every node key optional)::
                     "payload": HEX}],
         "fetch": [{"id": 0, "dst": IP, "port": N, "send": HEX, "tls": false,
                    "read_s": 2.0, "max": 65536}]}}}
+
+Instead of "nodes", a request may hold "rounds": [{"nodes": {...}}, ...], run one after
+the other in this one process (a router's ruleset per round, say); the response is then
+{"rounds": [RESPONSE, ...]}, each as below.
 
 One thread per node enters the node's namespace with setns(2) (sockets and subprocesses
 made afterwards live there), then: setup -> info -> sniffer (and capture) starts -> a
@@ -95,6 +99,7 @@ import json
 import os
 import random
 import resource
+import select
 import selectors
 import socket
 import struct
@@ -114,6 +119,7 @@ INCOMING_IPV4 = [(0x20, 0, 0, 0xFFFFF004), (0x15, 3, 0, PACKET_OUTGOING), (0x20,
 SO_RCVBUFFORCE, SO_TIMESTAMPNS = 33, 35
 SOL_RAW, ICMP_FILTER = 255, 1
 MAX_FRAMES = 5000
+SNIFFER_TICK_S = 0.005    # an idle sniffer says every 5 ms that it has caught up
 SNIFFER_BUFFER = 64 << 20  # ~50,000 small frames: room for bursts while Python catches up
 ALWAYS_ALLOWED = ("127.0.0.0/8", "224.0.0.0/4", "255.255.255.255/32")
 ICMP_UNREACH = {0: "net-unreachable", 1: "host-unreachable", 2: "prot-unreachable",
@@ -543,7 +549,8 @@ class Sniffer:
             self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
                                  struct.pack("HL", len(INCOMING_IPV4), ctypes.addressof(prog)))
         self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        self.sock.settimeout(0.02)
+        self.sock.setblocking(False)
+        self.wake_r, self.wake_w = os.pipe()  # stop() wakes the loop at once
         self.stop_at, self.seen = float("inf"), 0.0  # seen: every frame until then is handled
         self.thread = threading.Thread(target=self.loop, daemon=True)
         self.thread.start()
@@ -557,10 +564,11 @@ class Sniffer:
             idle_since = time.time()
             try:
                 n, anc, _, addr = self.sock.recvmsg_into([buf], 64)
-            except TimeoutError:
+            except BlockingIOError:  # nothing queued: every frame until idle_since is handled
                 self.seen = idle_since
                 if idle_since > self.stop_at:
                     return
+                select.select([self.sock, self.wake_r], [], [], SNIFFER_TICK_S)
                 continue
             except OSError as e:
                 self.failure = f"the sniffer failed: {e}"
@@ -589,7 +597,9 @@ class Sniffer:
 
     def stop(self) -> list[dict]:
         self.stop_at = time.time()  # drain what arrived until now, then stop
+        os.write(self.wake_w, b"x")
         self.thread.join()
+        os.close(self.wake_r), os.close(self.wake_w)
         self.drops = struct.unpack("II", self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))[1]
         self.sock.close()
         return [{"iface": i, "dir": "out" if t == PACKET_OUTGOING else "in", "hex": f.hex()}
@@ -845,6 +855,7 @@ class NodeRun:
                         'mount -o remount,rw /proc/sys && exec sysctl -w "$@"', "sh", *pairs)
         if setup.get("nft"):
             self.sh("nft", "-f", "-", stdin=setup["nft"])
+        if setup.get("flush_conntrack"):
             self.flush_conntrack()
 
     def flush_conntrack(self):
@@ -852,7 +863,7 @@ class NodeRun:
 
         (A SYN-ACK still on its way for a connection some fuzzed ruleset accepted would
         otherwise pass the next ruleset's `ct state established` as a reply.) Netlink
-        IPCTNL_MSG_CT_DELETE without attributes is `conntrack -F`, which the image lacks.
+        IPCTNL_MSG_CT_DELETE without attributes is `conntrack -F`, which nodes need not have.
         """
         netlink_netfilter, ctnetlink, ct_delete, request, ack = 12, 1, 2, 1, 4
         body = struct.pack("BBH", socket.AF_INET, 0, 0)
@@ -930,6 +941,12 @@ class NodeRun:
 # ---------------------------------------------------------------- main
 
 def handle(request: dict) -> dict:
+    """One request; with `rounds`, each round's nodes in turn (the same guard for all)."""
+    if "rounds" in request:
+        common = {k: v for k, v in request.items() if k != "rounds"}
+        rounds = [{**common, "nodes": r.get("nodes", {})} for r in request["rounds"]]
+        refusal = next(filter(None, map(guard, rounds)), None)
+        return refusal or {"rounds": [handle(r) for r in rounds]}
     started = time.monotonic()
     refusal = guard(request)
     if refusal:
