@@ -28,7 +28,8 @@ PROBE_DIR = Path(__file__).resolve().parents[2] / "labwarden" / "probe"
 sys.path.insert(0, str(PROBE_DIR))
 from agent import encode_request  # noqa: E402  (the agent is a standalone script)
 
-IMAGE = "labwarden/node:dev"
+from labwarden.image import ensure_image  # noqa: E402
+
 ALLOWED = ["198.18.0.0/15", "203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24"]
 CLIENT, SERVER, TV = "198.18.101.10", "198.18.102.10", "198.18.101.20"
 ROUTER_CLIENT_SIDE, ROUTER_SERVER_SIDE = "198.18.101.1", "198.18.102.1"
@@ -87,17 +88,18 @@ class Lab:
         return full
 
     def up(self):
+        image = ensure_image(lambda message: None)  # the lab image, built if missing
         lab1, lab2 = self.network("lab1", "198.18.101"), self.network("lab2", "198.18.102")
         router = self.node("router", "--network", lab1, "--ip", ROUTER_CLIENT_SIDE,
-                           "--sysctl", "net.ipv4.ip_forward=1", IMAGE)
+                           "--sysctl", "net.ipv4.ip_forward=1", image)
         docker("network", "connect", "--ip", ROUTER_SERVER_SIDE, lab2, router)
-        self.node("server", "--network", lab2, "--ip", SERVER, IMAGE, "http:80", "dns:53")
-        self.node("client", "--network", lab1, "--ip", CLIENT, IMAGE)
-        self.node("tv", "--network", lab1, "--ip", TV, IMAGE, "discovery")
+        self.node("server", "--network", lab2, "--ip", SERVER, image, "http:80", "dns:53")
+        self.node("client", "--network", lab1, "--ip", CLIENT, image)
+        self.node("tv", "--network", lab1, "--ip", TV, image, "discovery")
         self.node("prober", "--pid", "host", "--network", "none",
                   "--cap-add", "SYS_ADMIN", "--cap-add", "SYS_PTRACE",
                   "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW",
-                  "-v", f"{PROBE_DIR}:/opt/labwarden:ro", "--entrypoint", "sleep", IMAGE, "infinity")
+                  "-v", f"{PROBE_DIR}:/opt/labwarden:ro", "--entrypoint", "sleep", image, "infinity")
         for name in ("router", "server", "client"):
             state = json.loads(docker("inspect", f"{self.prefix}-{name}"))[0]
             self.pids[name] = state["State"]["Pid"]
@@ -113,10 +115,12 @@ class Lab:
     def netns(self, name: str) -> str:
         return f"/proc/{self.pids[name]}/ns/net"
 
-    def agent(self, nodes: dict, timeout: float = TIMEOUT, allowed=ALLOWED, stdin=False) -> dict:
-        for name, spec in nodes.items():
+    def agent(self, nodes: dict, timeout: float = TIMEOUT, allowed=ALLOWED, stdin=False, rounds=()) -> dict:
+        for name, spec in [*nodes.items(), *(item for r in rounds for item in r.items())]:
             spec.setdefault("netns", self.netns(name) if name in self.pids else None)
-        request = encode_request({"timeout": timeout, "allowed": allowed, "nodes": nodes})
+        request = {"timeout": timeout, "allowed": allowed}
+        request.update({"rounds": [{"nodes": r} for r in rounds]} if rounds else {"nodes": nodes})
+        request = encode_request(request)
         if stdin:
             out = subprocess.run(["docker", "exec", "-i", self.prober, "python3", "/opt/labwarden/agent.py",
                                   "-"], input=request, capture_output=True, text=True, check=True).stdout
@@ -324,6 +328,19 @@ def test_node_failures_are_reported_per_node(lab):
     assert "node server" in server["error"] and "nft -f -" in server["error"], server
     assert "syntax error" in server["error"].lower() or "error" in server["error"].lower()
     assert client["error"] is None and client["results"][0]["verdict"] == "open"
+
+
+def test_rounds_run_in_turn_each_with_its_own_ruleset(lab):
+    opened = ROUTER_RULES.replace("tcp dport { 80, 8080 } accept", "tcp dport { 80, 84, 8080 } accept")
+    probe = [{"id": 0, "proto": "tcp", "dst": SERVER, "port": 84}]
+    answer = lab.agent({}, timeout=0.3, rounds=[
+        {"router": {"setup": {"nft": opened, "flush_conntrack": True}}, "client": {"probes": probe}},
+        {"router": {"setup": {"nft": ROUTER_RULES, "flush_conntrack": True}}, "client": {"probes": probe}},
+    ])
+    first, second = (r["nodes"] for r in answer["rounds"])
+    assert first["router"]["error"] is None and second["router"]["error"] is None
+    assert first["client"]["results"][0]["verdict"] == "closed"   # let through: the server's RST
+    assert second["client"]["results"][0]["verdict"] == "filtered"
 
 
 def test_500_probes_over_three_nodes_cost_about_one_timeout(lab):
