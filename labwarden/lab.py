@@ -92,7 +92,7 @@ class Lab:
         self.containers: dict[str, object] = {}
         self.timings: dict[str, float] = {}
         self._client = docker.from_env()
-        self._override = Path(tempfile.gettempdir()) / f"labwarden-{self.project}.override.yaml"
+        self._override = override_file(self.project)
 
     # ---- lifecycle -------------------------------------------------------
     def __enter__(self):
@@ -127,8 +127,7 @@ class Lab:
         """Remove everything of this run; safe to call twice or on a half-started lab."""
         if self._override.exists():
             self._compose("down", "--volumes", "--remove-orphans", "--timeout", "1", check=False)
-        remove_project(self._client, self.project)
-        self._override.unlink(missing_ok=True)
+        remove_project(self._client, self.project)  # and the override file
         self._release_topology_lock()
 
     def _take_topology_lock(self) -> None:
@@ -314,7 +313,13 @@ def run_sync(coro):
         return pool.submit(asyncio.run, coro).result()
 
 
+def override_file(project: str) -> Path:
+    """The generated compose file (the prober) of a project: removed with the project."""
+    return Path(tempfile.gettempdir()) / f"labwarden-{project}.override.yaml"
+
+
 def remove_project(client, project: str) -> None:
+    override_file(project).unlink(missing_ok=True)
     label = {"label": f"com.docker.compose.project={project}"}
     for container in client.containers.list(all=True, filters=label):
         container.remove(force=True)
@@ -339,5 +344,4 @@ def down_all() -> list[str]:
     projects = sorted(labwarden_projects(client))
     for project in projects:
         remove_project(client, project)
-        Path(tempfile.gettempdir(), f"labwarden-{project}.override.yaml").unlink(missing_ok=True)
     return projects
