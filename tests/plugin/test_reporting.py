@@ -35,7 +35,7 @@ TESTS = textwrap.dedent("""
         assert sum(not c.ok for c in matrix.cells.values()) == 1
 
     def test_fails():
-        assert False
+        assert False, "web -> laptop tcp/22 was ACCEPTED by a rule nobody meant"
 """)
 
 
@@ -59,9 +59,13 @@ def test_run_writes_junit_json_and_html_into_reports(tmp_path):
     assert doc["matrices"][0]["title"] == "segmentation matrix"
     bad = [p for p in doc["probes"] if not p["ok"]]
     assert [p["flow"] for p in bad] == ["servers/web -> personal/laptop tcp/22"]
-    assert doc["sections"] == [{"kind": "text", "title": "a note from a suite", "data": "hello from the suite"}]
+    note, failure = doc["sections"]
+    assert note == {"kind": "text", "title": "a note from a suite", "data": "hello from the suite"}
+    assert failure["title"] == "failed: test_it.py::test_fails"
+    assert "web -> laptop tcp/22 was ACCEPTED by a rule nobody meant" in failure["data"]
     html = (reports / "labwarden.html").read_text()
     assert "hello from the suite" in html and "1 mismatch with the policy" in html
+    assert "was ACCEPTED by a rule nobody meant" in html
     # the terminal: the compact grid, and where the files went
     assert "labwarden segmentation matrix" in proc.stdout
     assert re.search(r"^\d+ cells, 1 mismatches", proc.stdout, re.M), proc.stdout
