@@ -244,7 +244,7 @@ class Lab:
         routes = [[str(prefix), str(hop)] for prefix, hop in node.routes.items()]
         if node.gateway:
             routes.insert(0, ["default", str(node.gateway)])
-        setup = {"rename": rename, "routes": routes}
+        setup = {"rename": rename, "routes": routes, "sysctls": node_sysctls()}
         if name == self.policy.router and self.router_firewall():
             setup["nft"] = self.router_firewall().read_text()
         return setup
@@ -284,6 +284,23 @@ class Lab:
                                f"services not answering: {waiting}")
             if pending:
                 await asyncio.sleep(0.1)
+        await self._wait_tunnels(deadline)
+
+    async def _wait_tunnels(self, deadline: float) -> None:
+        """Each tunnel's page comes through its edge: a front-end such as pagekite's listens
+        before its client has connected. One that does not come up is logged, not fatal."""
+        from . import tunnel as tunnels  # the tunnel checks build on the lab, not the reverse
+        pending = [t for t in self.policy.tunnels if tunnels.visitors(self.policy, t)]
+        while pending:
+            checks = [await tunnels.status(self, self.policy, t, tunnels.visitors(self.policy, t)[0])
+                      for t in pending]
+            pending = [t for t, check in zip(pending, checks) if check.state != "up"]
+            if pending and time.monotonic() > deadline:
+                self.log(f"labwarden: lab {self.project}: tunnels not up after {READY_TIMEOUT_S:.0f} s: "
+                         + "; ".join(f"{c.tunnel.name}: {c.state} ({c.why})" for c in checks if c.state != "up"))
+                return
+            if pending:
+                await asyncio.sleep(0.2)
 
     # ---- probing ---------------------------------------------------------
     def allowed_ranges(self, extra=()) -> list[str]:
@@ -311,6 +328,19 @@ def run_sync(coro):
     """Run the lab's coroutine to the end from sync code, whatever loop the caller has."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+@functools.cache
+def node_sysctls() -> dict:
+    """What every emulated node gets, whatever this host's namespaces default to: a
+    loss-based congestion control, as a laptop's TCP is (cubic, or reno: a namespace may
+    only pick one of tcp_allowed_congestion_control). A host may default to BBR, whose
+    bandwidth estimate on an idle 600 ms tunnel stays at a few kbit/s, so it paced each page
+    out over ~100 ms and concurrent pages queued (measured on the airplane lab)."""
+    allowed = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+    names = allowed.read_text().split() if allowed.exists() else []
+    chosen = next((n for n in ("cubic", "reno") if n in names), None)
+    return {"net.ipv4.tcp_congestion_control": chosen} if chosen else {}
 
 
 def override_file(project: str) -> Path:

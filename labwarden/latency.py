@@ -14,7 +14,8 @@ Budgets live in policy.yaml, per path::
 A path is ``SRC -> DST MEASURE``: nodes (optionally ``zone/node``; the router as
 ``router@segment``) or an address; MEASURE is ``icmp`` (echo round trip), ``tcp/N``
 (connect time) or ``http/N[/PATH]`` (full page load; ``ttfb ...`` limits judge the time
-to the first byte). A limit is ``METRIC < VALUE``: min, p50, p95, p99, max, mean, jitter
+to the first byte; a page fetched through a tunnel's edge on its public port is asked for
+with the tunnel's `host` as Host, as its visitors do). A limit is ``METRIC < VALUE``: min, p50, p95, p99, max, mean, jitter
 (RFC 3550 style: mean absolute difference of consecutive samples) in ms or s, or loss
 in %. Percentiles interpolate linearly between the received samples; lost samples only
 count as loss.
@@ -128,6 +129,7 @@ class Budget:
     samples: int = DEFAULT_SAMPLES
     interval_s: float = DEFAULT_INTERVAL_S
     timeout_s: float = DEFAULT_TIMEOUT_S
+    host: str | None = None   # http: the Host sent (None: the destination address)
 
     @property
     def measure(self) -> str:
@@ -142,6 +144,8 @@ class Budget:
             item["port"] = self.port
         if self.kind == "http":
             item["path"] = self.path
+            if self.host:
+                item["host"] = self.host
         return item
 
 
@@ -235,8 +239,18 @@ def parse_budget(f, where, path: str, raw, policy) -> Budget:
     timeout = _quantity(f, f"{where}.timeout", raw.get("timeout", DEFAULT_TIMEOUT_S * 1000), _UNITS, "ms")
     path_part = (m.group(4) or "/") if kind == "http" else "/"
     label = f"{_label(policy, src)} -> {_dst_label(policy, dst_node, address)} {parts[1]}"
+    host = tunnel_host(policy, dst_node, port) if kind == "http" else None
     return Budget(label, src, address, dst_node, kind, port, path_part, parsed, samples,
-                  interval / 1000, timeout / 1000)
+                  interval / 1000, timeout / 1000, host)
+
+
+def tunnel_host(policy, dst_node: str | None, port: int) -> str | None:
+    """The Host a page load must send: the tunnel's name when the path asks a tunnel's
+    edge on its public port (an edge that routes by name answers 503 to anything else)."""
+    for tunnel in getattr(policy, "tunnels", ()):
+        if tunnel.edge == dst_node and tunnel.public.port == port:
+            return tunnel.host
+    return None
 
 
 def _label(policy, node: str) -> str:
@@ -361,9 +375,22 @@ async def measure(lab, budgets: list[Budget]) -> dict[Budget, Measured]:
         rows = {r["id"]: r for r in answers[src].raw.get("latency", [])}
         for i, budget in enumerate(mine):
             row = rows.get(i, {"samples": [None] * budget.samples, "errors": {"no answer": budget.samples}})
-            out[budget] = Measured(budget, row["samples"], row.get("ttfb", []), row.get("errors", {}),
-                                   row.get("status", []))
+            out[budget] = only_pages(Measured(budget, row["samples"], row.get("ttfb", []),
+                                              row.get("errors", {}), row.get("status", [])))
     return out
+
+
+def only_pages(measured: Measured) -> Measured:
+    """A page load that got an error page (a tunnel edge's 503, say) is lost, not fast."""
+    samples, ttfb, errors = list(measured.samples), list(measured.ttfb), dict(measured.errors)
+    for i, status in enumerate(measured.status):
+        if samples[i] is not None and not (status is not None and 200 <= status < 400):
+            samples[i] = None
+            if i < len(ttfb):
+                ttfb[i] = None
+            why = f"HTTP {status}" if status is not None else "not an HTTP answer"
+            errors[why] = errors.get(why, 0) + 1
+    return Measured(measured.budget, samples, ttfb, errors, measured.status)
 
 
 async def ping(lab, pairs: list[tuple[str, IPv4Address]], count: int, interval_s: float,

@@ -16,6 +16,7 @@ no observer can tell from a closed port: such flows are expected "closed".
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -34,7 +35,7 @@ RULE_KEYS = ("name", "from", "to", "ports")
 FORWARD_KEYS = ("name", "public", "to", "port", "daddr")
 FORWARD_DADDRS = ("public", "any")
 SYN_LIMIT_KEYS = ("rate", "burst")
-TUNNEL_KEYS = ("name", "client", "local", "edge", "public", "page")
+TUNNEL_KEYS = ("name", "client", "local", "edge", "public", "page", "host")
 PORT_FORMS = "tcp/N or udp/N (N in 1..65535), or icmp"
 
 
@@ -98,13 +99,16 @@ class Forward:
 class Tunnel:
     """tunnel: `client` publishes its `local` port through an outbound-only connection
     to `edge`, which serves it on `public` at its own addresses (cloudflared, ssh -R).
-    `page`, if given, is the file a visitor must get there, byte for byte."""
+    `page`, if given, is the file a visitor must get there, byte for byte. `host`, if
+    given, is the name visitors send as Host: an edge that carries many tunnels on one
+    port (cloudflared's, PageKite's) tells them apart by it; None: the edge's address."""
     name: str
     client: str
     local: Service
     edge: str
     public: Service
     page: Path | None = None
+    host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -515,6 +519,20 @@ def _tunnels(f, raws: list, topology: Topology, services) -> list[Tunnel]:
             page = (topology.path / str(raw["page"])).resolve()
             if not page.is_file():
                 raise ConfigError(f, f"{where}.page", f"no such file: {topology.path / str(raw['page'])}")
+        host = _host(f, f"{where}.host", raw.get("host"))
         tunnels.append(Tunnel(str(raw.get("name", where)), raw["client"], ports["local"], edge,
-                              public, page))
+                              public, page, host))
     return tunnels
+
+
+_HOST = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def _host(f, where, raw) -> str | None:
+    """A tunnel's host name, as visitors send it in Host: (e.g. laptop.tunnel.test)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not _HOST.match(raw.lower()):
+        raise ConfigError(f, where, f"{raw!r} is not a host name: give the name visitors ask the edge for, "
+                          "e.g. laptop.tunnel.test (letters, digits, '-' and dots; no scheme, port or path)")
+    return raw.lower()

@@ -4,7 +4,9 @@ the client dies.
 
 A tunnel (policy `tunnels:`) is a client node that publishes a local port
 through an outbound-only connection to an edge node, which serves it on a
-public port at its own addresses: `cloudflared tunnel --url`, here `ssh -R`.
+public port at its own addresses: `cloudflared tunnel --url`, here `ssh -R` (the
+home lab) or PageKite (the airplane, whose edge routes by the Host a visitor sends:
+the tunnel's `host`).
 Each check is one or a few agent batches; the outcome is a value with an
 `explain()`, and suites/tunnel asserts on it. The fault helpers act on the
 client's container (Docker labs only) and always put it back.
@@ -26,8 +28,8 @@ LOOPBACK = IPv4Address("127.0.0.1")
 DOWN_WITHIN_S = {"killed": 5.0, "hung": 15.0}   # the edge must answer with an error by then
 UP_WITHIN_S = 30.0                              # and serve the page again after the client is back
 POLL_S = 0.25
-READ_S = 5.0            # for the page: a GEO satellite hop costs ~0.6 s a round trip, and the
-                        # tunnel adds two (channel open, then the request)
+READ_S = 5.0            # for the page: a GEO satellite hop costs ~0.6 s a round trip, and an
+                        # ssh -R tunnel adds two (channel open, then the request)
 
 
 def edge_address(policy: Policy, tunnel: Tunnel) -> IPv4Address:
@@ -44,6 +46,11 @@ def visitors(policy: Policy, tunnel: Tunnel) -> list[str]:
     near = set(topology.nodes[tunnel.edge].segments)
     return sorted(found, key=lambda n: (not near & set(topology.nodes[n].segments),
                                         len(topology.nodes[n].segments)))  # hosts before routers
+
+
+def visitor_host(policy: Policy, tunnel: Tunnel) -> str:
+    """What a visitor sends as Host: the tunnel's name, else the edge's address."""
+    return tunnel.host or str(edge_address(policy, tunnel))
 
 
 def tunnel_label(policy: Policy, tunnel: Tunnel, src: str) -> str:
@@ -81,6 +88,10 @@ def _down_reason(policy: Policy, tunnel: Tunnel, via: Fetched) -> str:
                     "the tunnel served the request")
         return (f"{where} accepted the connection and sent nothing in {via.fetch.read_s} s: the tunnel "
                 "client does not answer (hung, or its link is cut)")
+    http = parse_http(via)
+    if http is not None and http.status == 503:
+        return (f"{where} answered {summary(via)}: the edge has no tunnel client connected for "
+                f"Host {visitor_host(policy, tunnel)}")
     return f"{where} answered {summary(via)}"
 
 
@@ -116,8 +127,10 @@ async def check_pages(lab, policy: Policy, tunnel: Tunnel, sources: list[str] | 
     """Every visitor asks the edge for the page while the client asks its own server."""
     sources = visitors(policy, tunnel) if sources is None else sources
     address = edge_address(policy, tunnel)
-    jobs = {src: NodeJob(fetch=[fetch_for(address, tunnel.public.port, read_s=read_s)]) for src in sources}
-    local = fetch_for(LOOPBACK, tunnel.local.port, host=address, read_s=read_s)
+    host = visitor_host(policy, tunnel)
+    jobs = {src: NodeJob(fetch=[fetch_for(address, tunnel.public.port, host=host, read_s=read_s)])
+            for src in sources}
+    local = fetch_for(LOOPBACK, tunnel.local.port, host=host, read_s=read_s)
     jobs.setdefault(tunnel.client, NodeJob()).fetch.append(local)
     answers = await lab.run(jobs, timeout=timeout)
     mine = answers[tunnel.client].fetched[-1]
@@ -202,6 +215,17 @@ PROXY_PROBES = {
 }
 
 
+def proxy_probes(tunnel: Tunnel) -> dict[str, bytes]:
+    """PROXY_PROBES, and for a named tunnel a CONNECT to its name's ssh port: how an edge
+    that routes by name (PageKite's raw kites, `pagekite.py ... AND ssh://NAME`) opens
+    any other service its client publishes under that name."""
+    probes = dict(PROXY_PROBES)
+    if tunnel.host:
+        target = f"{tunnel.host}:22"
+        probes[f"an HTTP CONNECT to {target}"] = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
+    return probes
+
+
 def proxy_answer(name: str, reply: bytes) -> str | None:
     """How the reply to a proxy request shows a proxy, or None."""
     if name.startswith("a SOCKS5") and len(reply) >= 2 and reply[0] == 5 and reply[1] != 0xFF:
@@ -244,9 +268,10 @@ async def exposure(lab, policy: Policy, tunnel: Tunnel, timeout: float = 1.0,
     address = edge_address(policy, tunnel)
     surface = await nat.scan(lab, policy, src, address, tcp_ports=tcp_ports, udp_ports=nat.COMMON_UDP,
                              timeout=timeout)
-    asks = [Fetch(address, tunnel.public.port, data, read_s=READ_S) for data in PROXY_PROBES.values()]
+    probes = proxy_probes(tunnel)
+    asks = [Fetch(address, tunnel.public.port, data, read_s=READ_S) for data in probes.values()]
     answers = await lab.run({src: NodeJob(fetch=asks)}, timeout=timeout)
-    proxies = [(name, how) for name, got in zip(PROXY_PROBES, answers[src].fetched)
+    proxies = [(name, how) for name, got in zip(probes, answers[src].fetched)
                if (how := proxy_answer(name, got.reply))]
     through = []
     if any(name.startswith("a SOCKS5") for name, _ in proxies):

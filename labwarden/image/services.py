@@ -3,6 +3,8 @@
     lab-services http:80 https:443 ssh:22 git:9418 api:11434 dns:53 discovery
     lab-services www:8080[:/srv/www] tunnel-edge:22[:0.0.0.0:80,...]
     lab-services tunnel -R 0.0.0.0:80:127.0.0.1:8080 root@203.0.113.30
+    lab-services kite-front:80:laptop.tunnel.test
+    lab-services kite 198.18.60.30:80 http:laptop.tunnel.test:127.0.0.1:8080
     lab-services stop 80 | start 80         (in a running node: stop/start a service)
 
 Each word starts one real server: Python's HTTP server (with a large listen
@@ -25,7 +27,27 @@ Publishing a local page the way `python3 -m http.server 8080` and
 - `tunnel SSH-ARGS...` (the rest of the line) is the client: `ssh -N` with a
   key made at first start in /tunnel (its public half is appended to
   /tunnel/authorized_keys, a volume the edge shares), an outbound connection
-  only, restarted half a second after it ends, as autossh would.
+  only, restarted half a second after it ends, as autossh would;
+- `kite-front:PORT:KITE` is a PageKite front-end (Debian's `pagekite`): it
+  serves the kite named KITE (e.g. laptop.tunnel.test) on PORT, routing by
+  the Host header (CONNECT for raw kites), and answers any other name, or a
+  kite that is not connected, with `503 Unavailable`. The kites' shared
+  secret is made at its first start in /tunnel/kite-secret (the tunnel-keys
+  volume, which the clients share), as a kite service hands one to its users.
+  pagekite's own front-end pings an idle tunnel every 20 s at best and gives
+  up on it after ~45 s more; the lab's edge asks its own kite for / every
+  second over loopback instead, and restarts the front-end (dropping the
+  tunnel: visitors get 503 until the client is back) when two asks in a row
+  get no byte within 3 s: a hung client is noticed within ~10 s;
+- `kite FRONTEND SERVICE...` (the rest of the line) is the client, as
+  `pagekite.py 8080 laptop.tunnel.test` is: one outbound connection to
+  FRONTEND (host:port), multiplexing every visitor's request on it; each
+  SERVICE is pagekite's `--service_on` without the secret
+  (PROTO:KITE:HOST:PORT, e.g. http:laptop.tunnel.test:127.0.0.1:8080, or
+  raw/22:... for a kite reached by CONNECT). It waits for the secret and for
+  the front-end to answer, then runs pagekite, restarted half a second after
+  it ends or after 4 s without a connection to the front-end (pagekite's own
+  retry backs off for 5 to 60 s).
 
 `stop PORT` and `start PORT` ask the node's running lab-services (over the
 unix socket /run/lab-services.ctl) to stop or start the service on PORT: a
@@ -115,7 +137,10 @@ def discovery_responder():
 
 CONTROL = "/run/lab-services.ctl"
 TUNNEL_DIR = "/tunnel"
-KNOWN = "http https api www ssh git dns discovery tunnel-edge tunnel"
+KNOWN = "http https api www ssh git dns discovery tunnel-edge tunnel kite-front kite"
+KITE_SECRET = f"{TUNNEL_DIR}/kite-secret"
+KITE_ASK_EVERY_S, KITE_ANSWER_S, KITE_MISSES = 1.0, 3.0, 2
+KITE_RECONNECT_S = 4.0
 
 
 class Child:
@@ -162,7 +187,30 @@ def edge_sshd(port, listen):
     return Child(argv)
 
 
-class TunnelClient:
+class Restarting:
+    """A command run again half a second after it ends, until stop() (as autossh would):
+    a tunnel client must come back by itself."""
+
+    def __init__(self, argv_of):
+        self.argv_of = argv_of      # called before each start: may wait, or return None to retry
+        self.proc, self.stopped = None, False
+        threading.Thread(target=self.loop, daemon=True).start()
+
+    def loop(self):
+        while not self.stopped:
+            argv = self.argv_of()
+            if argv is not None and not self.stopped:
+                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                self.proc.wait()
+            time.sleep(0.5)
+
+    def stop(self):
+        self.stopped = True
+        if self.proc:
+            self.proc.terminate()
+
+
+class TunnelClient(Restarting):
     """`ssh -N ARGS` with this node's key, restarted whenever it ends (as autossh would)."""
 
     def __init__(self, args):
@@ -173,24 +221,118 @@ class TunnelClient:
                             "-f", self.key], check=True, stdout=subprocess.DEVNULL)
             with open(f"{self.key}.pub") as pub, open(f"{TUNNEL_DIR}/authorized_keys", "a") as keys:
                 keys.write(pub.read())
-        self.argv = ["ssh", "-N", "-T", "-i", self.key, "-o", "BatchMode=yes",
-                     "-o", "ExitOnForwardFailure=yes", "-o", "ConnectTimeout=2",
-                     "-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=2",
-                     "-o", "StrictHostKeyChecking=accept-new",
-                     "-o", f"UserKnownHostsFile={TUNNEL_DIR}/known_hosts_{host}", *args]
-        self.proc, self.stopped = None, False
-        threading.Thread(target=self.loop, daemon=True).start()
+        argv = ["ssh", "-N", "-T", "-i", self.key, "-o", "BatchMode=yes",
+                "-o", "ExitOnForwardFailure=yes", "-o", "ConnectTimeout=2",
+                "-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=2",
+                "-o", "StrictHostKeyChecking=accept-new",
+                "-o", f"UserKnownHostsFile={TUNNEL_DIR}/known_hosts_{host}", *args]
+        super().__init__(lambda: argv)
 
-    def loop(self):
+
+def kite_secret(create=False) -> str | None:
+    """The lab's kite secret: made once by the front-end, read by the clients (None: not yet)."""
+    if create and not os.path.exists(KITE_SECRET):
+        with open(KITE_SECRET, "w") as out:
+            out.write(os.urandom(16).hex())
+    try:
+        with open(KITE_SECRET) as src:
+            return src.read().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def answers(host, port, request, within) -> bool:
+    """Whether HOST:PORT sends at least one byte back to REQUEST within `within` seconds."""
+    try:
+        with socket.create_connection((host, port), timeout=within) as sock:
+            sock.settimeout(within)
+            sock.sendall(request)
+            return bool(sock.recv(1))
+    except OSError:
+        return False
+
+
+class KiteFront(Restarting):
+    """pagekite as a front-end for one kite, restarted when that kite stops answering."""
+
+    def __init__(self, port, kite):
+        if not kite:
+            sys.exit(f"lab-services: kite-front:{port} needs the kite's name: kite-front:{port}:NAME")
+        secret = kite_secret(create=True)
+        # --host=0.0.0.0: an IPv4 socket (pagekite listens dual-stack on AF_INET6 otherwise, and
+        # the tunnel's connection would show in /proc/net/tcp6 only, not where probes look)
+        argv = ["pagekite", "--clean", "--nullui", "--isfrontend", "--host=0.0.0.0", f"--ports={port}",
+                "--protos=http,raw", "--rawports=virtual", f"--domain=http,raw:{kite}:{secret}",
+                "--logfile=/dev/null"]
+        self.ask = (f"GET / HTTP/1.0\r\nHost: {kite}\r\nUser-Agent: lab-services-watchdog\r\n\r\n").encode()
+        self.port = port
+        super().__init__(lambda: argv)
+        threading.Thread(target=self.watch, daemon=True).start()
+
+    def watch(self):
+        """Ask the kite every second; two asks in a row without a byte back: restart."""
+        misses = 0
         while not self.stopped:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-            self.proc.wait()
-            time.sleep(0.5)
+            time.sleep(KITE_ASK_EVERY_S)
+            misses = 0 if answers("127.0.0.1", self.port, self.ask, KITE_ANSWER_S) else misses + 1
+            if misses >= KITE_MISSES and self.proc and not self.stopped:
+                self.proc.terminate()   # the loop starts it again, without the hung tunnel
+                misses = 0
 
-    def stop(self):
-        self.stopped = True
-        if self.proc:
-            self.proc.terminate()
+
+class KiteClient(Restarting):
+    """`pagekite --frontend=FRONTEND --service_on=SERVICE:SECRET...`, restarted when it ends,
+    or when it has had no connection to the front-end for KITE_RECONNECT_S: pagekite itself
+    retries a lost front-end after 5 to 60 s (randomized back-off), autossh-like tools at once."""
+
+    def __init__(self, args):
+        if len(args) < 2 or ":" not in args[0]:
+            sys.exit("lab-services: use `kite FRONTEND-HOST:PORT PROTO:KITE:HOST:PORT...`")
+        self.frontend = args[0]
+        self.services = args[1:]
+        super().__init__(self.argv)
+        threading.Thread(target=self.watch, daemon=True).start()
+
+    def argv(self):
+        """None (try again) until the secret exists and the front-end accepts a connection:
+        pagekite backs off for many seconds after a failed start (no route yet, say)."""
+        secret = kite_secret()
+        host, _, port = self.frontend.rpartition(":")
+        if secret is None or not reachable(host, int(port)):
+            return None
+        return ["pagekite", "--clean", "--nullui", f"--frontend={self.frontend}", "--logfile=/dev/null",
+                *[f"--service_on={s}:{secret}" for s in self.services]]
+
+    def watch(self):
+        host, _, port = self.frontend.rpartition(":")
+        lost = 0.0
+        while not self.stopped:
+            time.sleep(1.0)
+            lost = 0.0 if connected_to(host, int(port)) else lost + 1.0
+            if lost >= KITE_RECONNECT_S and self.proc and self.proc.poll() is None:
+                self.proc.terminate()
+                lost = 0.0
+
+
+def connected_to(host, port) -> bool:
+    """Whether this network namespace has an established TCP connection to HOST:PORT
+    (an IPv4 socket, or an IPv6 one to the IPv4-mapped address)."""
+    v4 = socket.inet_aton(host)[::-1].hex().upper()
+    want = {f"{v4}:{port:04X}", f"0000000000000000FFFF0000{v4}:{port:04X}"}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            if any(f[2] in want and f[3] == "01" for f in (line.split() for line in rows.readlines()[1:])):
+                return True
+    return False
+
+
+def reachable(host, port) -> bool:
+    """Whether HOST:PORT accepts a TCP connection (within 2 s)."""
+    try:
+        socket.create_connection((host, port), timeout=2.0).close()
+        return True
+    except OSError:
+        return False
 
 
 def starter(kind, port, extra):
@@ -203,6 +345,8 @@ def starter(kind, port, extra):
         return lambda: Child(["/usr/sbin/sshd", "-D", "-e", "-p", str(port)])
     if kind == "tunnel-edge":
         return lambda: edge_sshd(port, extra)
+    if kind == "kite-front":
+        return lambda: KiteFront(port, extra)
     if kind == "git":
         return lambda: Child([
             "socat", f"TCP-LISTEN:{port},fork,reuseaddr,backlog=1024",
@@ -270,6 +414,9 @@ def main(words):
         if kind == "tunnel":
             others.append(TunnelClient(words[i + 1:]))
             break
+        if kind == "kite":
+            others.append(KiteClient(words[i + 1:]))
+            break
         if kind == "discovery":
             discovery_responder()
             continue
@@ -281,7 +428,7 @@ def main(words):
 
     def stop(*_):
         for handle in [h for _, h in services.values() if h] + others:
-            if isinstance(handle, (Child, TunnelClient)):
+            if isinstance(handle, (Child, Restarting)):
                 handle.stop()
         os._exit(0)
 

@@ -8,6 +8,7 @@ another's answer, so twenty samples over a 600 ms link cost about one round trip
 Request items (in a node's spec)::
 
     "latency": [{"id": 0, "kind": "icmp"|"tcp"|"http", "dst": IP, "port": N, "path": "/",
+                 "host": NAME,                                 # http: Host (default: dst)
                  "count": 20, "interval_s": 0.01, "timeout_s": 3.0}],
     "traceroute": [{"id": 0, "dst": IP, "proto": "icmp"|"udp"|"tcp", "port": N,
                     "max_hops": 12, "queries": 3, "timeout_s": 3.0}]
@@ -232,7 +233,8 @@ class Timing:
                 self.sel.unregister(s)
                 return
             path = x.spec.get("path", "/")
-            s.send(f"GET {path} HTTP/1.0\r\nHost: {x.spec['dst']}\r\nUser-Agent: labwarden\r\n"
+            host = x.spec.get("host") or x.spec["dst"]
+            s.send(f"GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: labwarden\r\n"
                    "Connection: close\r\n\r\n".encode())
             x.state = "reading"
             self.sel.modify(s, selectors.EVENT_READ, x)

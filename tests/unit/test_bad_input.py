@@ -289,7 +289,7 @@ TUNNEL_CASES = {
     "tunnels not a list": (lambda d: d.update(tunnels={"laptop": "edge"}), "tunnels", "must be a list"),
     "unknown key in a tunnel": (
         tunnel(0, url="http://localhost:8080"), "tunnels[0].url",
-        "unknown key; known keys: name, client, local, edge, public, page"),
+        "unknown key; known keys: name, client, local, edge, public, page, host"),
     "tunnel without an edge": (lambda d: d["tunnels"][0].pop("edge"), "tunnels[0].edge", "missing"),
     "tunnel client not a node": (tunnel(0, client="tablet"), "tunnels[0].client", "'tablet' is not a node of homelab"),
     "tunnel edge not a node": (tunnel(0, edge="cloudflare"), "tunnels[0].edge", "'cloudflare' is not a node"),
@@ -302,6 +302,12 @@ TUNNEL_CASES = {
         lambda d: d["tunnels"].append(dict(d["tunnels"][0], name="again")), "tunnels[1].public",
         "tunnel 'laptop page' already publishes tcp/80 on edge"),
     "page missing": (tunnel(0, page="www/missing.html"), "tunnels[0].page", "no such file"),
+    "host a URL": (tunnel(0, host="https://laptop.tunnel.test/"), "tunnels[0].host",
+                   "'https://laptop.tunnel.test/' is not a host name: give the name visitors ask the edge for"),
+    "host with a port": (tunnel(0, host="laptop.tunnel.test:80"), "tunnels[0].host", "no scheme, port or path"),
+    "host not text": (tunnel(0, host=8080), "tunnels[0].host", "8080 is not a host name"),
+    "host empty": (tunnel(0, host=""), "tunnels[0].host", "'' is not a host name"),
+    "host with a space": (tunnel(0, host="laptop tunnel"), "tunnels[0].host", "'laptop tunnel' is not a host name"),
 }
 
 
@@ -311,3 +317,13 @@ def test_bad_tunnel(lab, change, field, problem):
     err = load_error(lab)
     assert (err.file, err.field) == (f"{lab}/policy.yaml", field)
     assert problem in err.problem
+
+
+@pytest.mark.parametrize("given, host", [("laptop.tunnel.test", "laptop.tunnel.test"),
+                                         ("Laptop.Tunnel.Test", "laptop.tunnel.test"),
+                                         ("localhost", "localhost"), (None, None)])
+def test_a_tunnel_host_as_loaded(lab, given, host):
+    """`host:` is optional (visitors then send the edge's address) and read case-blind."""
+    edit_yaml(lab / "policy.yaml", tunnel(0, host=given))
+    tunnel_, = load_policy(load_topology(lab)).tunnels
+    assert tunnel_.host == host

@@ -91,6 +91,18 @@ def test_a_broken_budget_names_path_budget_and_measured_figure(policy):
     assert "nothing was received" in lost.failures()[0] and "timeout x5" in lost.failures()[0]
 
 
+def test_an_error_page_is_a_lost_page_load_not_a_fast_one(policy):
+    budget = latency.parse_budget("policy.yaml", "budgets[x]", "laptop -> server http/80",
+                                  ["p95 < 700 ms", "loss < 10%"], policy)
+    fast_503s = latency.Measured(budget, [12.0, 640.0, 11.0, 655.0], [11.0, 630.0, 10.0, 650.0],
+                                 status=[503, 200, 503, 301])
+    judged = latency.only_pages(fast_503s)
+    assert judged.samples == [None, 640.0, None, 655.0] and judged.ttfb == [None, 630.0, None, 650.0]
+    assert judged.errors == {"HTTP 503": 2}
+    [failure] = judged.failures()
+    assert "'loss < 10%' broken: measured loss 50.00%" in failure and "HTTP 503 x2" in failure
+
+
 # ---------------------------------------------------------------- profiles and links
 
 def test_named_profiles_match_the_issue():

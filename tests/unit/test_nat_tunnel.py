@@ -127,14 +127,34 @@ def test_inside_and_outside_nodes(policy):
 
 def test_the_tunnel_mutant_is_the_airplane_but_for_its_client():
     """topologies/airplane/mutants/tunnel-socks: its header, then the airplane's compose.yaml
-    with the tunnel client's one line changed (and policy, page, gateway linked)."""
+    with the laptop's two lines changed (its sshd up, and its kite client publishing it:
+    `pagekite.py ... AND ssh://NAME`), and policy, page, gateway linked."""
     airplane = HOMELAB.parent / "airplane"
     mutant = airplane / "mutants" / "tunnel-socks"
     base = (airplane / "compose.yaml").read_text().splitlines()
     lines = (mutant / "compose.yaml").read_text().splitlines()
     lines = lines[lines.index(base[0]):]  # past the mutant's header
     changed = [(a, b) for a, b in zip(base, lines) if a != b]
-    assert len(lines) == len(base) and len(changed) == 1, changed
-    assert '"0.0.0.0:80", root@198.18.60.30]' in changed[0][1]
+    assert len(lines) == len(base) and len(changed) == 2, changed
+    assert "command: [www:8080, ssh:22]" in changed[0][1]
+    assert '"raw/22:laptop.tunnel.test:127.0.0.1:22"]' in changed[1][1]
     for linked in ("policy.yaml", "www", "gateway"):
         assert (mutant / linked).resolve() == (airplane / linked).resolve()
+
+
+def test_an_edge_that_routes_by_name_is_asked_for_it():
+    """A named tunnel (PageKite's edge, topologies/airplane): visitors send its name as Host;
+    the edge's 503 for a name with no client reads `tunnel down`, saying so; the proxy probes
+    add a CONNECT to the name's ssh port (a raw kite)."""
+    airplane = load_policy(load_topology(HOMELAB.parent / "airplane"))
+    t = airplane.tunnels[0]
+    assert tunnel.visitor_host(airplane, t) == "laptop.tunnel.test"
+    local = got(http(t.page.read_bytes()), dst="127.0.0.1", port=8080)
+    check = tunnel.judge_page(airplane, t, "visitor", got(http(b"<p>no kite</p>", "503 Unavailable"),
+                                                          dst="198.18.60.30"), local)
+    assert check.state == "tunnel down"
+    assert check.why.endswith("answered HTTP 503 Unavailable, 14 bytes from 198.18.60.30:80: the edge has no "
+                              "tunnel client connected for Host laptop.tunnel.test")
+    assert tunnel.proxy_probes(t)["an HTTP CONNECT to laptop.tunnel.test:22"].startswith(
+        b"CONNECT laptop.tunnel.test:22 HTTP/1.1\r\n")
+    assert set(tunnel.proxy_probes(load_policy(load_topology(HOMELAB)).tunnels[0])) == set(tunnel.PROXY_PROBES)

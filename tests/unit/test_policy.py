@@ -425,7 +425,7 @@ def test_the_tunnel_in_the_oracle(policy, src, dst, service, verdicts, reached):
     ("visitor", "198.18.50.10", "tcp/8080", "filtered", None, "default deny"),
     ("satellite", "198.18.50.10", "icmp", "filtered", None, "default deny"),
     ("visitor", "198.18.51.2", "tcp/53", "filtered", None, "default deny"),
-    ("laptop", "198.18.60.30", "tcp/22", "open", "edge", "allow 'passengers go online'"),
+    ("laptop", "198.18.60.30", "tcp/80", "open", "edge", "allow 'passengers go online'"),  # the kite's way out
     ("laptop", "198.18.51.2", "udp/53", "open", "gateway", "allow 'passengers use the gateway's DNS'"),
     ("visitor", "198.18.51.1", "icmp", "open", "satellite", "allow 'the internet routes itself'"),
     ("passenger", "198.18.50.10", "tcp/8080", "open", "laptop", "same segment"),
@@ -436,3 +436,14 @@ def test_the_airplane_oracle(src, dst, service, verdicts, reached, reason):
     assert (str(expected), expected.reached, expected.reason) == (verdicts, reached, reason)
     assert airplane.outside == "wan" and airplane.masquerade == ["cabin"]
     assert airplane.tunnels[0].page.stat().st_size < 1024  # the seed's <1 kB page
+
+
+def test_a_tunnel_named_by_host():
+    """The airplane's edge routes by Host: visitors, and the page-load budget through the
+    edge, ask for laptop.tunnel.test; the home lab's tunnel has no name (its edge's address)."""
+    airplane = load_policy(load_topology(AIRPLANE))
+    assert airplane.tunnels[0].host == "laptop.tunnel.test"
+    page, = [b for b in airplane.budgets if b.kind == "http"]
+    assert page.host == "laptop.tunnel.test" and page.spec(0)["host"] == "laptop.tunnel.test"
+    assert all(b.host is None for b in airplane.budgets if b.kind != "http")
+    assert load_policy(load_topology(HOMELAB)).tunnels[0].host is None
