@@ -455,6 +455,13 @@ def expected_route(topology, links: list[Link], src: str, dst: IPv4Address, max_
     return hops
 
 
+# On top of the links' own tolerance, for a hop of a traceroute: answers to TTL probes take
+# the kernel's slow path, a SYN-ACK is timed from Python, and a busy two-core CI machine
+# added 3.2 ms to a LAN hop. Still far below any impaired link worth checking hop by hop;
+# the accuracy of the links themselves is checked with 1% or 2 ms (tolerance_ms).
+TRACE_SLACK_MS = 10.0
+
+
 def tolerance_ms(expected_ms: float) -> float:
     """How far a measured round trip may lie from the configured one: 1% or 2 ms."""
     return max(ACCURACY_FLOOR_MS, expected_ms * ACCURACY_PCT / 100)
@@ -509,11 +516,11 @@ def judge_traceroute(topology, links: list[Link], src: str, dst: IPv4Address, an
                             f"{want.node} ({want.address})")
         if want is not None and times:
             median = percentile(times, 50)
-            slack = tolerance_ms(want.rtt_ms) + want.jitter_ms
-            if abs(median - want.rtt_ms) > slack + 1.0:  # +1 ms: answers to TTL probes take a slow path
+            slack = tolerance_ms(want.rtt_ms) + want.jitter_ms + TRACE_SLACK_MS
+            if abs(median - want.rtt_ms) > slack:
                 bad = True
                 problems.append(f"hop {hop['ttl']} ({want.node}): median {median:.1f} ms; the links on the "
-                                f"way add {want.rtt_ms:.1f} ms (±{slack + 1.0:.1f} ms)")
+                                f"way add {want.rtt_ms:.1f} ms (±{slack:.1f} ms)")
         rows.append({"cells": [hop["ttl"], ", ".join(addrs) or "*",
                                ", ".join(h.name if h else "?" for h in holder) or "-",
                                ", ".join(s.name if s else "?" for s in seg) or "-",

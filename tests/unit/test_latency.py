@@ -178,6 +178,21 @@ def test_expected_route_adds_the_links_on_the_way(topology):
     assert (check.src, check.dst_node, check.rtt_ms) == ("gw", "sat", 100)
 
 
+def test_a_traceroute_hop_is_judged_by_the_links_on_its_way(topology):
+    links = impair.load_links(topology)
+
+    def hops(*medians):
+        addrs = ["198.18.70.1", "198.18.71.2", "198.18.72.10"]
+        return {"reached": True, "hops": [{"ttl": i + 1, "replies": [{"addr": a, "ms": ms}] * 3}
+                                          for i, (a, ms) in enumerate(zip(addrs, medians))]}
+
+    dst = IPv4Address("198.18.72.10")
+    busy = latency.judge_traceroute(topology, links, "laptop", dst, hops(3.2, 104.0, 109.0))[1]
+    assert busy == []  # a loaded machine's milliseconds are not a misplaced link
+    _, problems = latency.judge_traceroute(topology, links, "laptop", dst, hops(100.0, 101.0, 100.0))
+    assert problems == ["hop 1 (gw): median 100.0 ms; the links on the way add 0.0 ms (±12.0 ms)"]
+
+
 def test_accuracy_tolerance_is_one_percent_or_two_ms():
     assert latency.tolerance_ms(600) == 6 and latency.tolerance_ms(20) == 2
 
