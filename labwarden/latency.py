@@ -15,9 +15,9 @@ A path is ``SRC -> DST MEASURE``: nodes (optionally ``zone/node``; the router as
 ``router@segment``) or an address; MEASURE is ``icmp`` (echo round trip), ``tcp/N``
 (connect time) or ``http/N[/PATH]`` (full page load; ``ttfb ...`` limits judge the time
 to the first byte; a page fetched through a tunnel's edge on its public port is asked for
-with the tunnel's `host` as Host, as its visitors do). A limit is ``METRIC < VALUE``: min, p50, p95, p99, max, mean, jitter
-(RFC 3550 style: mean absolute difference of consecutive samples) in ms or s, or loss
-in %. Percentiles interpolate linearly between the received samples; lost samples only
+with the tunnel's `host` as Host, as its visitors do; an error page is a lost sample). A
+limit is ``METRIC < VALUE``: min, p50, p95, p99, max, mean, jitter (RFC 3550 style: mean
+absolute difference of consecutive samples) in ms or s, or loss in %. Percentiles interpolate linearly between the received samples; lost samples only
 count as loss.
 
 Also here: the expected route of a path through the topology (for traceroutes) and the
