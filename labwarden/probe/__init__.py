@@ -210,13 +210,13 @@ async def run_rounds(transports: dict[str, Transport], rounds: list[dict[str, No
                      allowed: list[str], timeout: float = 1.0) -> list[dict[str, NodeAnswer]]:
     """Batches one after the other in one agent call (all their nodes on one host)."""
     grouped = [_node_requests(transports, jobs) for jobs in rounds]
-    hosts = {h for groups in grouped for h in groups}
+    hosts = {h: transport for groups in grouped for h, (transport, _) in groups.items()}
     if len(hosts) > 1:
         raise ProbeError("rounds need every node on one agent host (an emulated lab's prober)")
     if not hosts:
         return [{} for _ in rounds]
-    transport = next(iter(grouped[0].values()))[0]
+    (host, transport), = hosts.items()
     request = {"timeout": timeout, "allowed": allowed,
-               "rounds": [{"nodes": next(iter(groups.values()))[1]} for groups in grouped]}
+               "rounds": [{"nodes": groups[host][1] if groups else {}} for groups in grouped]}
     answer = await asyncio.to_thread(_call_agent, transport, request)
     return [_node_answers(jobs, part["nodes"]) for jobs, part in zip(rounds, answer["rounds"])]

@@ -872,7 +872,7 @@ class NodeRun:
             nl.settimeout(5)
             nl.sendto(message, (0, 0))
             reply = nl.recv(4096)
-        kind, (err,) = struct.unpack_from("=H", reply, 4)[0], struct.unpack_from("=i", reply, 16)
+        (kind,), (err,) = struct.unpack_from("=H", reply, 4), struct.unpack_from("=i", reply, 16)
         if kind != 2 or err not in (0, -errno.ENOENT):
             raise AgentError(f"node {self.name}: flushing conntrack failed: "
                              f"{os.strerror(-err) if err else f'netlink message type {kind}'}")
@@ -941,16 +941,17 @@ class NodeRun:
 # ---------------------------------------------------------------- main
 
 def handle(request: dict) -> dict:
-    """One request; with `rounds`, each round's nodes in turn (the same guard for all)."""
-    if "rounds" in request:
-        common = {k: v for k, v in request.items() if k != "rounds"}
-        rounds = [{**common, "nodes": r.get("nodes", {})} for r in request["rounds"]]
-        refusal = next(filter(None, map(guard, rounds)), None)
-        return refusal or {"rounds": [handle(r) for r in rounds]}
+    """One request, or with `rounds` each round's nodes in turn; the guard first, for all."""
+    if "rounds" not in request:
+        return guard(request) or run_batch(request)
+    common = {k: v for k, v in request.items() if k != "rounds"}
+    rounds = [{**common, "nodes": r.get("nodes", {})} for r in request["rounds"]]
+    return next(filter(None, map(guard, rounds)), None) or {"rounds": [run_batch(r) for r in rounds]}
+
+
+def run_batch(request: dict) -> dict:
+    """Every node of a request that passed the guard, all at once."""
     started = time.monotonic()
-    refusal = guard(request)
-    if refusal:
-        return refusal
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a socket per tcp/udp probe
     nodes, timeout = request.get("nodes", {}), float(request.get("timeout", 1.0))
