@@ -18,7 +18,7 @@ import sys
 import docker
 
 from .errors import LabwardenError
-from .lab import Lab, down_all, kept_project, labwarden_projects, remove_project
+from .lab import Lab, docker_client, down_all, kept_project, labwarden_projects, remove_project
 from .matrix import render_grid, run_matrix
 from .policy import load_policy
 from .topology import load_topology
@@ -43,13 +43,13 @@ def cmd_down(args):
         print("removed: " + (", ".join(removed) if removed else "nothing"))
     else:
         topology = load_topology(args.topology)
-        remove_project(docker.from_env(), kept_project(topology))
+        remove_project(docker_client(), kept_project(topology))
         print(f"removed {kept_project(topology)}")
     return 0
 
 
 def cmd_status(args):
-    client = docker.from_env()
+    client = docker_client()
     projects = sorted(labwarden_projects(client))
     if not projects:
         print("no labwarden lab is running")
@@ -63,7 +63,7 @@ def cmd_status(args):
 
 def cmd_matrix(args):
     topology, policy = _load(args)
-    keep = kept_project(topology) in labwarden_projects(docker.from_env())
+    keep = kept_project(topology) in labwarden_projects(docker_client())
     with Lab(topology, policy, router_config=args.router_config, keep=keep,
              log=lambda m: print(m, file=sys.stderr)) as lab:
         run = asyncio.run(run_matrix(lab, policy, timeout=args.probe_timeout))
@@ -96,8 +96,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except LabwardenError as err:
-        print(f"labwarden: {err}", file=sys.stderr)
+    except (LabwardenError, docker.errors.DockerException) as err:  # one line, no traceback
+        print("labwarden: " + " ".join(str(err).split()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -723,13 +723,13 @@ def explain(fuzzer: FlowFuzzer, flows: list[FuzzFlow]) -> dict[FuzzFlow, str]:
                                   for f in policy.forwards if flow.dst == policy.public}
         keys[flow] = (srcs, flow.dst, flow.proto, flow.port, answerers)
         addresses |= srcs | answerers
-    trace = {"setup": {"nft": trace_ruleset(addresses)}}
+    trace = {"setup": {"nft_add": trace_ruleset(addresses)}}
     try:
         fuzzer.observe(flows, fuzzer.confirm_timeout, trace=trace)
     except LabwardenError as err:
         return {f: f"(could not trace the router: {err})" for f in flows}
     finally:
-        run_sync(lab.run({policy.router: NodeJob(setup={"nft": untrace_ruleset()})}))
+        run_sync(lab.run({policy.router: NodeJob(setup={"nft_add": untrace_ruleset()})}))
     raw = (trace.get("answer").raw if trace.get("answer") else {}).get("trace") or {}
     told = stories(parse_events(raw.get("events", [])), keys)
     out = {}

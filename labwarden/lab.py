@@ -91,7 +91,7 @@ class Lab:
         self.transports: dict[str, Transport] = {}
         self.containers: dict[str, object] = {}
         self.timings: dict[str, float] = {}
-        self._client = docker.from_env()
+        self._client = docker_client()
         self._override = override_file(self.project)
 
     # ---- lifecycle -------------------------------------------------------
@@ -343,6 +343,16 @@ def node_sysctls() -> dict:
     return {"net.ipv4.tcp_congestion_control": chosen} if chosen else {}
 
 
+def docker_client():
+    """The Docker engine's client, or a LabError that says how to get one."""
+    try:
+        return docker.from_env()
+    except docker.errors.DockerException as err:
+        where = os.environ.get("DOCKER_HOST") or "the default socket (/var/run/docker.sock)"
+        raise LabError(f"cannot reach the Docker engine at {where} ({err}): start it "
+                       "(`systemctl start docker`) or point DOCKER_HOST at a running one") from None
+
+
 def override_file(project: str) -> Path:
     """The generated compose file (the prober) of a project: removed with the project."""
     return Path(tempfile.gettempdir()) / f"labwarden-{project}.override.yaml"
@@ -361,8 +371,10 @@ def remove_project(client, project: str) -> None:
 
 def labwarden_projects(client) -> set[str]:
     projects = set()
-    for container in client.containers.list(all=True, filters={"label": "com.docker.compose.project"}):
-        projects.add(container.labels["com.docker.compose.project"])
+    # the low-level list: the high-level one inspects each container, and fails on one that
+    # another run removes meanwhile
+    for container in client.api.containers(all=True, filters={"label": "com.docker.compose.project"}):
+        projects.add(container["Labels"]["com.docker.compose.project"])
     for network in client.networks.list(filters={"label": "com.docker.compose.project"}):
         projects.add(network.attrs["Labels"]["com.docker.compose.project"])
     return {p for p in projects if p.startswith(PROJECT_PREFIX)}
@@ -370,7 +382,7 @@ def labwarden_projects(client) -> set[str]:
 
 def down_all() -> list[str]:
     """Remove every labwarden lab on this Docker engine (`labwarden down --all`)."""
-    client = docker.from_env()
+    client = docker_client()
     projects = sorted(labwarden_projects(client))
     for project in projects:
         remove_project(client, project)

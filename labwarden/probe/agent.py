@@ -8,7 +8,8 @@ base64(zlib(JSON)); prints one line of JSON. Request (every node key optional)::
      "nodes": {"laptop": {
         "netns": "/proc/1234/ns/net",        # null: stay where the agent runs (live lab)
         "setup": {"rename": {MAC: NAME}, "routes": [[PREFIX|"default", NEXTHOP]],
-                  "sysctls": {KEY: VALUE}, "nft": RULESET, "flush_conntrack": true},
+                  "sysctls": {KEY: VALUE}, "nft": RULESET, "nft_add": TEXT,
+                  "flush_conntrack": true},
         "info": true, "capture": {"seconds": 2.0}, "trace": true,
         "start_at": EPOCH_S,                 # send from then on (live labs: agents on many hosts)
         "near": [IP],                        # off-link addresses 0 hops away (the gateway's others)
@@ -86,6 +87,11 @@ A node whose setns, setup command or raw send fails has an `error` naming the no
 pid or command, and why; the other nodes go on. A request the agent cannot read or
 accept gets {"error": "bad request: ..."}.
 
+nft: the node's whole ruleset is replaced by RULESET in one transaction (`flush ruleset`
+first, whatever the file flushes itself), then `nft list tables` must name exactly the tables
+the file declares, else the node fails. nft_add: TEXT is loaded on top of what is there (a
+table of the engine's own, such as a trace's), after `nft`.
+
 sysctls: containers mount /proc/sys read-only, so when `sysctl -w` fails they are written
 from a private mount namespace (`unshare -m`) where /proc/sys is remounted read-write;
 net.* keys belong to the writer's network namespace, so only the node changes.
@@ -98,6 +104,7 @@ import ipaddress
 import json
 import os
 import random
+import re
 import resource
 import select
 import selectors
@@ -196,6 +203,27 @@ def guard(request: dict) -> dict | None:
     return {"error": "refused: " + "; ".join(reasons[:5]) + more + ". Allowed: "
                      + ", ".join(map(str, ranges)) + ". Nothing was sent.",
             "refused": sorted(set(refused))}
+
+
+# ---------------------------------------------------------------- rulesets
+
+NFT_FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
+TABLE_STATEMENT = re.compile(r"^\s*(?:(add|create|delete|destroy)\s+)?table\s+(?:(%s)\s+)?([\w.$-]+)"
+                             % "|".join(NFT_FAMILIES))
+TABLE_LINE = re.compile(r"^table (\S+) (\S+)$", re.M)  # `nft list tables`
+
+
+def declared_tables(text: str) -> set[tuple[str, str]]:
+    """(family, name) of every table an nft file leaves behind after `flush ruleset`: made by
+    `table` / `add table` / `create table`, unless a later `delete` / `destroy` removes it."""
+    tables = set()
+    for line in text.splitlines():
+        for statement in line.split("#", 1)[0].split(";"):
+            match = TABLE_STATEMENT.match(statement)
+            if match:
+                verb, family, name = match.groups()
+                (tables.discard if verb in ("delete", "destroy") else tables.add)((family or "ip", name))
+    return tables
 
 
 # ---------------------------------------------------------------- packets and the namespace
@@ -853,10 +881,28 @@ class NodeRun:
             except AgentError:  # read-only /proc/sys (containers): remount it in a private mount ns
                 self.sh("unshare", "-m", "sh", "-c",
                         'mount -o remount,rw /proc/sys && exec sysctl -w "$@"', "sh", *pairs)
-        if setup.get("nft"):
-            self.sh("nft", "-f", "-", stdin=setup["nft"])
+        if setup.get("nft") is not None:
+            self.load_ruleset(setup["nft"])
+        if setup.get("nft_add"):
+            self.sh("nft", "-f", "-", stdin=setup["nft_add"])
         if setup.get("flush_conntrack"):
             self.flush_conntrack()
+
+    def load_ruleset(self, text: str):
+        """Replace the whole ruleset with the file's, in one transaction, and read it back.
+
+        Without the flush a file that flushes nothing (or only its own table, as firewall4's
+        does) would run beside what an earlier load left, whose drops could hide its holes.
+        The flush shares the file's first line, so nft's line numbers stay the file's."""
+        self.sh("nft", "-f", "-", stdin="flush ruleset; " + text)
+        have = set(TABLE_LINE.findall(self.sh("nft", "list", "tables")))
+        want = declared_tables(text)
+        if have != want:
+            show = lambda tables: ", ".join(f"{f} {n}" for f, n in sorted(tables)) or "none"
+            raise AgentError(f"node {self.name}: after loading the ruleset the node holds the tables "
+                             f"{show(have)}, but the file declares {show(want)} (extra: "
+                             f"{show(have - want)}; missing: {show(want - have)}); a table made by "
+                             "an include, or by something running in the node, is not allowed")
 
     def flush_conntrack(self):
         """Forget every tracked connection, so a new ruleset inherits none an earlier one let in.

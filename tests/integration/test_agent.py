@@ -374,7 +374,7 @@ TRACE_TABLE = """table inet lwtrace {
 
 def test_trace_names_the_rule_that_decided_each_packet(lab):
     answer = lab.agent({
-        "router": {"setup": {"nft": TRACE_TABLE}, "trace": True},
+        "router": {"setup": {"nft_add": TRACE_TABLE}, "trace": True},
         "client": {"probes": [{"id": 0, "proto": "tcp", "dst": SERVER, "port": 80},
                               {"id": 1, "proto": "tcp", "dst": SERVER, "port": 84}]},
     })
@@ -394,7 +394,7 @@ def test_trace_names_the_rule_that_decided_each_packet(lab):
                    for e in events), events
         assert "table inet lwtest" in router["trace"]["ruleset"] and "# handle" in router["trace"]["ruleset"]
     finally:
-        lab.agent({"router": {"setup": {"nft": "delete table inet lwtrace"}}})
+        lab.agent({"router": {"setup": {"nft_add": "delete table inet lwtrace"}}})
 
 
 def test_fetch_is_a_short_exchange_and_says_how_it_failed(lab):

@@ -43,3 +43,16 @@ def test_same_config_twice_changes_nothing_but_still_fails_a_violating_config(tm
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "no flow changed verdict" in proc.stdout
     assert "violation(s) already present before, unchanged" in proc.stdout
+
+
+def test_a_config_without_flush_replaces_the_whole_ruleset(tmp_path):
+    """The after config flushes nothing and names its table differently: loaded on top of the
+    before config, the old forward policy drop would hide its hole; it must replace it."""
+    broken, = re.findall(r"^# labwarden-expect-fail: (.+?): expected", MUTANT.read_text(), re.M)
+    beside = tmp_path / "no-flush.nft"
+    beside.write_text(MUTANT.read_text().replace("flush ruleset\n", "")
+                      .replace("table inet filter", "table inet firewall"))
+    proc = diff("--before", "HEAD", "--after", str(beside), report_dir=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert re.search(rf"^  {re.escape(broken)}: filtered -> open  VIOLATES the policy", proc.stdout, re.M), \
+        proc.stdout
