@@ -5,7 +5,7 @@ the prober (`pid: host`, no network), whose agent enters each node's network
 namespace. Through it the lab is plumbed (interfaces renamed after their
 segments, default routes pointed at the lab router, the router's nftables
 loaded) without anything from the nodes' images, then checked ready: every
-service the policy lists answers inside its node. `Lab.down()` removes every
+service the policy lists listens inside its node. `Lab.down()` removes every
 container and network of the run; both are idempotent.
 """
 
@@ -29,7 +29,7 @@ import testinfra
 from . import impair
 from .errors import LabError, ProbeError
 from .image import ensure_image
-from .probe import AGENT, DOCUMENTATION_RANGES, NodeJob, Probe, Transport, run_jobs, run_rounds
+from .probe import AGENT, DOCUMENTATION_RANGES, NodeJob, Transport, run_jobs, run_rounds
 from .policy import Service
 from .topology import Topology
 
@@ -257,31 +257,37 @@ class Lab:
             raise LabError(f"plumbing lab {self.project} failed: {err}") from None
 
     async def _wait_ready(self) -> None:
-        """Every listed service answers inside its own node (a check, not a sleep).
+        """Every listed service listens inside its own node (a check, not a sleep).
+
+        Read from each node's sockets, never probed: a probe of a node's own address leaves
+        through its output hook and comes back through its input hook on lo, so a router
+        config whose input chain does not accept lo (`oifname "lo" accept` for `iifname`)
+        made a lab whose services all ran look broken, and its config was never judged.
+        What the ruleset blocks is the suites' to report, flow by flow.
 
         So do the public sides of the policy's tunnels, but a tunnel that does not come
         up does not stop the lab: suites/tunnel says what is wrong with it."""
-        pending = {name: [Probe(s.proto, addr, s.port)
-                          for s in sorted(self.policy.listening(name))
+        pending = {name: [(s, addr) for s in sorted(self.policy.listening(name)) if s.proto != "icmp"
                           for addr in self.topology.nodes[name].addresses.values()]
                    for name in self.topology.nodes}
         tunnels = {(t.edge, t.public) for t in self.policy.tunnels}
         pending = {n: p for n, p in pending.items() if p}
         deadline = time.monotonic() + READY_TIMEOUT_S
         while pending:
-            answers = await self.run({n: NodeJob(probes=p) for n, p in pending.items()}, timeout=0.5)
-            pending = {n: [p for p, o in zip(probes, answers[n].observations) if o.verdict != "open"]
-                       for n, probes in pending.items()}
+            answers = await self.run({n: NodeJob(info=True) for n in pending})
+            pending = {n: [(s, a) for s, a in wanted if not listens(answers[n].info, s, a)]
+                       for n, wanted in pending.items()}
             pending = {n: p for n, p in pending.items() if p}
             if pending and time.monotonic() > deadline:
-                if all((n, Service(p.proto, p.port)) in tunnels for n, ps in pending.items() for p in ps):
+                if all((n, s) in tunnels for n, ps in pending.items() for s, _ in ps):
                     self.log(f"labwarden: lab {self.project}: tunnels not up after {READY_TIMEOUT_S:.0f} s: "
-                             + ", ".join(f"{n} {p.proto}/{p.port}" for n, ps in pending.items() for p in ps))
+                             + ", ".join(f"{n} {s}" for n, ps in pending.items() for s, _ in ps))
                     return
-                waiting = "; ".join(f"{n}: " + ", ".join(f"{p.proto}/{p.port} on {p.dst}" for p in ps)
+                waiting = "; ".join(f"{n}: " + ", ".join(f"{s} on {a}" for s, a in ps)
                                     for n, ps in pending.items())
                 raise LabError(f"lab {self.project} not ready after {READY_TIMEOUT_S:.0f} s, "
-                               f"services not answering: {waiting}")
+                               f"nothing listens for: {waiting} (read from the nodes' sockets: "
+                               "the service did not start, or listens elsewhere)")
             if pending:
                 await asyncio.sleep(0.1)
         await self._wait_tunnels(deadline)
@@ -322,6 +328,16 @@ class Lab:
         """Run a command in the node's own container (its image's tools)."""
         return subprocess.run(["docker", "exec", self.containers[node].name, *argv],
                               capture_output=True, text=True, timeout=60)
+
+
+def listens(info: dict, service: Service, addr) -> bool:
+    """Whether the node's sockets (the agent's `info`) have `service` listening on `addr`:
+    bound to it or to the wildcard, IPv4 or dual-stack IPv6."""
+    port = service.port
+    wanted = {f"{addr}:{port}", f"0.0.0.0:{port}", f"[::]:{port}", f"[::ffff:{addr}]:{port}"}
+    state = "LISTEN" if service.proto == "tcp" else "CLOSE"  # a bound, unconnected UDP socket
+    return any(sock["local"] in wanted and sock["state"] == state
+               for family in (service.proto, service.proto + "6") for sock in info.get(family, []))
 
 
 def run_sync(coro):

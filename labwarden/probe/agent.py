@@ -80,8 +80,9 @@ thread each): connect (within `timeout`), optionally TLS (no certificate check),
 came. The node's answer gets {"fetched": [{"id", "sport", "connected": bool,
 "error": null|"refused"|"timeout"|"unreachable"|"reset"|TEXT, "eof": bool, "reply": HEX,
 "connect_ms", "ms"}]}: what a client of the service gets (an HTTP page, a banner).
-info also lists the node's TCP sockets: "tcp": [{"local": "IP:PORT", "remote": "IP:PORT",
-"state": "LISTEN"|"ESTABLISHED"|...}].
+info also lists the node's TCP and UDP sockets: "tcp": [{"local": "IP:PORT", "remote": "IP:PORT",
+"state": "LISTEN"|"ESTABLISHED"|...}], "udp": [the same; a bound, unconnected one is "CLOSE"],
+and "tcp6", "udp6" (endpoints "[IP]:PORT").
 
 A node whose setns, setup command or raw send fails has an `error` naming the node, the
 pid or command, and why; the other nodes go on. A request the agent cannot read or
@@ -748,12 +749,19 @@ def fetch_all(specs: list[dict], timeout: float) -> list[dict]:
     return results
 
 
-def tcp_sockets() -> list[dict]:
-    """The namespace's IPv4 TCP sockets, from /proc/thread-self/net/tcp."""
+def sockets(proto: str) -> list[dict]:
+    """The namespace's sockets of /proc/thread-self/net/PROTO (tcp, udp, tcp6, udp6); a UDP
+    socket bound and not connected is in state CLOSE. IPv6 endpoints read "[IP]:PORT"."""
     def endpoint(text):
         addr, port = text.split(":")
-        return f"{socket.inet_ntoa(struct.pack('<I', int(addr, 16)))}:{int(port, 16)}"
-    with open("/proc/thread-self/net/tcp") as f:
+        raw = bytes.fromhex(addr)
+        if len(raw) == 4:
+            return f"{socket.inet_ntoa(raw[::-1])}:{int(port, 16)}"
+        words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))  # four host-order words
+        return f"[{socket.inet_ntop(socket.AF_INET6, words)}]:{int(port, 16)}"
+    if not os.path.exists(f"/proc/thread-self/net/{proto}"):
+        return []  # no IPv6 in this kernel
+    with open(f"/proc/thread-self/net/{proto}") as f:
         rows = [line.split() for line in f.read().splitlines()[1:]]
     return [{"local": endpoint(r[1]), "remote": endpoint(r[2]),
              "state": TCP_STATES.get(int(r[3], 16), r[3])} for r in rows]
@@ -930,7 +938,7 @@ class NodeRun:
                                 "addrs": [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
                                           if a.get("family") == "inet"]} for link in links],
                 "routes": [{"dst": r["dst"], "via": r.get("gateway"), "dev": r.get("dev")} for r in routes],
-                "tcp": tcp_sockets()}
+                **{proto: sockets(proto) for proto in ("tcp", "udp", "tcp6", "udp6")}}
 
     def send(self, items: list[dict]):
         # one socket per interface: binding an AF_PACKET socket costs ~10 ms (an RCU grace period)

@@ -29,7 +29,10 @@ def lab():
 
 
 def tables(lab) -> list[str]:
-    proc = lab.exec(lab.policy.router, "nft", "list", "tables")
+    """`nft list tables` in the router's namespace, from the prober (the router lacks NET_ADMIN)."""
+    proc = subprocess.run(["docker", "exec", lab.containers[PROBER].name, "nsenter",
+                           f"--net={lab.transports[lab.policy.router].netns}", "nft", "list", "tables"],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.split("\n")[:-1]
 
