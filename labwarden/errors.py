@@ -30,3 +30,7 @@ class ProbeError(LabwardenError):
 
 class LabError(LabwardenError):
     """The lab could not be brought up, reached or torn down."""
+
+
+class CaptureIncomplete(ProbeError):
+    """A node's capture lost frames (the agent's cap, the kernel's drops): it proves no absence."""

@@ -360,7 +360,8 @@ class LiveLab:
                     merged[name] = answer
                 else:
                     merged[name].observations += answer.observations
-                    merged[name].captured += answer.captured
+                    merged[name].frames += answer.frames
+                    merged[name].lost += answer.lost
             if i + 1 < len(rounds):
                 await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
         return merged

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from ..errors import ProbeError
+from ..errors import CaptureIncomplete, ProbeError
 
 AGENT = Path(__file__).parent / "agent.py"
 DOCUMENTATION_RANGES = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
@@ -129,10 +129,21 @@ class NodeJob:
 @dataclass
 class NodeAnswer:
     observations: list[Observation]
-    captured: list[dict]
+    frames: list[dict]         # the capture as the agent sent it: read it through `captured`
     info: dict | None
     raw: dict
     fetched: list[Fetched] = field(default_factory=list)
+    node: str = "?"
+    lost: list[str] = field(default_factory=list)  # why the capture is not whole
+
+    @property
+    def captured(self) -> list[dict]:
+        """The frames the node captured; an error when some were lost, read by every check of a
+        capture, so "nothing arrived" can never pass on a capture that lost frames."""
+        if self.lost:
+            raise CaptureIncomplete(f"node {self.node}: its capture is incomplete ({'; '.join(self.lost)}), "
+                                    "so what it did not see proves nothing")
+        return self.frames
 
 
 @dataclass(frozen=True)
@@ -182,6 +193,20 @@ def _node_requests(transports: dict[str, Transport], jobs: dict[str, NodeJob]) -
     return groups
 
 
+def capture_losses(raw: dict) -> list[str]:
+    """Why a node's capture is not whole: the agent's frame cap, the kernel's drops."""
+    if "captured" not in raw:
+        return []
+    lost = []
+    if raw.get("capture_truncated"):
+        lost.append(f"{raw['capture_truncated']} frame(s) beyond the {len(raw['captured'])} the agent keeps "
+                    "(MAX_FRAMES) were not kept: capture for less time, or send fewer packets at once")
+    if raw.get("sniffer_drops"):
+        lost.append(f"the kernel dropped {raw['sniffer_drops']} frame(s) for the sniffer (the machine "
+                    "is overloaded): run again on a less loaded machine")
+    return lost
+
+
 def _node_answers(jobs: dict[str, NodeJob], merged: dict) -> dict[str, NodeAnswer]:
     out = {}
     for node in jobs:
@@ -190,7 +215,7 @@ def _node_answers(jobs: dict[str, NodeJob], merged: dict) -> dict[str, NodeAnswe
             raise ProbeError(f"node {node}: {raw['error']}")
         results = sorted(raw.get("results", []), key=lambda r: r["id"])
         out[node] = NodeAnswer([_observation(r) for r in results], raw.get("captured", []),
-                               raw.get("info"), raw)
+                               raw.get("info"), raw, node=node, lost=capture_losses(raw))
         out[node].fetched = [Fetched(f, r["sport"], r["connected"], r["error"], r["eof"],
                                      bytes.fromhex(r["reply"]), r["connect_ms"], r["ms"])
                              for f, r in zip(jobs[node].fetch, sorted(raw.get("fetched", []), key=lambda r: r["id"]))]

@@ -48,6 +48,15 @@ this node; the probe's own socket is only a fallback:
   (EPERM: this node's own firewall) or rejected (no route), by null; other local
   failures give the verdict "error".
 
+No evidence is lost silently. An answer the sniffer missed but a TCP probe's socket saw is
+classified from the socket (the detail says the sniffer missed it): an ICMP error from its
+error queue (IP_RECVERR: type, code and sender) is rejected; a refusal without one is a RST,
+closed when only dst can send it (dst on-link, local or `near`), else an "error" (dst's RST or
+a router's forged one: only the packet's ttl would tell). "filtered" becomes "error" when the
+kernel dropped frames for the node's sniffer, or when the sniffer had not read up to the
+end of the window; a capture that lost frames says so (`capture_truncated`,
+`sniffer_drops`), and the engine refuses to read it.
+
 Without root (no AF_PACKET sniffer, e.g. a live host reached as a plain user) the agent
 probes with connect() and ping sockets (net.ipv4.ping_group_range) instead, and says so
 ("mode": "connect"): open = connected / a reply; closed = ECONNREFUSED (taken to come from
@@ -62,7 +71,8 @@ Response::
         "info": {"interfaces": [{"name", "mac", "up", "addrs": ["IP/LEN"]}],
                  "routes": [{"dst", "via", "dev"}]},
         "captured": [{"iface": "eth0", "dir": "in"|"out", "hex": FRAME}],
-        "sniffer_drops": 0}},                # only when the kernel dropped frames for the sniffer
+        "capture_truncated": N,              # only when frames beyond MAX_FRAMES were not kept
+        "sniffer_drops": N}},                # only when the kernel dropped frames for the sniffer
      "elapsed_s": 0.6}
 
 trace: `nft -a monitor trace` runs in the node from before the barrier (the agent waits
@@ -126,6 +136,7 @@ INCOMING_IPV4 = [(0x20, 0, 0, 0xFFFFF004), (0x15, 3, 0, PACKET_OUTGOING), (0x20,
                  (0x15, 0, 1, ETH_P_IP), (0x06, 0, 0, 0x40000), (0x06, 0, 0, 0)]
 SO_RCVBUFFORCE, SO_TIMESTAMPNS = 33, 35
 SOL_RAW, ICMP_FILTER = 255, 1
+IP_RECVERR, SO_EE_ORIGIN_ICMP = 11, 2
 MAX_FRAMES = 5000
 SNIFFER_TICK_S = 0.005    # an idle sniffer says every 5 ms that it has caught up
 SNIFFER_BUFFER = 64 << 20  # ~50,000 small frames: room for bursts while Python catches up
@@ -278,11 +289,17 @@ class Probe:
                         else DEFAULT_PAYLOADS.get(self.port, b"lw-probe"))
         self.timeout, self.sent, self.sock, self.result = timeout, None, None, None
         self.socket_saw = None  # what the probe's own socket learnt: a fallback
+        self.socket_icmp = None  # (type, code, sender) of an ICMP error in its error queue
         self.seen_at = None     # and when
         if self.proto not in ("tcp", "udp", "icmp"):
             raise AgentError(f"probe {self.id}: unknown proto {self.proto!r} (known: tcp udp icmp)")
         if self.proto != "icmp" and not isinstance(self.port, int):
             raise AgentError(f"probe {self.id}: {self.proto} needs a port")
+
+    def silent(self) -> bool:
+        """Settled as "filtered" because nothing came back (not: refused before it left)."""
+        return bool(self.result) and self.result["verdict"] == "filtered" and self.result["detail"] \
+            .startswith("no answer")
 
     def settle(self, verdict, by=None, ttl=None, when=None, detail=None):
         self.result = {"id": self.id, "verdict": verdict, "by": by, "ttl": ttl,
@@ -380,8 +397,40 @@ class Book:
         if probe.proto == "udp" and kind == 3 and code == 3 and src == probe.dst:
             self.settle(probe, "closed", src, ttl, when, f"ICMP port-unreachable from {src} (ttl {ttl})")
         else:
-            name = ICMP_UNREACH.get(code, f"unreachable (code {code})") if kind == 3 else "time-exceeded"
-            self.settle(probe, "rejected", src, ttl, when, f"ICMP {name} from {src} (ttl {ttl})")
+            self.settle(probe, "rejected", src, ttl, when, f"ICMP {icmp_name(kind, code)} from {src} (ttl {ttl})")
+
+    def zero_hops(self, dst: str) -> bool:
+        """Whether only dst itself can answer in its name: on-link, ours, or our first hop's."""
+        ip = ipaddress.IPv4Address(dst)
+        return dst in self.local or ip in self.near or any(ip in net for net in self.onlink)
+
+
+def unprove_silences(probes: list[Probe], drops: int):
+    """After the kernel dropped frames for the sniffer, "nothing came back" is unproven."""
+    for probe in probes:
+        if probe.silent():
+            probe.result.update(verdict="error", detail=(
+                f"{probe.result['detail']}, but the kernel dropped {drops} frame(s) for this "
+                "node's sniffer: the answer may be one of them"))
+
+
+def icmp_name(kind: int, code: int) -> str:
+    return ICMP_UNREACH.get(code, f"unreachable (code {code})") if kind == 3 else \
+        "time-exceeded" if kind == 11 else f"type {kind} code {code}"
+
+
+def socket_icmp_error(sock) -> tuple | None:
+    """(type, code, sender) of the ICMP error a socket with IP_RECVERR queued, if any."""
+    try:
+        _, anc, _, _ = sock.recvmsg(1, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+    except OSError:
+        return None
+    for level, kind, data in anc:
+        # struct sock_extended_err (16 bytes), then the offender's sockaddr_in
+        if level == socket.IPPROTO_IP and kind == IP_RECVERR and len(data) >= 24 \
+                and data[4] == SO_EE_ORIGIN_ICMP:
+            return data[5], data[6], socket.inet_ntoa(data[20:24])
+    return None
 
 
 def local_failure(book: Book, probe: Probe, err: OSError):
@@ -429,6 +478,8 @@ def bound_socket(kind: int) -> socket.socket:
     s.setblocking(False)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    if kind == socket.SOCK_STREAM:  # an ICMP error about the SYN is kept with its sender
+        s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
     for _ in range(64 if kind == socket.SOCK_STREAM else 0):
         try:
             s.bind(("0.0.0.0", random.randrange(32768, 61000)))
@@ -454,16 +505,33 @@ class TcpProber:
         sel.unregister(probe.sock)
         probe.socket_saw = probe.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         probe.seen_at = time.time()
+        if probe.socket_saw:
+            probe.socket_icmp = socket_icmp_error(probe.sock)
 
     def fallback(self, probe, book):
-        if probe.socket_saw and book.connect_only:
-            return connect_verdict(probe, book, probe.socket_saw)
+        """What the socket saw and the sniffer did not (or, without root, all there is): an
+        answer all the same, never "filtered"."""
+        missed = "" if book.connect_only else "; the sniffer missed it"
         if probe.socket_saw == 0:
             book.settle(probe, "open", probe.dst, when=probe.seen_at,
                         detail="connected (seen by the socket, not the sniffer)")
-        elif probe.socket_saw:  # the sniffer missed what the socket got: say so rather than guess
-            book.settle(probe, "filtered", detail=f"no answer seen within {probe.timeout} s, yet the "
-                        f"socket failed with {os.strerror(probe.socket_saw)}")
+        elif probe.socket_icmp:
+            kind, code, src = probe.socket_icmp
+            book.settle(probe, "rejected", src, when=probe.seen_at,
+                        detail=f"ICMP {icmp_name(kind, code)} from {src} (read from the socket's error queue{missed})")
+        elif probe.socket_saw and book.connect_only:
+            connect_verdict(probe, book, probe.socket_saw)
+        elif probe.socket_saw == errno.ECONNREFUSED and book.zero_hops(probe.dst):
+            book.settle(probe, "closed", probe.dst, when=probe.seen_at,
+                        detail=f"RST from {probe.dst} (connection refused, seen by the socket{missed})")
+        elif probe.socket_saw == errno.ECONNREFUSED:  # its ttl would have told: the packet is lost
+            book.settle(probe, "error", when=probe.seen_at,
+                        detail=f"connection refused by a RST the sniffer missed: from {probe.dst} (closed) "
+                               "or forged by a router on the way (rejected), which only the packet tells")
+        elif probe.socket_saw:
+            book.settle(probe, "rejected", when=probe.seen_at,
+                        detail=f"{os.strerror(probe.socket_saw)}: refused before it left or by an ICMP "
+                               f"error whose sender is unknown (seen by the socket{missed})")
 
 
 class UdpProber:
@@ -565,6 +633,7 @@ class Sniffer:
 
     def __init__(self, book: Book | None, capture: bool):
         self.book, self.frames, self.failure, self.drops = book, [], None, 0
+        self.over_cap = 0  # frames of the capture window not kept: beyond MAX_FRAMES
         # capture from now, before the barrier, so that no frame of a fast sender is missed
         self.window = (time.time(), float("inf")) if capture else (0.0, 0.0)
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
@@ -611,8 +680,11 @@ class Sniffer:
                 return
             iface, proto, pkttype, hatype = addr[:4]
             frame = bytes(buf[:n])
-            if self.window[0] <= when <= self.window[1] and len(self.frames) < MAX_FRAMES:
-                self.frames.append((iface, pkttype, frame))
+            if self.window[0] <= when <= self.window[1]:
+                if len(self.frames) < MAX_FRAMES:
+                    self.frames.append((iface, pkttype, frame))
+                else:
+                    self.over_cap += 1
             if self.book and pkttype != PACKET_OUTGOING and proto == ETH_P_IP:
                 pkt = parse_ipv4(frame[14:] if hatype in (1, 772) else frame)  # Ethernet, loopback
                 if pkt:
@@ -828,10 +900,13 @@ class NodeRun:
                 captured = self.sniffer.stop()
                 if spec.get("capture"):
                     self.out["captured"] = captured
+                    if self.sniffer.over_cap:  # the engine refuses to read such a capture
+                        self.out["capture_truncated"] = self.sniffer.over_cap
                 if self.sniffer.failure:
                     self.errors.append(f"node {self.name}: {self.sniffer.failure}")
-                if self.sniffer.drops:  # then "filtered" may be false: say so
+                if self.sniffer.drops:  # so is a capture missing those, and a silence proves nothing
                     self.out["sniffer_drops"] = self.sniffer.drops
+                    unprove_silences(self.probes, self.sniffer.drops)
             for probe in self.probes:
                 if probe.sock:
                     probe.sock.close()
@@ -986,10 +1061,14 @@ class NodeRun:
                 self.sniffer.catch_up(deadline, limit=deadline + max(2.0, self.timeout))
         finally:
             probers["icmp"].close()
+        behind = self.sniffer and self.sniffer.seen < deadline  # frames it has not read yet
         for probe in self.probes:
             if probe.result is None:
                 probers[probe.proto].fallback(probe, self.book)
-                self.book.settle(probe, "filtered")
+            if probe.result is None and behind:
+                self.book.settle(probe, "error", detail=f"no answer seen, but the sniffer had not read "
+                                 f"the frames of the last {deadline - self.sniffer.seen:.1f} s (overloaded)")
+            self.book.settle(probe, "filtered")
 
 
 # ---------------------------------------------------------------- main

@@ -419,3 +419,19 @@ def test_fetch_is_a_short_exchange_and_says_how_it_failed(lab):
 def test_guard_refuses_a_fetch_outside_the_lab(lab):
     answer = lab.agent({"client": {"fetch": [{"id": 0, "dst": "8.8.8.8", "port": 443}]}})
     assert answer["refused"] == ["8.8.8.8"] and "fetch 0 of node client" in answer["error"]
+
+
+def test_a_capture_over_the_cap_is_an_error_when_read(lab):
+    """More frames than the agent keeps: the answer says how many were lost, and reading the
+    capture engine-side raises, naming the node and the cause (never an empty-looking pass)."""
+    from labwarden.errors import CaptureIncomplete
+    from labwarden.probe import NodeJob, _node_answers
+    packet = {"l3": udp_packet(CLIENT, SERVER, 9, b"over the cap").hex()}
+    answer = lab.agent({"client": {"capture": {"seconds": 1.0}, "send": [packet] * 6000}}, stdin=True)
+    client = answer["nodes"]["client"]
+    assert client["error"] is None and client["sent"] == 6000, client["error"]
+    assert len(client["captured"]) == 5000 and client["capture_truncated"] >= 1000
+    node = _node_answers({"client": NodeJob(capture_s=1.0)}, answer["nodes"])["client"]
+    with pytest.raises(CaptureIncomplete, match=rf"^node client: its capture is incomplete \("
+                                                rf"{client['capture_truncated']} frame\(s\) beyond the 5000 the agent keeps"):
+        node.captured
