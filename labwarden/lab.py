@@ -250,9 +250,17 @@ class Lab:
         return setup
 
     async def _plumb(self) -> None:
+        """Routers first, with their rulesets, then everyone else: a node that had its route
+        through a router before that router's ruleset (its NAT) was loaded could open a
+        connection the router forwards unchanged, and conntrack keeps it that way for the
+        connection's life (a tunnel client's, say: then the inside address leaks to wan)."""
         jobs = {name: NodeJob(setup=self._setup_for(name)) for name in self.topology.nodes}
+        routers = {n for n, node in self.topology.nodes.items()
+                   if n == self.policy.router or node.firewall is not None}
+        rounds = [{n: j for n, j in jobs.items() if n in routers},
+                  {n: j for n, j in jobs.items() if n not in routers}]
         try:
-            await self.run(jobs)
+            await self.run_rounds([r for r in rounds if r])
         except ProbeError as err:
             raise LabError(f"plumbing lab {self.project} failed: {err}") from None
 
