@@ -1,6 +1,7 @@
 """Latency machinery without Docker: statistics, budgets, profiles, the delay line's plan
 and its packet handling, expected routes."""
 
+import math
 import random
 import sys
 from ipaddress import IPv4Address
@@ -45,10 +46,40 @@ def test_jitter_is_the_mean_difference_of_consecutive_samples():
     assert latency.jitter([10.0]) is None
 
 
-def test_stats_count_loss_and_ignore_lost_samples_in_percentiles():
+def test_a_lost_sample_is_slower_than_any_limit():
     stats = latency.Stats.of([1.0, None, 3.0, 2.0])
     assert (stats.count, stats.received, stats.loss_pct) == (4, 3, 25.0)
-    assert (stats.min, stats.p50, stats.max) == (1.0, 2.0, 3.0)
+    assert (stats.min, stats.p50, stats.p95, stats.max, stats.mean) == (1.0, 2.5, math.inf, math.inf, math.inf)
+    assert stats.jitter == pytest.approx(1.5)              # of the received samples, in order
+    assert stats.row()[2:] == ["1.00", "2.50", "lost", "lost", "lost", "1.50"]
+    # between a received sample and a lost one is lost, never half way to infinity
+    assert latency.percentile([1.0, math.inf], 50) == math.inf
+    assert latency.Stats.of([None] * 3).min == math.inf and latency.Stats.of([]).p50 is None
+
+
+def test_nineteen_lost_loads_and_a_fast_one_break_the_budget(policy):
+    budget = latency.parse_budget("policy.yaml", "budgets[x]", "laptop -> server http/80",
+                                  ["p95 < 1500 ms", "ttfb p95 < 1500 ms"], policy)
+    measured = latency.Measured(budget, [None] * 19 + [12.0], [None] * 19 + [11.0], {"timeout": 19})
+    failures = measured.failures()
+    assert len(failures) == 3, failures
+    assert "'p95 < 1500 ms' broken: p95 is a lost sample" in failures[0] and "1/20 samples" in failures[0]
+    assert "'ttfb p95 < 1500 ms' broken: ttfb p95 is a lost sample" in failures[1]
+    assert "'loss < 5% (default)' broken: measured loss 95.00%" in failures[2] and "timeout x19" in failures[2]
+    [main, ttfb] = measured.rows()
+    assert main["bad"] and main["cells"][-2] == "p95 < 1500 ms, loss < 5% (default)"
+    assert main["cells"][4:9] == ["12.00", "lost", "lost", "lost", "lost"]
+
+
+def test_a_budget_without_a_loss_limit_gets_the_default_one(policy):
+    own = latency.parse_budget("policy.yaml", "budgets[x]", "laptop -> server icmp", ["p95 < 5 ms", "loss < 1%"],
+                               policy)
+    assert [l.text for l in own.limits] == ["p95 < 5 ms", "loss < 1%"]
+    given = latency.parse_budget("policy.yaml", "budgets[x]", "laptop -> server icmp", "p95 < 5 ms", policy)
+    assert [(l.metric, l.bound, l.text) for l in given.limits] == [
+        ("p95", 5.0, "p95 < 5 ms"), ("loss", latency.DEFAULT_LOSS_PCT, "loss < 5% (default)")]
+    assert latency.Measured(given, [1.0] * 20).failures() == []
+    assert latency.Measured(given, [1.0] * 19 + [None]).failures()  # 5% lost: not under 5%
 
 
 # ---------------------------------------------------------------- budgets
@@ -61,7 +92,8 @@ def test_budgets_name_their_path_and_resolve_addresses(policy):
     assert router.label == "cabin/laptop -> gw@cabin icmp" and router.dst == IPv4Address("198.18.70.1")
     page = next(b for b in policy.budgets if b.kind == "http")
     assert (page.samples, page.interval_s, page.port) == (10, 0.02, 80)
-    assert [(l.series, l.metric, l.bound) for l in page.limits] == [("main", "p95", 400.0), ("ttfb", "p95", 400.0)]
+    assert [(l.series, l.metric, l.bound) for l in page.limits] == [("main", "p95", 400.0), ("ttfb", "p95", 400.0),
+                                                                    ("main", "loss", 5.0)]
 
 
 @pytest.mark.parametrize("path, value, field, words", [
@@ -99,8 +131,9 @@ def test_an_error_page_is_a_lost_page_load_not_a_fast_one(policy):
     judged = latency.only_pages(fast_503s)
     assert judged.samples == [None, 640.0, None, 655.0] and judged.ttfb == [None, 630.0, None, 650.0]
     assert judged.errors == {"HTTP 503": 2}
-    [failure] = judged.failures()
-    assert "'loss < 10%' broken: measured loss 50.00%" in failure and "HTTP 503 x2" in failure
+    p95, loss = judged.failures()
+    assert "'p95 < 700 ms' broken: p95 is a lost sample" in p95
+    assert "'loss < 10%' broken: measured loss 50.00%" in loss and "HTTP 503 x2" in loss
 
 
 # ---------------------------------------------------------------- profiles and links
