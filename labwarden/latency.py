@@ -155,8 +155,8 @@ class Budget:
                 "interval_s": self.interval_s, "timeout_s": self.timeout_s}
         if self.port is not None:
             item["port"] = self.port
-        if self.kind == "http":
-            item["path"] = self.path
+        if self.kind == "http":  # page loads one at a time: each what a lone visitor sees
+            item["path"], item["serial"] = self.path, True
             if self.host:
                 item["host"] = self.host
         return item

@@ -3,7 +3,10 @@ and its packet handling, expected routes."""
 
 import math
 import random
+import socket
 import sys
+import threading
+import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from labwarden.topology import load_topology
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "labwarden" / "probe"))
 import delayline  # noqa: E402  (a standalone program, like the agent)
+import timing  # noqa: E402  (the agent's latency samples)
 
 LAB = Path(__file__).resolve().parents[1] / "integration" / "latency_lab"
 
@@ -134,6 +138,83 @@ def test_an_error_page_is_a_lost_page_load_not_a_fast_one(policy):
     p95, loss = judged.failures()
     assert "'p95 < 700 ms' broken: p95 is a lost sample" in p95
     assert "'loss < 10%' broken: measured loss 50.00%" in loss and "HTTP 503 x2" in loss
+
+
+# ---------------------------------------------------------------- taking samples (on loopback)
+
+class PageServer:
+    """A web server on 127.0.0.1 that counts how many page loads it serves at once.
+    /slow answers after 50 ms, /short closes 10 bytes into a 100-byte body, /silent never answers."""
+
+    PAGE = b"x" * 5000   # longer than the 4 kB the sampler keeps of a reply
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port = self.sock.getsockname()[1]
+        self.open = self.most = self.served = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn):
+        with self.lock:
+            self.open += 1
+            self.most = max(self.most, self.open)
+        try:
+            path = conn.recv(4096).split(b" ")[1]
+            if path == b"/silent":
+                conn.recv(1)                 # until the sampler gives up and closes
+                return
+            if path == b"/short":
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 100\r\n\r\n" + b"y" * 10)
+                return
+            time.sleep(0.05)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(self.PAGE) + self.PAGE)
+            conn.recv(1)                     # keep it open: the body's length says it is complete
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                self.open -= 1
+                self.served += 1
+            conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def server():
+    s = PageServer()
+    yield s
+    s.close()
+
+
+def page_spec(server, path, count, **extra):
+    return {"id": 0, "kind": "http", "dst": "127.0.0.1", "port": server.port, "path": path, "count": count,
+            "interval_s": 0.01, "timeout_s": 1.0, **extra}
+
+
+def test_page_loads_are_taken_one_at_a_time(server, policy):
+    budget = latency.parse_budget("policy.yaml", "budgets[x]", "laptop -> server http/80", "p95 < 1 s", policy)
+    assert budget.spec(0)["serial"] is True
+    [row] = timing.measure([page_spec(server, "/slow", 5, serial=True)], [])["latency"]
+    assert server.most == 1, f"{server.most} page loads at once"
+    assert None not in row["samples"] and row["status"] == [200] * 5 and row["errors"] == {}
+
+
+def test_a_page_cut_short_or_never_answered_is_lost(server):
+    [short] = timing.measure([page_spec(server, "/short", 2, serial=True)], [])["latency"]
+    assert short["samples"] == [None, None] and short["errors"] == {"cut short": 2}
+    [silent] = timing.measure([page_spec(server, "/silent", 2, serial=True, timeout_s=0.2)], [])["latency"]
+    assert silent["samples"] == [None, None] and silent["errors"] == {"timeout": 2}  # the next one still went
 
 
 # ---------------------------------------------------------------- profiles and links
