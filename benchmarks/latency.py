@@ -1,7 +1,8 @@
 """How accurate is the emulated latency, and how many packets a second does the delay line
-relay? Prints figures; asserts nothing.
+relay? And is a page load the suite measures what a visitor gets? Prints figures; asserts nothing.
 
     python benchmarks/latency.py [--delays 0,10,50,300] [--rates 10000,20000,...] [--json]
+    python benchmarks/latency.py --page [--loads 20] [--json]
 
 Brings up tests/integration/latency_lab (laptop -> NAT gateway with a firewall -> satellite
 hop -> server), then, for each one-way delay, impairs the sky link with just that delay
@@ -10,6 +11,12 @@ way) and compares the round trip with twice the delay. Then it floods UDP from t
 to the server (each packet through the relay in the satellite node) at each rate for 2 s
 and counts what arrives; the relay's maximum rate is the highest rate with under 1% loss.
 Figures depend on the machine's load: the relay shares the cores with the sender.
+
+--page brings up topologies/airplane instead and measures its page-load budget (visitor ->
+edge http/80, through the tunnel and the satellite) twice, alternately, on the same lab:
+the suite's own samples (labwarden.latency.measure), and an independent client, Python's
+http.client in the visitor's network namespace, loading the page one at a time, its clock
+from before connect() to the last byte of the body.
 """
 
 import argparse
@@ -18,6 +25,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -72,6 +80,49 @@ print(json.dumps({"sent": sent, "received": got["n"], "elapsed_s": round(elapsed
 '''
 
 
+# An independent visitor: stdlib http.client in the visitor's namespace, one load at a time.
+VISITOR = r'''
+import ctypes, http.client, json, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open(sys.argv[1], os.O_RDONLY); assert libc.setns(fd, 0x40000000) == 0; os.close(fd)
+dst, port, host, loads = sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+out = []
+for _ in range(loads):
+    start = time.time()
+    try:
+        conn = http.client.HTTPConnection(dst, port, timeout=5)
+        conn.request("GET", "/", headers={"Host": host})
+        reply = conn.getresponse(); reply.read(); conn.close()
+        out.append(round((time.time() - start) * 1000, 1) if reply.status == 200 else None)
+    except OSError:
+        out.append(None)
+    time.sleep(0.02)
+print(json.dumps(out))
+'''
+
+
+def page(loads: int) -> dict:
+    """The airplane's page loads: the suite's samples and an independent client's, alternately."""
+    topology = load_topology(Path(__file__).resolve().parents[1] / "topologies" / "airplane")
+    policy = load_policy(topology)
+    budget = next(b for b in policy.budgets if b.kind == "http")
+    budget = replace(budget, samples=loads)
+    figures = {"budget": budget.label, "suite": [], "client": []}
+    with Lab(topology, policy, log=lambda m: None) as lab:
+        for _ in range(2):
+            measured = asyncio.run(latency.measure(lab, [budget]))[budget]
+            figures["suite"] += measured.samples
+            proc = subprocess.run(["docker", "exec", lab.containers[PROBER].name, "python3", "-c", VISITOR,
+                                   lab.transports[budget.src].netns, str(budget.dst), str(budget.port),
+                                   budget.host or str(budget.dst), str(loads)],
+                                  capture_output=True, text=True, timeout=300)
+            figures["client"] += json.loads(proc.stdout.strip().splitlines()[-1])
+    for who in ("suite", "client"):
+        stats = latency.Stats.of(figures[who])
+        figures[who + "_stats"] = dict(zip(latency.STATS_COLUMNS, stats.row()))
+    return figures
+
+
 def impair_sky(lab, delay_ms: float):
     link = Link("sky", "sky", None, Profile(f"bench-{delay_ms:g}ms", delay_ms=delay_ms, limit=100000))
     lab.impairment = impair.apply(lab, "auto", [link])
@@ -120,8 +171,18 @@ def main() -> int:
     parser.add_argument("--delays", default="0,10,50,300", help="one-way delays in ms")
     parser.add_argument("--rates", default="10000,20000,30000,40000,50000,60000",
                         help="packets/s to flood through the relay")
+    parser.add_argument("--page", action="store_true", help="the airplane's page: the suite vs a visitor")
+    parser.add_argument("--loads", type=int, default=20, help="--page: loads per round (two rounds each)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.page:
+        figures = page(args.loads)
+        print(f"{figures['budget']}, ms")
+        print(latency.render_table(["who", *latency.STATS_COLUMNS],
+                                   [[who, *figures[who + "_stats"].values()] for who in ("suite", "client")]))
+        if args.json:
+            print(json.dumps(figures))
+        return 0
     topology = load_topology(LAB)
     lab = Lab(topology, load_policy(topology), log=lambda m: None)
     figures = {}

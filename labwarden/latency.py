@@ -17,8 +17,11 @@ A path is ``SRC -> DST MEASURE``: nodes (optionally ``zone/node``; the router as
 to the first byte; a page fetched through a tunnel's edge on its public port is asked for
 with the tunnel's `host` as Host, as its visitors do; an error page is a lost sample). A
 limit is ``METRIC < VALUE``: min, p50, p95, p99, max, mean, jitter (RFC 3550 style: mean
-absolute difference of consecutive samples) in ms or s, or loss in %. Percentiles interpolate linearly between the received samples; lost samples only
-count as loss.
+absolute difference of consecutive samples) in ms or s, or loss in %. A lost sample (no
+complete answer within the timeout, an error, an error page) counts as slower than any
+limit: it is an infinite sample in min, every percentile (interpolated linearly, as numpy
+does), max and mean; jitter is taken over the received samples. A budget without a loss
+limit gets ``loss < 5%``, marked ``(default)`` where budgets are shown.
 
 Also here: the expected route of a path through the topology (for traceroutes) and the
 round trip a path should show given the lab's impaired links. Pure logic but for
@@ -40,18 +43,23 @@ METRICS = ("min", "p50", "p95", "p99", "max", "mean", "jitter", "loss")
 KINDS = ("icmp", "tcp", "http")
 BUDGET_KEYS = ("limits", "samples", "interval", "timeout")
 DEFAULT_SAMPLES, DEFAULT_INTERVAL_S, DEFAULT_TIMEOUT_S = 20, 0.01, 3.0
+DEFAULT_LOSS_PCT = 5.0
+LOST = math.inf   # a lost sample, in the statistics: slower than any limit
 ACCURACY_PCT, ACCURACY_FLOOR_MS = 1.0, 2.0
 
 
 # ---------------------------------------------------------------- statistics
 
 def percentile(values: list[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default)."""
+    """Linear interpolation between closest ranks (numpy's default); anywhere between a
+    received sample and a lost one (LOST) is lost."""
     if not values:
         return None
     ordered = sorted(values)
     pos = (len(ordered) - 1) * q / 100
     lo, hi = math.floor(pos), math.ceil(pos)
+    if lo == hi or math.isinf(ordered[hi]):
+        return ordered[hi]
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
@@ -78,19 +86,24 @@ class Stats:
 
     @classmethod
     def of(cls, samples: list[float | None]) -> Stats:
+        """Figures of the samples in sending order (None: lost, counted as LOST)."""
         got = [s for s in samples if s is not None]
+        every = [LOST if s is None else s for s in samples]
         loss = 100.0 * (len(samples) - len(got)) / len(samples) if samples else 100.0
-        return cls(len(samples), len(got), loss, min(got, default=None), percentile(got, 50),
-                   percentile(got, 95), percentile(got, 99), max(got, default=None),
-                   sum(got) / len(got) if got else None, jitter(samples))
+        return cls(len(samples), len(got), loss, min(every, default=None), percentile(every, 50),
+                   percentile(every, 95), percentile(every, 99), max(every, default=None),
+                   sum(every) / len(every) if every else None, jitter(samples))
 
     def get(self, metric: str) -> float | None:
         return self.loss_pct if metric == "loss" else getattr(self, metric)
 
     def row(self) -> list:
-        f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-        return [self.count, f"{self.loss_pct:.1f}%", f(self.min), f(self.p50), f(self.p95), f(self.p99),
-                f(self.max), f(self.jitter)]
+        return [self.count, f"{self.loss_pct:.1f}%", *(figure(getattr(self, m)) for m in STATS_COLUMNS[2:])]
+
+
+def figure(v: float | None) -> str:
+    """A statistic as tables show it: ms with 2 decimals, '-' for none, 'lost' for LOST."""
+    return "-" if v is None else "lost" if math.isinf(v) else f"{v:.2f}"
 
 
 STATS_COLUMNS = ["n", "loss", "min", "p50", "p95", "p99", "max", "jitter"]
@@ -142,8 +155,8 @@ class Budget:
                 "interval_s": self.interval_s, "timeout_s": self.timeout_s}
         if self.port is not None:
             item["port"] = self.port
-        if self.kind == "http":
-            item["path"] = self.path
+        if self.kind == "http":  # page loads one at a time: each what a lone visitor sees
+            item["path"], item["serial"] = self.path, True
             if self.host:
                 item["host"] = self.host
         return item
@@ -231,6 +244,8 @@ def parse_budget(f, where, path: str, raw, policy) -> Budget:
     if not limits or not isinstance(limits, list):
         raise ConfigError(f, f"{where}.limits", "missing: at least one limit such as 'p95 < 5 ms'")
     parsed = tuple(parse_limit(f, f"{where}.limits[{i}]", item, kind) for i, item in enumerate(limits))
+    if not any(limit.metric == "loss" for limit in parsed):
+        parsed += (Limit("loss", DEFAULT_LOSS_PCT, text=f"loss < {DEFAULT_LOSS_PCT:g}% (default)"),)
     samples = raw.get("samples", DEFAULT_SAMPLES)
     if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= 1000:
         raise ConfigError(f, f"{where}.samples", f"{samples!r} is not a number of samples (1..1000)")
@@ -306,7 +321,12 @@ class Measured:
                 continue
             value = stats.get(limit.metric)
             what = f"{'ttfb ' if limit.series == 'ttfb' else ''}{limit.metric}"
-            seen = "nothing was received" if value is None else f"measured {what} {value:.2f}{limit.unit()}"
+            if value is None or (stats.received == 0 and limit.metric != "loss"):
+                seen = "nothing was received"
+            elif math.isinf(value):
+                seen = f"{what} is a lost sample (a lost sample is slower than any limit)"
+            else:
+                seen = f"measured {what} {value:.2f}{limit.unit()}"
             errors = (", errors: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.errors.items()))
                       if self.errors else "")
             out.append(f"{self.budget.label}: budget '{limit.text}' broken: {seen} "
@@ -334,7 +354,7 @@ BUDGET_COLUMNS = ["path", "measure", *STATS_COLUMNS, "budget", "verdict"]
 
 
 def _ms(v) -> str:
-    return "-" if v is None else f"{v:.2f} ms"
+    return figure(v) + (" ms" if v is not None and not math.isinf(v) else "")
 
 
 def render_table(columns: list[str], rows: list) -> str:
@@ -551,12 +571,13 @@ class LinkCheck:
     def judge(self, samples: list[float | None]) -> tuple[Stats, str | None]:
         stats = Stats.of(samples)
         allowed = tolerance_ms(self.rtt_ms)
-        if stats.p50 is None:
+        if not stats.received:
             return stats, f"link {self.link}: no echo came back from {self.dst_node} ({self.dst}) to {self.src}"
         if abs(stats.p50 - self.rtt_ms) > allowed:
             return stats, (f"link {self.link}: {self.src} -> {self.dst_node} ({self.dst}) round trip p50 "
-                           f"{stats.p50:.2f} ms, configured {self.rtt_ms:.2f} ms (allowed ±{allowed:.2f} ms: "
-                           f"{ACCURACY_PCT:g}% or {ACCURACY_FLOOR_MS:g} ms); min {stats.min:.2f}, max {stats.max:.2f}")
+                           f"{_ms(stats.p50)}, configured {self.rtt_ms:.2f} ms (allowed ±{allowed:.2f} ms: "
+                           f"{ACCURACY_PCT:g}% or {ACCURACY_FLOOR_MS:g} ms); min {_ms(stats.min)}, "
+                           f"max {_ms(stats.max)}, {stats.loss_pct:.1f}% lost")
         return stats, None
 
 

@@ -3,13 +3,21 @@
 Standard library only; imported by agent.py (the node's thread has already entered the
 namespace, so every socket made here lives there). Everything a node was asked for runs
 at once in one selector loop: samples are launched `interval_s` apart, not one after
-another's answer, so twenty samples over a 600 ms link cost about one round trip.
+another's answer, so twenty samples over a 600 ms link cost about one round trip. A
+`serial` spec (page loads) takes its samples one at a time instead, each `interval_s`
+after the previous one ended: concurrent page loads through one tunnel are not what a
+lone visitor sees (they share its connection: one ACK or one retransmission releases
+them all at once, and a sample started later looks faster).
+
+A sample is lost when it has no complete answer `timeout_s` after it was sent (or an
+error: refused, reset, unreachable).
 
 Request items (in a node's spec)::
 
     "latency": [{"id": 0, "kind": "icmp"|"tcp"|"http", "dst": IP, "port": N, "path": "/",
                  "host": NAME,                                 # http: Host (default: dst)
-                 "count": 20, "interval_s": 0.01, "timeout_s": 3.0}],
+                 "count": 20, "interval_s": 0.01, "timeout_s": 3.0,
+                 "serial": false}],                            # true: one sample at a time
     "traceroute": [{"id": 0, "dst": IP, "proto": "icmp"|"udp"|"tcp", "port": N,
                     "max_hops": 12, "queries": 3, "timeout_s": 3.0}]
 
@@ -23,9 +31,15 @@ Answer (merged into the node's answer)::
                     | null, ...]}]}]
 
 ICMP answers are timed with the kernel's receive timestamp (SO_TIMESTAMPNS); connect
-and HTTP times are taken when the selector reports the event.
+and HTTP times are taken when the selector reports the event. A tcp or http sample's
+clock starts just before connect() (a new connection each time, no name lookup), a tcp
+sample stops when the connection is established, an http one (HTTP/1.0, Connection:
+close) when the last byte of the body has come (Content-Length, else the server's close;
+a close before Content-Length's bytes came is a lost sample, "cut short"); its ttfb when
+the first byte of the reply came.
 """
 
+import bisect
 import errno
 import random
 import selectors
@@ -57,12 +71,12 @@ def ms(a: float, b: float) -> float:
 
 
 class Sample:
-    __slots__ = ("spec", "index", "at", "sent", "sock", "state", "ttfb", "done", "error", "buf", "key")
+    __slots__ = ("spec", "index", "at", "sent", "sock", "state", "ttfb", "done", "error", "buf", "got", "key")
 
     def __init__(self, spec, index, at):
         self.spec, self.index, self.at = spec, index, at
         self.sent = self.sock = self.ttfb = self.done = self.error = self.key = None
-        self.state, self.buf = "wait", bytearray()
+        self.state, self.buf, self.got = "wait", bytearray(), 0   # buf: the reply's first 4 kB; got: all its bytes
 
 
 class TraceProbe:
@@ -88,17 +102,43 @@ class Timing:
     # ------------------------------------------------------------ schedule
     def plan(self, start: float):
         for spec in self.latency:
-            for i in range(int(spec.get("count", 20))):
-                self.samples.append(Sample(spec, i, start + i * float(spec.get("interval_s", 0.01))))
+            serial = bool(spec.get("serial"))
+            for i in range(int(spec.get("count", 20))):  # a serial sample's time is set when its turn comes
+                at = None if serial and i else start + i * float(spec.get("interval_s", 0.01))
+                self.samples.append(Sample(spec, i, at))
         for spec in self.traceroute:
             for q in range(int(spec.get("queries", 3))):
                 for ttl in range(1, int(spec.get("max_hops", 12)) + 1):
                     self.probes.append(TraceProbe(spec, ttl, q, start + q * TRACE_ROUND_S))
-        self.launches = sorted(self.samples + self.probes, key=lambda x: x.at)
+        self.launches = sorted((x for x in self.samples + self.probes if x.at is not None), key=lambda x: x.at)
 
     def deadline(self) -> float:
-        ends = [x.at + float(x.spec.get("timeout_s", 3.0)) for x in self.launches]
+        ends = [(x.sent or x.at) + float(x.spec.get("timeout_s", 3.0))
+                for x in self.samples + self.probes if x.at is not None]
         return max(ends, default=time.time())
+
+    def running(self):
+        return [x for x in self.samples if x.sent is not None and x.state != "over"]
+
+    def expire(self, now: float, pending: list) -> None:
+        """A sample without an answer `timeout_s` after it was sent is lost; a sample that
+        is over lets go of its socket, and a serial spec's next one is due `interval_s` later."""
+        for x in self.running():
+            if x.done is None and x.error is None:
+                if now < x.sent + float(x.spec.get("timeout_s", 3.0)):
+                    continue
+                x.error = "timeout"
+            x.state = "over"
+            if x.sock is not None:
+                try:
+                    self.sel.unregister(x.sock)
+                except (KeyError, ValueError):
+                    pass
+                x.sock.close()
+            if x.spec.get("serial") and x.index + 1 < int(x.spec.get("count", 20)):
+                nxt = next(s for s in self.samples if s.spec is x.spec and s.index == x.index + 1)
+                nxt.at = now + float(x.spec.get("interval_s", 0.01))
+                bisect.insort(pending, nxt, key=lambda y: y.at)
 
     # ------------------------------------------------------------ run
     def run(self) -> dict:
@@ -109,18 +149,18 @@ class Timing:
             self.icmp.setblocking(False)
             self.sel.register(self.icmp, selectors.EVENT_READ, "icmp")
         self.plan(time.time() + 0.005)
-        end = self.deadline()
         pending = list(self.launches)
         try:
             while True:
                 now = time.time()
                 while pending and pending[0].at <= now:
                     self.launch(pending.pop(0))
-                if not pending and self.finished():
+                self.expire(now, pending)
+                if not pending and (self.finished() or now >= self.deadline()):
                     break
-                if now >= end and not pending:
-                    break
-                wait = pending[0].at - now if pending else end - now
+                wake = [pending[0].at if pending else self.deadline()]
+                wake += [x.sent + float(x.spec.get("timeout_s", 3.0)) for x in self.running()]
+                wait = min(wake) - now
                 for key, events in self.sel.select(max(0.0, wait)):
                     if key.data == "icmp":
                         self.read_icmp()
@@ -246,23 +286,27 @@ class Timing:
             return self.fail(x, e)
         if chunk and x.ttfb is None:
             x.ttfb = now
+        x.got += len(chunk)
         x.buf += chunk[:4096 - len(x.buf)] if len(x.buf) < 4096 else b""
-        if not chunk or self.complete(x):
+        missing = self.missing(x)
+        if not chunk and missing:
+            self.sel.unregister(s)
+            x.error = "cut short"    # closed before the whole body came: no page
+        elif not chunk or missing == 0:
             x.done = now
             self.sel.unregister(s)
 
     @staticmethod
-    def complete(x) -> bool:
-        """Whether the whole response came (Content-Length), without waiting for the close."""
-        head, sep, body = bytes(x.buf).partition(b"\r\n\r\n")
+    def missing(x) -> int | None:
+        """How many bytes of the body have yet to come (Content-Length), None if unknown."""
+        head, sep, _ = bytes(x.buf).partition(b"\r\n\r\n")
         if not sep:
-            return False
+            return None
         for line in head.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
             if name.strip().lower() == b"content-length" and value.strip().isdigit():
-                x.state = "counted"
-                return len(body) >= int(value) if len(x.buf) < 4096 else False
-        return False
+                return max(0, int(value) - (x.got - len(head) - len(sep)))
+        return None
 
     def read_icmp(self):
         while True:
@@ -289,7 +333,7 @@ class Timing:
             if x is None or src != x.spec["dst"]:
                 return
             if isinstance(x, Sample):
-                if x.done is None:
+                if x.done is None and x.error is None:
                     x.done = when
             elif x.reply is None:
                 x.reply = {"addr": src, "ms": ms(x.sent, when), "kind": "reached"}

@@ -89,8 +89,8 @@ async def link_checks(lab, impairment, labwarden_report, pytestconfig):
         pings = await latency.ping(lab, [(c.src, c.dst) for c in mine], count=40, interval_s=interval,
                                    timeout_s=timeout)
         results |= {c.link: (c, *c.judge(pings[(c.src, c.dst)])) for c in mine}
-    rows = [{"cells": [c.link, f"{c.src} -> {c.dst_node}", f"{c.rtt_ms:.2f}", f"{s.p50:.2f}" if s.p50 else "-",
-                       f"{s.mean:.2f}" if s.mean else "-", f"{s.loss_pct:.1f}%",
+    rows = [{"cells": [c.link, f"{c.src} -> {c.dst_node}", f"{c.rtt_ms:.2f}", latency.figure(s.p50),
+                       latency.figure(s.mean), f"{s.loss_pct:.1f}%",
                        f"±{latency.tolerance_ms(c.rtt_ms):.2f}", "FAIL" if problem else "ok"],
              "bad": bool(problem)} for c, s, problem in results.values()]
     columns = ["link", "echo", "configured rtt ms", "p50", "mean", "loss", "allowed", "verdict"]

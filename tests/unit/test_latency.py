@@ -1,8 +1,12 @@
 """Latency machinery without Docker: statistics, budgets, profiles, the delay line's plan
 and its packet handling, expected routes."""
 
+import math
 import random
+import socket
 import sys
+import threading
+import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -15,6 +19,7 @@ from labwarden.topology import load_topology
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "labwarden" / "probe"))
 import delayline  # noqa: E402  (a standalone program, like the agent)
+import timing  # noqa: E402  (the agent's latency samples)
 
 LAB = Path(__file__).resolve().parents[1] / "integration" / "latency_lab"
 
@@ -45,10 +50,40 @@ def test_jitter_is_the_mean_difference_of_consecutive_samples():
     assert latency.jitter([10.0]) is None
 
 
-def test_stats_count_loss_and_ignore_lost_samples_in_percentiles():
+def test_a_lost_sample_is_slower_than_any_limit():
     stats = latency.Stats.of([1.0, None, 3.0, 2.0])
     assert (stats.count, stats.received, stats.loss_pct) == (4, 3, 25.0)
-    assert (stats.min, stats.p50, stats.max) == (1.0, 2.0, 3.0)
+    assert (stats.min, stats.p50, stats.p95, stats.max, stats.mean) == (1.0, 2.5, math.inf, math.inf, math.inf)
+    assert stats.jitter == pytest.approx(1.5)              # of the received samples, in order
+    assert stats.row()[2:] == ["1.00", "2.50", "lost", "lost", "lost", "1.50"]
+    # between a received sample and a lost one is lost, never half way to infinity
+    assert latency.percentile([1.0, math.inf], 50) == math.inf
+    assert latency.Stats.of([None] * 3).min == math.inf and latency.Stats.of([]).p50 is None
+
+
+def test_nineteen_lost_loads_and_a_fast_one_break_the_budget(policy):
+    budget = latency.parse_budget("policy.yaml", "budgets[x]", "laptop -> server http/80",
+                                  ["p95 < 1500 ms", "ttfb p95 < 1500 ms"], policy)
+    measured = latency.Measured(budget, [None] * 19 + [12.0], [None] * 19 + [11.0], {"timeout": 19})
+    failures = measured.failures()
+    assert len(failures) == 3, failures
+    assert "'p95 < 1500 ms' broken: p95 is a lost sample" in failures[0] and "1/20 samples" in failures[0]
+    assert "'ttfb p95 < 1500 ms' broken: ttfb p95 is a lost sample" in failures[1]
+    assert "'loss < 5% (default)' broken: measured loss 95.00%" in failures[2] and "timeout x19" in failures[2]
+    [main, ttfb] = measured.rows()
+    assert main["bad"] and main["cells"][-2] == "p95 < 1500 ms, loss < 5% (default)"
+    assert main["cells"][4:9] == ["12.00", "lost", "lost", "lost", "lost"]
+
+
+def test_a_budget_without_a_loss_limit_gets_the_default_one(policy):
+    own = latency.parse_budget("policy.yaml", "budgets[x]", "laptop -> server icmp", ["p95 < 5 ms", "loss < 1%"],
+                               policy)
+    assert [l.text for l in own.limits] == ["p95 < 5 ms", "loss < 1%"]
+    given = latency.parse_budget("policy.yaml", "budgets[x]", "laptop -> server icmp", "p95 < 5 ms", policy)
+    assert [(l.metric, l.bound, l.text) for l in given.limits] == [
+        ("p95", 5.0, "p95 < 5 ms"), ("loss", latency.DEFAULT_LOSS_PCT, "loss < 5% (default)")]
+    assert latency.Measured(given, [1.0] * 20).failures() == []
+    assert latency.Measured(given, [1.0] * 19 + [None]).failures()  # 5% lost: not under 5%
 
 
 # ---------------------------------------------------------------- budgets
@@ -61,7 +96,8 @@ def test_budgets_name_their_path_and_resolve_addresses(policy):
     assert router.label == "cabin/laptop -> gw@cabin icmp" and router.dst == IPv4Address("198.18.70.1")
     page = next(b for b in policy.budgets if b.kind == "http")
     assert (page.samples, page.interval_s, page.port) == (10, 0.02, 80)
-    assert [(l.series, l.metric, l.bound) for l in page.limits] == [("main", "p95", 400.0), ("ttfb", "p95", 400.0)]
+    assert [(l.series, l.metric, l.bound) for l in page.limits] == [("main", "p95", 400.0), ("ttfb", "p95", 400.0),
+                                                                    ("main", "loss", 5.0)]
 
 
 @pytest.mark.parametrize("path, value, field, words", [
@@ -99,8 +135,86 @@ def test_an_error_page_is_a_lost_page_load_not_a_fast_one(policy):
     judged = latency.only_pages(fast_503s)
     assert judged.samples == [None, 640.0, None, 655.0] and judged.ttfb == [None, 630.0, None, 650.0]
     assert judged.errors == {"HTTP 503": 2}
-    [failure] = judged.failures()
-    assert "'loss < 10%' broken: measured loss 50.00%" in failure and "HTTP 503 x2" in failure
+    p95, loss = judged.failures()
+    assert "'p95 < 700 ms' broken: p95 is a lost sample" in p95
+    assert "'loss < 10%' broken: measured loss 50.00%" in loss and "HTTP 503 x2" in loss
+
+
+# ---------------------------------------------------------------- taking samples (on loopback)
+
+class PageServer:
+    """A web server on 127.0.0.1 that counts how many page loads it serves at once.
+    /slow answers after 50 ms, /short closes 10 bytes into a 100-byte body, /silent never answers."""
+
+    PAGE = b"x" * 5000   # longer than the 4 kB the sampler keeps of a reply
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port = self.sock.getsockname()[1]
+        self.open = self.most = self.served = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn):
+        with self.lock:
+            self.open += 1
+            self.most = max(self.most, self.open)
+        try:
+            path = conn.recv(4096).split(b" ")[1]
+            if path == b"/silent":
+                conn.recv(1)                 # until the sampler gives up and closes
+                return
+            if path == b"/short":
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 100\r\n\r\n" + b"y" * 10)
+                return
+            time.sleep(0.05)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(self.PAGE) + self.PAGE)
+            conn.recv(1)                     # keep it open: the body's length says it is complete
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                self.open -= 1
+                self.served += 1
+            conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def server():
+    s = PageServer()
+    yield s
+    s.close()
+
+
+def page_spec(server, path, count, **extra):
+    return {"id": 0, "kind": "http", "dst": "127.0.0.1", "port": server.port, "path": path, "count": count,
+            "interval_s": 0.01, "timeout_s": 1.0, **extra}
+
+
+def test_page_loads_are_taken_one_at_a_time(server, policy):
+    budget = latency.parse_budget("policy.yaml", "budgets[x]", "laptop -> server http/80", "p95 < 1 s", policy)
+    assert budget.spec(0)["serial"] is True
+    [row] = timing.measure([page_spec(server, "/slow", 5, serial=True)], [])["latency"]
+    assert server.most == 1, f"{server.most} page loads at once"
+    assert None not in row["samples"] and row["status"] == [200] * 5 and row["errors"] == {}
+
+
+def test_a_page_cut_short_or_never_answered_is_lost(server):
+    [short] = timing.measure([page_spec(server, "/short", 2, serial=True)], [])["latency"]
+    assert short["samples"] == [None, None] and short["errors"] == {"cut short": 2}
+    [silent] = timing.measure([page_spec(server, "/silent", 2, serial=True, timeout_s=0.2)], [])["latency"]
+    assert silent["samples"] == [None, None] and silent["errors"] == {"timeout": 2}  # the next one still went
 
 
 # ---------------------------------------------------------------- profiles and links
