@@ -223,11 +223,14 @@ def router_subnets(policy: Policy) -> list[IPv4Network]:
 
 def expect_flow(policy: Policy, flow: FuzzFlow) -> Expected:
     if not flow.raw:
-        silent = None if policy.topology.on_link(flow.src, flow.dst) else \
+        e = policy.expect(policy.flow(flow.src, flow.dst, flow.service))
+        # a flow the policy lands on a node nobody holds its address of was rewritten by a
+        # forward (DNAT, in prerouting): it is routed to that node, no broadcast any more
+        rewritten = e.reached is not None and policy.topology.node_at(flow.dst) is None
+        silent = None if rewritten or policy.topology.on_link(flow.src, flow.dst) else \
             kernel_silence(flow.dst, router_subnets(policy))
         if silent:
             return Expected(frozenset({"filtered"}), silent, False)
-        e = policy.expect(policy.flow(flow.src, flow.dst, flow.service))
         outcomes = set(e.verdicts)
         if e.reached is None and e.reason in ("no such host", "not a lab address"):
             outcomes.add("rejected")  # nobody there: silence, or a host-unreachable
@@ -406,8 +409,7 @@ def odd_destinations(policy: Policy, src: str) -> list[IPv4Address]:
 
 
 class _Tables:
-    """What the flow strategies draw from, computed once (hypothesis replays draws by the
-    thousand while it shrinks)."""
+    """What the flow strategies draw from, computed once (hypothesis draws by the thousand)."""
 
     def __init__(self, policy: Policy, aims):
         topology = policy.topology
@@ -502,7 +504,7 @@ def odd_flows(policy: Policy, aims: list[Aim] = ()) -> st.SearchStrategy[FuzzFlo
 
 @dataclass(frozen=True)
 class Batch:
-    """The flows of one hypothesis example (empty slots dropped: that is how it shrinks)."""
+    """The flows of one hypothesis example (empty slots dropped)."""
     flows: tuple[FuzzFlow, ...]
 
     def __repr__(self):
@@ -510,10 +512,9 @@ class Batch:
 
 
 def batches(flows: st.SearchStrategy[FuzzFlow], size: int) -> st.SearchStrategy[Batch]:
-    """`size` slots, each a flow or empty; shrinking empties slots down to the one that fails."""
+    """`size` slots, each a flow or (one in eight) empty."""
     @st.composite
     def batch(draw) -> Batch:
-        # an emptied slot draws nothing more: once shrunk, an example is short and cheap to replay
         slots = [draw(flows) if draw(st.integers(0, 7)) else None for _ in range(size)]
         return Batch(tuple(dict.fromkeys(f for f in slots if f is not None)))
     return batch()
@@ -801,10 +802,15 @@ def describe(fuzzer: FlowFuzzer, failures: list[Failure], topology: str, router_
     lines = []
     for f in shown:
         says = "allow" if f.expected.allowed else "deny"
-        if f.flow in told:  # the headline names the rule that decided (pytest --tb=line shows it alone)
-            traced = f" (traced on one more send: {told[f.flow]})" if f.flaky else f" {told[f.flow]}"
-            flaky = "FLAKY: " if f.flaky else ""
-            lines.append(f"{flaky}{f.flow.label(policy)}{traced}; policy says {says} ({f.expected.reason})")
+        # the headline (pytest --tb=line shows it alone) names the rule that decided, or
+        # for a flaky flow its two observations
+        if f.flaky:
+            lines.append(f"FLAKY: {f.flow.label(policy)}: {f.observed()}; policy says {says} "
+                         f"({f.expected.reason}): expected {f.expected}")
+            if f.flow in told:
+                lines.append(f"  traced on one more send: it {told[f.flow]}")
+        elif f.flow in told:
+            lines.append(f"{f.flow.label(policy)} {told[f.flow]}; policy says {says} ({f.expected.reason})")
             lines.append(f"  expected {f.expected}, {f.observed()}")
         else:
             lines.append(f.message(policy))

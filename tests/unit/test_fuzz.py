@@ -80,6 +80,12 @@ def test_a_segments_broadcast_is_never_answered_whatever_the_policy_says():
         assert expected.outcomes == {"filtered"} and "broadcast" in expected.reason, spec
     # the network address is an ordinary one to Linux: the router rejects it like any other
     assert expect_flow(openwrt, FuzzFlow.parse("gpu 198.51.100.0 tcp/4700", openwrt)).outcomes == {"rejected"}
+    # fw4's port-forwards match any destination address (`daddr: any`): DNAT in prerouting
+    # rewrites a broadcast, or an address outside the lab, before it is routed (found on the
+    # unmodified config: visitor -> 198.19.19.255 tcp/443 landed on web)
+    for spec in ("visitor 198.19.20.255 tcp/443", "visitor 198.19.19.255 tcp/443"):
+        expected = expect_flow(openwrt, FuzzFlow.parse(spec, openwrt))
+        assert expected.outcomes == {"open"} and "Forward-HTTPS-to-web" in expected.reason, spec
 
 
 def test_edges_stay_inside_ranges_that_are_never_real(policy):

@@ -169,8 +169,11 @@ def test_multicast_and_the_limited_broadcast_are_never_answered():
 
 def test_rule_fuzzing_probes_the_edges_of_the_routers_other_segments(world):
     dsts = destinations(world, "laptop")
-    assert A("198.18.10.255") in dsts and A("198.18.10.0") in dsts and A("203.0.113.255") in dsts
-    assert A("198.18.1.255") not in dsts and A("198.18.1.0") not in dsts  # its own segment: discovery
+    assert A("198.18.10.255") in dsts and A("203.0.113.255") in dsts
+    assert A("198.18.1.255") not in dsts  # its own segment: discovery
+    # an address nobody holds meets a failed ARP, whose host-unreachable comes seconds later, in
+    # time for a later probe or not (found by rule fuzzing: git -> 198.51.100.0 icmp)
+    assert A("198.18.10.0") not in dsts
 
 
 @pytest.fixture(scope="module")
