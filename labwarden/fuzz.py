@@ -249,8 +249,11 @@ def _expect_raw(policy: Policy, flow: FuzzFlow) -> Expected:
             return Expected(frozenset({ARRIVED, LOST}), "same segment, but a bridge may reassemble "
                             "fragments (Docker's do: br_netfilter runs the host's conntrack)", True)
         return Expected(frozenset({ARRIVED}), "same segment: no router in between", True)
+    path = forwarders(policy, flow.src, flow.dst)
     if kind == "ttl":
-        return Expected(frozenset({LOST}), "ttl 1 expires at the router", False)
+        if not path:  # for the next hop itself: delivered, not forwarded
+            return Expected(frozenset({ARRIVED}), f"ttl 1 is enough for {target.name}, the next hop", True)
+        return Expected(frozenset({LOST}), f"ttl 1 expires at {path[0]}", False)
     either = frozenset({ARRIVED, LOST})
 
     def judged(service: Service, src: str = flow.src) -> tuple[bool, str]:
@@ -273,7 +276,7 @@ def _expect_raw(policy: Policy, flow: FuzzFlow) -> Expected:
         segment = topology.segment_of(forged)
         own = topology.nodes[flow.src].segments
         legit = segment.name in own if segment else _outside_segment(policy) in own
-        if policy.antispoof and not legit:
+        if policy.antispoof and not legit and policy.router in path:
             return Expected(frozenset({LOST}), "a forged source: antispoofing drops it", False)
     ok, why = judged(service)
     if not ok:
@@ -390,6 +393,15 @@ def port_numbers(policy: Policy, aims: list[Aim] = ()) -> st.SearchStrategy[int]
     return st.one_of(st.sampled_from(interesting_ports(policy, aims)), st.integers(0, 65535))
 
 
+def _reachable(policy: Policy, src: str, addresses: list[IPv4Address]) -> list[IPv4Address]:
+    """From the router itself, only its own segments: its own traffic to farther places (the
+    airplane's gateway to the internet) crosses no router of the policy's, whose rules say
+    what may cross it; the matrix does not probe from the router either."""
+    if src != policy.router:
+        return addresses
+    return [a for a in addresses if policy.topology.on_link(src, a)]
+
+
 def probe_destinations(policy: Policy, src: str) -> list[IPv4Address]:
     """Node addresses (weighted), the router's, the edges; not the broadcast or network
     address of a segment src sits on (that is discovery, the isolation suite's business)."""
@@ -399,13 +411,28 @@ def probe_destinations(policy: Policy, src: str) -> list[IPv4Address]:
     own = [topology.segments[s].subnet for s in topology.nodes[src].segments]
     edges = [a for a in edge_addresses(policy)
              if not any(a in (net.network_address, net.broadcast_address) for net in own)]
-    return sorted(nodes) * 3 + sorted(router) + edges
+    return _reachable(policy, src, sorted(nodes) * 3 + sorted(router) + edges)
 
 
 def odd_destinations(policy: Policy, src: str) -> list[IPv4Address]:
     topology = policy.topology
-    return sorted(a for n, node in topology.nodes.items() if n not in (policy.router, src)
-                  for a in node.addresses.values())
+    return _reachable(policy, src, sorted(a for n, node in topology.nodes.items() if n not in (policy.router, src)
+                                          for a in node.addresses.values()))
+
+
+def forwarders(policy: Policy, src: str, dst: IPv4Address) -> list[str]:
+    """The nodes that forward a packet from src to dst, by the topology's routes (a route,
+    else the gateway, at each hop); [] when dst is on-link or an address of the next hop."""
+    topology, node, path = policy.topology, policy.topology.nodes[src], []
+    while not topology.on_link(node, dst) and len(path) < len(topology.nodes):
+        via = next((gw for net, gw in sorted(node.routes.items(), key=lambda r: -r[0].prefixlen) if dst in net),
+                   node.gateway)
+        hop = topology.node_at(via) if via else None
+        if hop is None or dst in hop.addresses.values():
+            break
+        path.append(hop.name)
+        node = hop
+    return path
 
 
 class _Tables:

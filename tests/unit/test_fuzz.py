@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from labwarden.fuzz import (ARRIVED, LOST, Batch, FlowFuzzer, FuzzFlow, Seen, arrivals, batches, config_aims, craft,
-                            edge_addresses, expect_flow, hunt, interesting_ports, odd_flows, probe_flows,
-                            replay_command)
+                            edge_addresses, expect_flow, hunt, interesting_ports, odd_destinations, odd_flows,
+                            probe_destinations, probe_flows, replay_command)
 from labwarden.matrix import matrix_services
 from labwarden.nft_trace import explain, parse_config, parse_events, parse_listing, stories
 from labwarden.policy import load_policy
@@ -242,3 +242,27 @@ def test_the_hunt_goes_on_after_a_failure_and_reports_them_all(policy):
         in text
     assert text.endswith("2 flow(s) do not follow the policy")
     assert set(fuzzer.seen) == set(order)  # every batch was drawn and sent
+
+
+def test_beyond_the_router_odd_packets_meet_other_routers():
+    """The airplane's internet is reached over the satellite and the ground station: a
+    packet between wan nodes never crosses the gateway (its antispoofing is not in the way),
+    and one to an address of the next hop itself is delivered there, not forwarded (ttl 1
+    is enough). The suite reported both as failures on the airplane."""
+    airplane = load_policy(load_topology(ROOT / "topologies" / "airplane"))
+
+    def outcome(spec):
+        return expect_flow(airplane, FuzzFlow.parse(spec, airplane)).outcomes
+    assert outcome("visitor 198.18.52.1 udp/54 ttl=1") == {ARRIVED}               # ground's other address
+    assert outcome("visitor 198.18.50.10 udp/54 ttl=1") == {LOST}                 # expires at ground
+    assert outcome("edge 198.18.51.1 udp/9 spoof=198.18.50.11") == {ARRIVED, LOST}  # wan to wan: no gateway
+    assert outcome("laptop 198.18.60.10 udp/9 spoof=198.18.60.30") == {LOST}      # through the gateway
+
+
+def test_the_router_is_probed_from_on_its_own_segments_only():
+    """Its own traffic to farther places crosses none of the policy's rules (the matrix does
+    not probe from it either): the airplane's gateway to the internet failed as 'default deny'."""
+    airplane = load_policy(load_topology(ROOT / "topologies" / "airplane"))
+    drawn = set(probe_destinations(airplane, "gateway")) | set(odd_destinations(airplane, "gateway"))
+    assert A("198.18.51.1") in drawn and A("198.18.50.10") in drawn
+    assert not any(a in drawn for a in (A("198.18.60.10"), A("198.18.52.1")))
