@@ -13,7 +13,8 @@ What this module holds:
   which conntrack reassembles, ordinary options, an echo request of any code); on
   one segment everything arrives, but fragments that cannot be reassembled: a
   Docker bridge runs the host's conntrack (br_netfilter), which drops them;
-  forged sources do not cross an antispoofing router; TTL 1 dies at the router;
+  forged sources do not cross an antispoofing router; TTL 1 dies at the first router
+  on the way (`forwarders`: none when it is sent to an address of the next hop);
 - strategies built from the topology, the policy and, when the router is ours,
   its config (`config_aims`): the constants and interface pairs of every rule
   aim some flows at that rule and its edges, the way fuzzers take a program's
