@@ -15,7 +15,7 @@ from labwarden.fuzz import (ARRIVED, LOST, Batch, FlowFuzzer, FuzzFlow, Seen, ar
                             edge_addresses, expect_flow, hunt, interesting_ports, odd_destinations, odd_flows,
                             probe_destinations, probe_flows, replay_command)
 from labwarden.matrix import matrix_services
-from labwarden.nft_trace import explain, parse_config, parse_events, parse_listing, stories
+from labwarden.nft_trace import Event, TracedPacket, explain, parse_config, parse_events, parse_listing, stories
 from labwarden.policy import load_policy
 from labwarden.topology import load_topology
 
@@ -266,3 +266,19 @@ def test_the_router_is_probed_from_on_its_own_segments_only():
     drawn = set(probe_destinations(airplane, "gateway")) | set(odd_destinations(airplane, "gateway"))
     assert A("198.18.51.1") in drawn and A("198.18.50.10") in drawn
     assert not any(a in drawn for a in (A("198.18.60.10"), A("198.18.52.1")))
+
+
+def test_an_accept_in_a_chain_jumped_to_is_the_deciding_one():
+    """fw4 accepts in regular chains (`input` jumps to `input_gpu`, which jumps to
+    `accept_from_gpu`); its `mangle_input` base chain (priority mangle, before filter) only
+    passes packets on with its policy. The trace named that policy as deciding
+    (openwrt-homelab's gpu-input-accept mutant)."""
+    def event(chain, kind, text, verdict):
+        return Event("inet", "fw4", chain, kind, text, None, verdict)
+    accept = event("accept_from_gpu", "rule", 'iifname "gpu0" counter accept', "accept")
+    packet = TracedPacket({}, [event("mangle_input", "policy", "accept", "accept"),
+                               event("input", "rule", 'iifname "gpu0" jump input_gpu', "jump input_gpu"),
+                               event("input_gpu", "rule", "jump accept_from_gpu", "jump accept_from_gpu"),
+                               accept])
+    hooks = {("inet", "fw4", "mangle_input"): ("filter", "input"), ("inet", "fw4", "input"): ("filter", "input")}
+    assert packet.decided_by(hooks) is accept
