@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from labwarden.fuzz_rules import destinations, port_constants, probe_flows, rulesets
+from labwarden.fuzz_rules import RuleChecker, destinations, port_constants, probe_flows, rulesets
 from labwarden.nft_model import (EPHEMERAL, Chain, Match, NamedSet, Packet, Rule, Ruleset, World, kernel_silence,
                                  predict)
 from labwarden.policy import load_policy
@@ -213,3 +213,33 @@ def test_generated_rulesets_stay_inside_the_grammar(world, data):
     src, dst, proto, port = data.draw(probe_flows(world, rs))
     assert predict(rs, world, src, dst, proto, port).verdict in ("open", "closed", "rejected", "filtered")
     assert port_constants(rs) <= set(range(0, 65536))
+
+
+class ScriptedChecker(RuleChecker):
+    """A RuleChecker whose kernel answers are scripted per flow, one per probe (the last repeats)."""
+
+    def __init__(self, world, script, **kw):
+        super().__init__(lab=None, policy=None, world=world, **kw)
+        self.script = {flow: list(verdicts) for flow, verdicts in script.items()}
+
+    def observe(self, cases, timeout):
+        out = {}
+        for ruleset, flows in cases:
+            for flow in flows:
+                verdicts = self.script[flow]
+                out[(ruleset, flow)] = (verdicts.pop(0) if len(verdicts) > 1 else verdicts[0], "scripted")
+        return out
+
+
+def test_rule_fuzzing_counts_a_difference_that_does_not_come_again_as_flaky(world):
+    ruleset = fwd(ESTABLISHED, policy="drop")            # the model: laptop -> web:80 filtered
+    flow = ("laptop", A("198.18.10.10"), "tcp", 80)
+    [diff] = ScriptedChecker(world, {flow: ["open", "filtered"]}).check([(ruleset, [flow])])
+    assert diff.flaky == ("filtered", "scripted") and "FLAKY: the kernel said open" in diff.message()
+    # a silence that answers as the model says when probed alone was a wait too short
+    allow = fwd(ESTABLISHED, Rule((), "accept"))
+    assert ScriptedChecker(world, {flow: ["filtered", "open"]}).check([(allow, [flow])]) == []
+    lossy = ScriptedChecker(world, {flow: ["filtered", "filtered", "open"]}, loss_retries=1)
+    assert lossy.check([(allow, [flow])]) == []
+    [diff] = ScriptedChecker(world, {flow: ["filtered"]}).check([(allow, [flow])])
+    assert diff.kernel == "filtered" and diff.flaky is None
