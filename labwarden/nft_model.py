@@ -29,6 +29,21 @@ The semantics that surprise people, and that the model keeps:
 - `oifname` on the input hook compares an empty name: `oifname != "wan"` matches;
 - replies meet the same forward chain as requests: without `ct state
   established` they are judged by the rules like anything else.
+
+What the kernel answers whatever the rules say (measured on Linux 6.18: a router
+namespace between two /24s, every reject kind, accept and drop, SYN, UDP and echo
+request sent to the router's MAC address; see `kernel_silence`):
+- the broadcast address of a segment the router is on (its own segment's or
+  another's) and the limited broadcast 255.255.255.255 are the router's own
+  broadcasts: the packet meets the *input* hook, never forward, and nothing answers:
+  a reject sends no RST and no ICMP error for a packet routed as broadcast (a TCP
+  listener ignores the SYN; a UDP service gets the datagram, but answers from its
+  own address, which a probe does not take for the broadcast's answer);
+- multicast (224.0.0.0/4) is neither routed nor for the router unless it joined the
+  group: prerouting sees it, input and forward do not, nothing answers;
+- a segment's network address is no broadcast to Linux (no `broadcast` route for
+  it in the local table): it is forwarded like any address nobody holds, and a
+  reject answers it as usual.
 """
 
 from __future__ import annotations
@@ -306,7 +321,9 @@ class World:
                          for n, node in nodes.items()})
 
     def segment_of(self, address: IPv4Address) -> str:
-        return next((s for s, net in self.subnets.items() if address in net), self.outside)
+        """The router's segment towards address: its own, else the default route's."""
+        return next((s for s, net in self.subnets.items() if address in net and s in self.router_ifaces),
+                    self.outside)
 
     def iface_towards(self, address: IPv4Address) -> str:
         return self.router_ifaces[self.segment_of(address)]
@@ -328,19 +345,37 @@ class Prediction:
         return f"{self.verdict}: {self.packet} -> {self.decision.verdict}" + (f" by {by}" if by else "")
 
 
+def kernel_silence(dst: IPv4Address, router_subnets) -> str | None:
+    """Why no probe of dst can be answered through a router on these subnets, whatever its
+    rules say (None: dst is an ordinary address). See the module's docstring."""
+    dst = IPv4Address(dst)
+    if dst.is_multicast:
+        return "a multicast address: not routed, and not for the router (no group joined)"
+    if dst == IPv4Address("255.255.255.255"):
+        return "the limited broadcast: the router's own broadcast, and no kernel answers one"
+    net = next((n for n in router_subnets if dst == n.broadcast_address and n.prefixlen < 31), None)
+    if net is not None:
+        return (f"the broadcast address of {net}: the router takes it as its own broadcast (input hook), "
+                "and the kernel answers no broadcast: no RST, no ICMP error, whatever the rule")
+    return None
+
+
 def predict(ruleset: Ruleset, world: World, src: str, dst: IPv4Address, proto: str,
             port: int | None) -> Prediction:
     """What a probe from node `src` to `dst` observes through the router (src and dst on
-    different segments; dst a node's or the router's address)."""
+    different segments; dst a node's or the router's address, or a segment's edge)."""
     dst = IPv4Address(dst)
     saddr = world.node_addresses[src]
-    iif = world.router_ifaces[world.node_segments[src]]
+    iif = world.iface_towards(saddr)
     target = world.node_at(dst)
-    local = target == world.router
+    silent = kernel_silence(dst, [world.subnets[s] for s in world.router_ifaces])
+    local = target == world.router or silent is not None
     hook, oif = ("input", "") if local else ("forward", world.iface_towards(dst))
     icmp = ICMP_TYPES["echo-request"] if proto == "icmp" else None
     request = Packet(hook, iif, oif, saddr, dst, proto, port, icmp, "new")
     decision = ruleset.evaluate(request)
+    if silent:  # judged by the input hook, answered by nobody
+        return Prediction("filtered", decision, request)
     if decision.verdict == "drop":
         return Prediction("filtered", decision, request)
     if decision.verdict == "reject":
@@ -381,10 +416,12 @@ def _rejected(arg: str | None, proto: str, local: bool, dst: IPv4Address, world:
 
 def _rst_from(dst: IPv4Address, world: World, src: str) -> str:
     """A RST the router sends in dst's name leaves with ttl 64: the agent calls it forged
-    (rejected) unless dst is on the prober's own segment or an address of its next hop."""
+    (rejected) unless dst is on the prober's own segment or an address of its next hop,
+    or other routers on the way lowered its ttl (src is not on a segment of the router)."""
     on_link = dst in world.subnets[world.node_segments[src]]
     near = dst in (world.near or {}).get(src, ())
-    return "closed" if on_link or near else "rejected"
+    far = world.node_segments[src] not in world.router_ifaces
+    return "closed" if on_link or near or far else "rejected"
 
 
 def port_constants(ruleset: Ruleset) -> set[int]:
@@ -406,4 +443,4 @@ def outside_ephemeral(lo: int, hi: int) -> bool:
 
 
 __all__ = ["Chain", "Decision", "Match", "NamedSet", "Packet", "Prediction", "Rule", "Ruleset",
-           "Step", "World", "predict", "port_constants"]
+           "Step", "World", "kernel_silence", "predict", "port_constants"]

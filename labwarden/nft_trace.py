@@ -69,12 +69,15 @@ class TracedPacket:
 
     def decided_by(self, chain_hooks: dict) -> Event | None:
         """The drop that ended it; else the last accept in a filter chain of the input, forward
-        or output hook (a rule, or the chain's policy)."""
+        or output hook (a rule, or the chain's policy), or in a regular chain jumped to from
+        one: fw4 accepts in `accept_from_gpu`, after its `mangle_input` chain's policy accept."""
         if self.fate:
             return self.fate
-        filtering = [e for e in self.events if e.verdict == "accept"
-                     and chain_hooks.get(e.key(), ("", ""))[1] in FILTER_HOOKS
-                     and chain_hooks.get(e.key(), ("", ""))[0] == "filter"]
+        filtering, base = [], ("", "")
+        for e in self.events:
+            base = chain_hooks.get(e.key(), base)  # a regular chain: the base chain that jumped
+            if e.verdict == "accept" and base[0] == "filter" and base[1] in FILTER_HOOKS:
+                filtering.append(e)
         accepted = filtering or [e for e in self.events if e.verdict == "accept"]
         return accepted[-1] if accepted else None
 

@@ -219,15 +219,15 @@ class Policy:
     def expect(self, flow: Flow) -> Expectation:
         topology, service = self.topology, flow.service
         segment = topology.segment_of(flow.dst)
-        if segment is None:
-            return Expectation(frozenset({"filtered"}), None, "not a lab address")
         holder = topology.node_at(flow.dst)
         dst_node = holder.name if holder else None
         if dst_node == flow.src:
             return self._reached(dst_node, service, "same node")
-        forward = self._forward(flow)
+        forward = self._forward(flow)  # `daddr: any` takes any address sent through the router
         if forward is not None:
             return self._reached(forward.to, forward.target, f"forward '{forward.name}'")
+        if segment is None:
+            return Expectation(frozenset({"filtered"}), None, "not a lab address")
         if dst_node == self.router:
             return self._to_router(flow, service)
         if topology.on_link(topology.nodes[flow.src], flow.dst):

@@ -3,8 +3,10 @@
 Profiles (`--fuzz-profile`, default ci):
 
 - ci: a fixed seed (derandomized, so a CI run is reproducible), few examples;
-- nightly: many examples, a random seed, failures kept in the hypothesis
-  database under reports/hypothesis (the next run tries them first).
+- nightly: many examples, a random seed; rule fuzzing keeps its failures in
+  the hypothesis database under reports/hypothesis (the next run tries them
+  first). Flow fuzzing records its failures and goes on drawing (fuzz.hunt):
+  each failure prints the command that replays it.
 
 Each hypothesis example is a batch of flows (or one ruleset with its flows):
 the counts below are batches, not flows.
@@ -16,6 +18,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 
 from labwarden.fuzz import FlowFuzzer, config_aims
 from labwarden.fuzz_rules import RuleChecker
+from labwarden.matrix import LOSS_RETRIES
 from labwarden.nft_model import World
 
 EXAMPLES = {  # per test kind: hypothesis examples under each profile
@@ -85,13 +88,27 @@ def aims(labwarden_policy, router_config_text):
     return config_aims(labwarden_policy, router_config_text) if router_config_text else []
 
 
+def link_allowance(lab) -> tuple[float, int]:
+    """Seconds the lab's impaired links may add to a round trip (every link crossed, jitter
+    both ways: a bound), and how often a silence is re-sent when a link loses packets."""
+    impairment = getattr(lab, "impairment", None)
+    if impairment is None or impairment.method == "none":
+        return 0.0, 0
+    profiles = [link.profile for link in impairment.links]
+    extra = sum(2 * (p.delay_ms + p.jitter_ms) for p in profiles) / 1000
+    return extra, LOSS_RETRIES if any(p.loss_pct > 0 for p in profiles) else 0
+
+
 @pytest.fixture
 def flow_fuzzer(lab, labwarden_policy, probe_timeout):
-    return FlowFuzzer(lab, labwarden_policy, timeout=min(FUZZ_TIMEOUT, probe_timeout),
-                      confirm_timeout=probe_timeout)
+    extra, retries = link_allowance(lab)
+    return FlowFuzzer(lab, labwarden_policy, timeout=min(FUZZ_TIMEOUT, probe_timeout) + extra,
+                      confirm_timeout=probe_timeout + extra, loss_retries=retries)
 
 
 @pytest.fixture
 def rule_checker(lab, labwarden_policy, probe_timeout):
+    extra, retries = link_allowance(lab)
     return RuleChecker(lab, labwarden_policy, World.of(labwarden_policy),
-                       timeout=min(RULES_TIMEOUT, probe_timeout), confirm_timeout=probe_timeout)
+                       timeout=min(RULES_TIMEOUT, probe_timeout) + extra, confirm_timeout=probe_timeout + extra,
+                       loss_retries=retries)

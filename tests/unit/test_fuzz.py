@@ -1,6 +1,8 @@
 """Flow fuzzing's pure parts, without Docker: flows and their one-line form, the oracle
-for odd packets, aims taken from a router config, reassembly of captured fragments, and
-reading an nft trace back to the config file's lines."""
+for odd packets and for addresses the kernel never answers, aims taken from a router
+config, reassembly of captured fragments, reading an nft trace back to the config file's
+lines, and how failures are confirmed, marked flaky and all reported (with the observations
+scripted in place of a lab)."""
 
 from ipaddress import IPv4Address as A
 from pathlib import Path
@@ -9,15 +11,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labwarden.fuzz import (ARRIVED, LOST, FuzzFlow, arrivals, batches, config_aims, craft, edge_addresses,
-                            expect_flow, interesting_ports, odd_flows, probe_flows, replay_command)
+from labwarden.fuzz import (ARRIVED, LOST, Batch, FlowFuzzer, FuzzFlow, Seen, arrivals, batches, config_aims, craft,
+                            edge_addresses, expect_flow, hunt, interesting_ports, odd_destinations, odd_flows,
+                            probe_destinations, probe_flows, replay_command)
 from labwarden.matrix import matrix_services
-from labwarden.nft_trace import explain, parse_config, parse_events, parse_listing, stories
+from labwarden.nft_trace import Event, TracedPacket, explain, parse_config, parse_events, parse_listing, stories
 from labwarden.policy import load_policy
 from labwarden.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 HOMELAB = ROOT / "topologies" / "homelab"
+OPENWRT = ROOT / "topologies" / "openwrt-homelab"
 ODD_PORT = HOMELAB / "mutants" / "odd-port.nft"
 
 
@@ -62,6 +66,26 @@ def test_probes_to_nobody_may_be_silent_or_refused(policy):
     assert expect_flow(policy, FuzzFlow("laptop", A("198.18.10.254"), "tcp", 22)).outcomes == \
         {"filtered", "rejected"}
     assert expect_flow(policy, FuzzFlow("web", A("198.18.1.10"), "tcp", 31337)).outcomes == {"filtered"}
+
+
+def test_a_segments_broadcast_is_never_answered_whatever_the_policy_says():
+    """openwrt-homelab rejects what it denies, but a flow to a segment's broadcast address
+    is the router's own broadcast: no RST, no ICMP error (see nft_model.kernel_silence).
+    The unmodified config failed with `gpu/gpu -> 198.51.100.255 tcp/4700 ... expected
+    rejected, observed filtered`."""
+    openwrt = load_policy(load_topology(OPENWRT))
+    for spec in ("gpu 198.51.100.255 tcp/4700", "gpu 198.51.100.255 udp/53", "gpu 198.19.1.255 icmp",
+                 "laptop 198.19.30.255 tcp/22"):  # denied and allowed alike
+        expected = expect_flow(openwrt, FuzzFlow.parse(spec, openwrt))
+        assert expected.outcomes == {"filtered"} and "broadcast" in expected.reason, spec
+    # the network address is an ordinary one to Linux: the router rejects it like any other
+    assert expect_flow(openwrt, FuzzFlow.parse("gpu 198.51.100.0 tcp/4700", openwrt)).outcomes == {"rejected"}
+    # fw4's port-forwards match any destination address (`daddr: any`): DNAT in prerouting
+    # rewrites a broadcast, or an address outside the lab, before it is routed (found on the
+    # unmodified config: visitor -> 198.19.19.255 tcp/443 landed on web)
+    for spec in ("visitor 198.19.20.255 tcp/443", "visitor 198.19.19.255 tcp/443"):
+        expected = expect_flow(openwrt, FuzzFlow.parse(spec, openwrt))
+        assert expected.outcomes == {"open"} and "Forward-HTTPS-to-web" in expected.reason, spec
 
 
 def test_edges_stay_inside_ranges_that_are_never_real(policy):
@@ -150,3 +174,111 @@ def test_a_trace_names_the_deciding_rule_and_its_line():
                   "(mutants/odd-port.nft:38)")
     fate, by = explain(told["telnet"], listing, config, "mutants/odd-port.nft")
     assert (fate, by) == ("DROPPED", "by forward policy drop (mutants/odd-port.nft:30)")
+
+
+class Scripted(FlowFuzzer):
+    """A FlowFuzzer whose observations are scripted per flow, one per send (the last repeats)."""
+
+    def __init__(self, policy, script: dict, **kw):
+        super().__init__(lab=None, policy=policy, **kw)
+        self.script = {f: list(outcomes) for f, outcomes in script.items()}
+
+    def observe(self, flows, timeout=None, trace=None):
+        self.batches += 1
+        out = {}
+        for flow in flows:
+            outcomes = self.script.get(flow, ["filtered"])
+            out[flow] = Seen(outcomes.pop(0) if len(outcomes) > 1 else outcomes[0], f"send {self.batches}")
+        return out
+
+
+OPENING = FuzzFlow("web", A("198.18.1.10"), "tcp", 31337)       # servers -> personal: denied
+ALLOWED = FuzzFlow("laptop", A("198.18.10.10"), "tcp", 80)       # personal -> web:80: open
+
+
+def test_a_failure_that_does_not_come_again_is_flaky_never_a_pass(policy):
+    fuzzer = Scripted(policy, {OPENING: ["closed", "filtered"], ALLOWED: ["open"]})
+    [failure] = fuzzer.check([OPENING, ALLOWED])
+    assert failure.flaky and failure.seen.outcome == "closed" and failure.alone.outcome == "filtered"
+    message = failure.message(policy)
+    assert message.startswith("FLAKY: servers/web -> personal/laptop tcp/31337")
+    assert "observed closed (send 1) in its batch, but filtered (send 2) when re-sent alone" in message
+    assert fuzzer.check([OPENING]) == [failure]  # remembered, not sent again
+    assert fuzzer.batches == 2
+
+
+def test_a_silence_that_answers_when_re_sent_alone_was_a_short_wait(policy):
+    fuzzer = Scripted(policy, {ALLOWED: ["filtered", "open"]})
+    assert fuzzer.check([ALLOWED]) == []
+    assert fuzzer.answered_alone == [ALLOWED] and "answered when re-sent alone: laptop" in fuzzer.rate()
+    fuzzer = Scripted(policy, {ALLOWED: ["filtered"]})  # silent every time: it fails, not flaky
+    [failure] = fuzzer.check([ALLOWED])
+    assert not failure.flaky and failure.message(policy).endswith("observed filtered (send 2) "
+                                                                  "(in its batch: filtered, send 1)")
+
+
+def test_on_a_lossy_lab_a_silence_is_re_sent_before_it_counts(policy):
+    script = {ALLOWED: ["filtered", "filtered", "filtered", "open"]}
+    assert Scripted(policy, script, loss_retries=3).check([ALLOWED]) == []
+    assert Scripted(policy, script, loss_retries=1).check([ALLOWED])
+
+
+def test_the_hunt_goes_on_after_a_failure_and_reports_them_all(policy):
+    """Hypothesis stops at its first failure: a false alarm drawn first would hide an opening
+    drawn later. hunt records failures and draws every batch; the opening comes first."""
+    false_alarm = FuzzFlow("laptop", A("198.18.10.11"), "tcp", 22)   # git:22 allowed and listening
+    others = [FuzzFlow("laptop", A("198.18.10.10"), "tcp", p) for p in (80, 443)]
+    order = [false_alarm, *others, OPENING]
+    fuzzer = Scripted(policy, {false_alarm: ["filtered"], OPENING: ["open"], **{f: ["open"] for f in others}})
+    strategy = st.integers(0, len(order) - 1).map(lambda i: Batch((order[i],)))
+    quick = settings(max_examples=40, database=None, derandomize=True, deadline=None,
+                     suppress_health_check=list(HealthCheck))
+    with pytest.raises(AssertionError) as failed:
+        hunt(fuzzer, strategy, quick, "homelab")
+    text = str(failed.value)
+    assert text.splitlines()[0].startswith("servers/web -> personal/laptop tcp/31337: expected filtered")
+    assert "personal/laptop -> servers/git tcp/22: expected open" in text
+    assert "replay alone: python3 -m pytest suites/fuzz/test_replay.py --fuzz-replay 'web 198.18.1.10 tcp/31337'" \
+        in text
+    assert text.endswith("2 flow(s) do not follow the policy")
+    assert set(fuzzer.seen) == set(order)  # every batch was drawn and sent
+
+
+def test_beyond_the_router_odd_packets_meet_other_routers():
+    """The airplane's internet is reached over the satellite and the ground station: a
+    packet between wan nodes never crosses the gateway (its antispoofing is not in the way),
+    and one to an address of the next hop itself is delivered there, not forwarded (ttl 1
+    is enough). The suite reported both as failures on the airplane."""
+    airplane = load_policy(load_topology(ROOT / "topologies" / "airplane"))
+
+    def outcome(spec):
+        return expect_flow(airplane, FuzzFlow.parse(spec, airplane)).outcomes
+    assert outcome("visitor 198.18.52.1 udp/54 ttl=1") == {ARRIVED}               # ground's other address
+    assert outcome("visitor 198.18.50.10 udp/54 ttl=1") == {LOST}                 # expires at ground
+    assert outcome("edge 198.18.51.1 udp/9 spoof=198.18.50.11") == {ARRIVED, LOST}  # wan to wan: no gateway
+    assert outcome("laptop 198.18.60.10 udp/9 spoof=198.18.60.30") == {LOST}      # through the gateway
+
+
+def test_the_router_is_probed_from_on_its_own_segments_only():
+    """Its own traffic to farther places crosses none of the policy's rules (the matrix does
+    not probe from it either): the airplane's gateway to the internet failed as 'default deny'."""
+    airplane = load_policy(load_topology(ROOT / "topologies" / "airplane"))
+    drawn = set(probe_destinations(airplane, "gateway")) | set(odd_destinations(airplane, "gateway"))
+    assert A("198.18.51.1") in drawn and A("198.18.50.10") in drawn
+    assert not any(a in drawn for a in (A("198.18.60.10"), A("198.18.52.1")))
+
+
+def test_an_accept_in_a_chain_jumped_to_is_the_deciding_one():
+    """fw4 accepts in regular chains (`input` jumps to `input_gpu`, which jumps to
+    `accept_from_gpu`); its `mangle_input` base chain (priority mangle, before filter) only
+    passes packets on with its policy. The trace named that policy as deciding
+    (openwrt-homelab's gpu-input-accept mutant)."""
+    def event(chain, kind, text, verdict):
+        return Event("inet", "fw4", chain, kind, text, None, verdict)
+    accept = event("accept_from_gpu", "rule", 'iifname "gpu0" counter accept', "accept")
+    packet = TracedPacket({}, [event("mangle_input", "policy", "accept", "accept"),
+                               event("input", "rule", 'iifname "gpu0" jump input_gpu', "jump input_gpu"),
+                               event("input_gpu", "rule", "jump accept_from_gpu", "jump accept_from_gpu"),
+                               accept])
+    hooks = {("inet", "fw4", "mangle_input"): ("filter", "input"), ("inet", "fw4", "input"): ("filter", "input")}
+    assert packet.decided_by(hooks) is accept
