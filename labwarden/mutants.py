@@ -10,7 +10,8 @@ under it the text that test's own failure message must contain:
     # labwarden-test: suites/isolation/test_matrix.py::test_cell[servers/web -> personal/laptop tcp/22]
     # labwarden-expect-fail: servers/web -> personal/laptop tcp/22: expected filtered
 
-A test may have several texts, a header several tests; each suite file named runs once.
+A test may have several texts, a header several tests; the suite files named run together,
+on one lab.
 
 The test must FAIL. An error does not count: it means the check could not judge (a
 fixture raised, a positive control failed, the lab broke), which proves nothing about
@@ -35,20 +36,14 @@ class Expected:
     texts: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Catch:
-    """A suite file that must catch the mutant: the tests of it that must fail."""
-    suite: str
-    expected: tuple[Expected, ...]
+def suites(expected: tuple[Expected, ...]) -> list[str]:
+    """The suite files of the tests, in order: the files a mutant's run is given."""
+    return list(dict.fromkeys(e.test.partition("[")[0].split("::")[0] for e in expected))
 
 
-def suite_of(nodeid: str) -> str:
-    return nodeid.partition("[")[0].split("::")[0]
-
-
-def read_header(path: Path) -> list[Catch]:
-    """The suites (in the header's order) and the tests of each that must fail; a malformed
-    header is a ConfigError naming the line."""
+def read_header(path: Path) -> tuple[Expected, ...]:
+    """The tests that must fail, in the header's order; a malformed header is a
+    ConfigError naming the line."""
     tests: list[tuple[str, list[str]]] = []
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
         match = _LINE.match(line)
@@ -74,9 +69,7 @@ def read_header(path: Path) -> list[Catch]:
     if empty:
         raise ConfigError(path, f"labwarden-test: {empty[0]}",
                           "no labwarden-expect-fail under it: what must its failure say?")
-    suites = list(dict.fromkeys(suite_of(t) for t, _ in tests))
-    return [Catch(s, tuple(Expected(t, tuple(texts)) for t, texts in tests if suite_of(t) == s))
-            for s in suites]
+    return tuple(Expected(t, tuple(texts)) for t, texts in tests)
 
 
 def junit_key(nodeid: str) -> tuple[str, str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from labwarden.errors import ConfigError
-from labwarden.mutants import Catch, Expected, junit_key, outcomes, read_header, unmet
+from labwarden.mutants import Expected, junit_key, outcomes, read_header, suites, unmet
 
 ROOT = Path(__file__).resolve().parents[2]
 MUTANTS = sorted((ROOT / "topologies").glob("*/mutants/*.nft")) + \
@@ -26,7 +26,7 @@ def header(tmp_path, text):
     return path
 
 
-def test_a_header_names_tests_grouped_by_suite_in_its_order(tmp_path):
+def test_a_header_names_tests_and_their_suites_in_its_order(tmp_path):
     path = header(tmp_path, f"""\
         #!/usr/sbin/nft -f
         # MUTANT: two suites, the first with two tests
@@ -39,14 +39,14 @@ def test_a_header_names_tests_grouped_by_suite_in_its_order(tmp_path):
         # labwarden-expect-fail: ai/gpu -> servers/web tcp/80: expected filtered
         flush ruleset
         """)
-    assert read_header(path) == [
-        Catch("suites/isolation/test_matrix.py", (
-            Expected(CELL, ("servers/web -> personal/laptop tcp/22: expected filtered", "observed open")),
-            Expected("suites/isolation/test_matrix.py::test_cell[ai/gpu -> servers/web tcp/80]",
-                     ("ai/gpu -> servers/web tcp/80: expected filtered",)))),
-        Catch("suites/fuzz/test_flows.py", (
-            Expected("suites/fuzz/test_flows.py::test_probes_follow_the_policy",
-                     ("was ACCEPTED by forward rule 'iifname \"servers\" accept' (mutant.nft:9)",)),))]
+    expected = read_header(path)
+    assert expected == (
+        Expected(CELL, ("servers/web -> personal/laptop tcp/22: expected filtered", "observed open")),
+        Expected("suites/fuzz/test_flows.py::test_probes_follow_the_policy",
+                 ("was ACCEPTED by forward rule 'iifname \"servers\" accept' (mutant.nft:9)",)),
+        Expected("suites/isolation/test_matrix.py::test_cell[ai/gpu -> servers/web tcp/80]",
+                 ("ai/gpu -> servers/web tcp/80: expected filtered",)))
+    assert suites(expected) == ["suites/isolation/test_matrix.py", "suites/fuzz/test_flows.py"]
 
 
 @pytest.mark.parametrize("text,problem", [
@@ -152,5 +152,5 @@ def collected(lab: Path) -> frozenset[str]:
 def test_every_mutant_names_tests_that_exist(mutant):
     """Ids drift when a suite or the policy changes: every named test is collected on the mutant's lab."""
     lab = mutant.parent if mutant.name == "compose.yaml" else mutant.parents[1]
-    missing = [e.test for c in read_header(mutant) for e in c.expected if e.test not in collected(lab)]
+    missing = [e.test for e in read_header(mutant) if e.test not in collected(lab)]
     assert not missing, f"{mutant.name} names tests that are not collected on {lab.name}: {missing}"
