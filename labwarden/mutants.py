@@ -84,10 +84,14 @@ def junit_key(nodeid: str) -> tuple[str, str]:
 @dataclass(frozen=True)
 class Outcome:
     state: str                # passed, failed, error or skipped
-    message: str              # the failure's (or error's) own message; '' when passed
+    message: str              # the failure's (or error's) own report; '' when passed
 
 
 STATES = {"failure": "failed", "error": "error", "skipped": "skipped"}
+# How a mutant's suites run: with --tb=line a failure's element text in the JUnit XML is its
+# exception alone (no source lines, which would name the texts of every branch), and whole:
+# pytest shortens the message attribute of a long failure (a list of wrong cells).
+TRACEBACK = "--tb=line"
 RANK = ["passed", "skipped", "error", "failed"]
 
 
@@ -99,7 +103,7 @@ def outcomes(junit_xml: Path) -> dict[tuple[str, str], Outcome]:
         key = (case.get("classname", ""), case.get("name", ""))
         element = next((e for e in (case.find(t) for t in ("failure", "error", "skipped")) if e is not None), None)
         now = Outcome("passed", "") if element is None else \
-            Outcome(STATES[element.tag], element.get("message", ""))
+            Outcome(STATES[element.tag], element.text or element.get("message", ""))
         if key not in found or RANK.index(now.state) > RANK.index(found[key].state):
             found[key] = now
     return found

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from labwarden.mutants import outcomes, read_header, suites, unmet
+from labwarden.mutants import TRACEBACK, outcomes, read_header, suites, unmet
 
 ROOT = Path(__file__).resolve().parents[2]
 MUTANTS = sorted((ROOT / "topologies").glob("*/mutants/*.nft")) + \
@@ -42,7 +42,7 @@ def test_suites_catch_mutant(mutant, tmp_path):
     junit = tmp_path / "junit.xml"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", *suites(expected), "-q", "-p", "no:cacheprovider",
-         "--tb=line", "--report-dir", str(tmp_path), "--junitxml", str(junit), *lab],
+         TRACEBACK, "--report-dir", str(tmp_path), "--junitxml", str(junit), *lab],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     output = proc.stdout + proc.stderr
     name = mutant.relative_to(ROOT)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from labwarden.errors import ConfigError
-from labwarden.mutants import Expected, junit_key, outcomes, read_header, suites, unmet
+from labwarden.mutants import TRACEBACK, Expected, junit_key, outcomes, read_header, suites, unmet
 
 ROOT = Path(__file__).resolve().parents[2]
 MUTANTS = sorted((ROOT / "topologies").glob("*/mutants/*.nft")) + \
@@ -87,6 +87,10 @@ RUN = textwrap.dedent("""
     def test_other():
         assert False, "ai/gpu -> servers/web tcp/80: expected filtered"
 
+    def test_many_cells():
+        cells = [f"wan/visitor -> cabin/laptop tcp/{p}: expected filtered, observed open" for p in range(1, 60)]
+        assert not cells, "reachable other than through the tunnel:\\n  " + "\\n  ".join(cells)
+
     class TestK:
         def test_m(self):
             assert False, "in a class"
@@ -95,11 +99,12 @@ RUN = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def junit(tmp_path_factory):
-    """A real run's JUnit XML: a failing cell, a passing one, an error, another failure."""
+    """A real run's JUnit XML, run as a mutant's suites are: a failing cell, a passing one,
+    an error, another failure, a long one."""
     folder = tmp_path_factory.mktemp("run")
     (folder / "suites").mkdir()
     (folder / "suites" / "test_matrix.py").write_text(RUN)
-    subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:labwarden", "--tb=long",
+    subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:labwarden", TRACEBACK,
                     "-o", "junit_family=xunit2", "--junitxml", str(folder / "junit.xml"), "suites/test_matrix.py"],
                    cwd=folder, capture_output=True, text=True, timeout=120)
     return outcomes(folder / "junit.xml")
@@ -113,6 +118,11 @@ def test_the_named_test_failing_with_its_text_is_caught(junit):
     assert unmet(expect("test_cell[servers/web -> personal/laptop tcp/22]",
                         "servers/web -> personal/laptop tcp/22: expected filtered", "observed open"), junit) == []
     assert unmet(expect("TestK::test_m", "in a class"), junit) == []
+
+
+def test_a_long_failure_is_read_whole(junit):
+    """pytest shortens the message attribute of a long failure; its last cell still counts."""
+    assert unmet(expect("test_many_cells", "wan/visitor -> cabin/laptop tcp/59: expected filtered"), junit) == []
 
 
 def test_a_text_in_another_tests_failure_does_not_count(junit):
@@ -129,7 +139,8 @@ def test_a_text_only_in_the_traceback_does_not_count(junit):
 
 def test_an_error_is_not_a_failure(junit):
     [problem] = unmet(expect("test_errors", "control failed"), junit)
-    assert problem.startswith("suites/test_matrix.py::test_errors error, it must fail: failed on setup with")
+    assert problem.startswith("suites/test_matrix.py::test_errors error, it must fail: ")
+    assert "RuntimeError: control failed" in problem
 
 
 def test_a_test_that_did_not_run_is_named(junit):
