@@ -165,3 +165,22 @@ def test_every_mutant_names_tests_that_exist(mutant):
     lab = mutant.parent if mutant.name == "compose.yaml" else mutant.parents[1]
     missing = [e.test for e in read_header(mutant) if e.test not in collected(lab)]
     assert not missing, f"{mutant.name} names tests that are not collected on {lab.name}: {missing}"
+
+
+LAB_FOLDERS = [m.parent for m in MUTANTS if m.name == "compose.yaml"]
+
+
+@pytest.mark.parametrize("folder", LAB_FOLDERS, ids=[f"{f.parents[1].name}/{f.name}" for f in LAB_FOLDERS])
+def test_a_lab_folder_mutant_is_its_lab_but_for_its_marked_lines(folder):
+    """Past its header, its compose.yaml is its lab's, line for line, except the lines marked
+    `# MUTANT`; everything else in the folder is linked to the lab's own files."""
+    lab = folder.parents[1]
+    base = (lab / "compose.yaml").read_text().splitlines()
+    lines = (folder / "compose.yaml").read_text().splitlines()
+    lines = lines[lines.index(base[0]):]
+    assert len(lines) == len(base)
+    changed = [(a, b) for a, b in zip(base, lines) if a != b]
+    assert changed and all("# MUTANT" in b for _, b in changed), changed
+    for entry in folder.iterdir():
+        if entry.name != "compose.yaml":
+            assert entry.is_symlink() and entry.resolve() == (lab / entry.name).resolve(), entry
