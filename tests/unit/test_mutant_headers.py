@@ -2,6 +2,7 @@
 a header names tests; only those tests failing, each with its text in its own
 message, count as caught."""
 
+import difflib
 import functools
 import subprocess
 import sys
@@ -172,15 +173,17 @@ LAB_FOLDERS = [m.parent for m in MUTANTS if m.name == "compose.yaml"]
 
 @pytest.mark.parametrize("folder", LAB_FOLDERS, ids=[f"{f.parents[1].name}/{f.name}" for f in LAB_FOLDERS])
 def test_a_lab_folder_mutant_is_its_lab_but_for_its_marked_lines(folder):
-    """Past its header, its compose.yaml is its lab's, line for line, except the lines marked
-    `# MUTANT`; everything else in the folder is linked to the lab's own files."""
+    """Past its header, its compose.yaml is its lab's, line for line, but for lines marked
+    `# MUTANT` (changed or added, never removed); everything else in the folder is linked
+    to the lab's own files."""
     lab = folder.parents[1]
     base = (lab / "compose.yaml").read_text().splitlines()
     lines = (folder / "compose.yaml").read_text().splitlines()
     lines = lines[lines.index(base[0]):]
-    assert len(lines) == len(base)
-    changed = [(a, b) for a, b in zip(base, lines) if a != b]
-    assert changed and all("# MUTANT" in b for _, b in changed), changed
+    ops = [op for op in difflib.SequenceMatcher(None, base, lines, autojunk=False).get_opcodes() if op[0] != "equal"]
+    assert ops, "nothing differs from the lab's compose.yaml"
+    for tag, i1, i2, j1, j2 in ops:
+        assert tag != "delete" and all("# MUTANT" in line for line in lines[j1:j2]), (base[i1:i2], lines[j1:j2])
     for entry in folder.iterdir():
         if entry.name != "compose.yaml":
             assert entry.is_symlink() and entry.resolve() == (lab / entry.name).resolve(), entry
