@@ -145,7 +145,7 @@ async def status(lab, policy: Policy, tunnel: Tunnel, src: str, timeout: float =
 
 # -- reachable only through the tunnel --------------------------------------------
 
-async def direct_reach(lab, policy: Policy, tunnel: Tunnel, timeout: float = 1.0) -> list[Cell]:
+def direct_flows(policy: Policy, tunnel: Tunnel) -> list:
     """Outside nodes to every address of the client (its local port, the usual ports,
     ping) and to the router's public address on the local and public ports."""
     client = policy.topology.nodes[tunnel.client]
@@ -154,9 +154,14 @@ async def direct_reach(lab, policy: Policy, tunnel: Tunnel, timeout: float = 1.0
     targets = list(client.addresses.values())
     if policy.public is not None:
         targets.append(policy.public)
-    flows = [policy.flow(src, address, svc) for src in visitors(policy, tunnel) + [tunnel.edge]
-             for address in targets for svc in services
-             if not (address == policy.public and svc not in (tunnel.local, tunnel.public))]
+    return [policy.flow(src, address, svc) for src in visitors(policy, tunnel) + [tunnel.edge]
+            for address in targets for svc in services
+            if not (address == policy.public and svc not in (tunnel.local, tunnel.public))]
+
+
+async def direct_reach(lab, policy: Policy, tunnel: Tunnel, timeout: float = 1.0) -> list[Cell]:
+    """The direct flows, probed: each must be what the policy says (closed to the tunnel)."""
+    flows = direct_flows(policy, tunnel)
     observed = await observe(lab, flows, timeout)
     return [Cell(f, policy.expect(f), observed[f]) for f in flows]
 
