@@ -85,6 +85,45 @@ def controls(policy: Policy, flows: list[Flow]) -> dict[str, list[Flow]]:
     return chosen
 
 
+def local_only_nodes(policy: Policy) -> list[str]:
+    """Nodes whose services no wan node reaches, at any address (port-forwards included)."""
+    topology = policy.topology
+    wan_nodes = [n for n in topology.nodes if policy.zone_of(n) == "wan"]
+    addresses = [a for node in topology.nodes.values() for a in node.addresses.values()]
+    return [name for name in topology.nodes
+            if name != policy.router and policy.zone_of(name) != "wan"
+            and not any(policy.expect(policy.flow(w, a, s)).reached == name
+                        for w in wan_nodes for a in addresses for s in policy.services.get(name, ()))]
+
+
+def reachers(policy: Policy, node: str) -> set[str]:
+    """The zones some matrix flow of which lands on the node."""
+    return {policy.zone_of(f.src) for f in matrix_flows(policy) if policy.expect(f).reached == node}
+
+
+def one_way_pairs(policy: Policy) -> list[tuple[Flow, Flow]]:
+    """(allowed flow, reverse flow) per zone pair where only one side may initiate: a new
+    connection across the router, and the same service the other way round, which the
+    policy forbids (replies to the first pass; the second may not open anything)."""
+    pairs: dict[tuple, tuple[Flow, Flow]] = {}
+    flows = matrix_flows(policy)
+    for flow in sorted(flows, key=lambda f: f.proto != "tcp"):  # a SYN-ACK is the reply to show
+        if policy.expect(flow).verdicts != {"open"} or flow.dst_node == policy.router or not crosses(policy, flow):
+            continue
+        key = (policy.zone_of(flow.src), policy.zone_of(flow.dst_node))
+        if key in pairs or flow.dst_node != policy.expect(flow).reached:
+            continue
+        src_node = policy.topology.nodes[flow.src]
+        mine = {(s.proto, s.port) for s in policy.services.get(flow.src, ())}
+        for reverse in flows:
+            if (reverse.src == flow.dst_node and reverse.dst in src_node.addresses.values()
+                    and (reverse.proto, reverse.port) in mine and policy.expect(reverse).reached is None
+                    and not policy.topology.on_link(reverse.src, reverse.dst)):
+                pairs[key] = (flow, reverse)
+                break
+    return list(pairs.values())
+
+
 def silent_nodes(policy: Policy, checks: dict[str, list[Flow]]) -> list[str]:
     """Source nodes with no open flow to check: their control is the router seeing them."""
     return [n for n in policy.topology.nodes if n != policy.router and not checks.get(n)]
