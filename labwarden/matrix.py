@@ -169,8 +169,8 @@ class Reprobes:
     def summary(self) -> str:
         if not self.sent:
             return "no probe needed re-sending"
-        return (f"{len(self.sent)} re-sent alone and paced, {len(self.answered)} answered then "
-                f"({PACED_NOTE})")
+        return (f"{len(self.sent)} mismatches re-sent alone, {len(self.answered)} then answered as the "
+                f"policy says ({PACED_NOTE})")
 
 
 async def observe(lab, flows: list[Flow], timeout: float = 1.0,
