@@ -113,7 +113,10 @@ class Report:
         others = sorted({destination_label(f, policy) for f in flows if f.dst_node is None})
         matrix = {"title": title, "rows": rows, "columns": nodes + router + others,
                   "failed_controls": {policy.label(src): [c.message(policy) for c in cs]
-                                      for src, cs in run.failed_controls.items()}}
+                                      for src, cs in run.failed_controls.items()},
+                  # mismatches confirmed alone (labwarden.matrix), and those then answered: rate-limited
+                  "reprobed": [f.label(policy) for f in run.reprobes.sent],
+                  "rate_limited": [f.label(policy) for f in run.reprobes.answered]}
         self.matrices.append(matrix)
         return matrix
 
