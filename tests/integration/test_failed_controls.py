@@ -1,11 +1,12 @@
 """A node whose link is down proves nothing by its silence: every check that judges it
 errors, none passes.
 
-The home lab comes up as usual; then, through the prober, the GPU VM's interface is set
+The lab comes up as usual; then, through the prober, the GPU VM's interface is set
 down (a conftest beside copies of the suites wraps the session's `lab` fixture). Its
 positive controls fail, and so every silence-based check that involves it must end in
 ERROR: matrix cells, test_local_only, test_stateful, test_no_leak, discovery, snooping,
-anti-spoofing, nat's test_outbound.
+anti-spoofing, nat's test_outbound. On openwrt-homelab the GPU VM may reach nothing,
+so its control is the router's capture: it sees nothing arrive either.
 """
 
 import shutil
@@ -24,10 +25,26 @@ from labwarden.impair import prober_exec
 @pytest.fixture(scope="session")
 def lab(lab):
     """The lab, with the GPU VM's only interface down (its namespace entered by the prober)."""
-    done = prober_exec(lab, "nsenter", f"--net={lab.transports['gpu'].netns}", "ip", "link", "set", "ai", "down")
+    iface = lab.topology.nodes["gpu"].interfaces[lab.topology.nodes["gpu"].segments[0]]
+    done = prober_exec(lab, "nsenter", f"--net={lab.transports['gpu'].netns}", "ip", "link", "set", iface, "down")
     assert done.returncode == 0, done.stderr
     return lab
 '''
+
+
+def with_gpu_down(tmp_path, topology: str, *args: str) -> tuple[dict, str]:
+    """Run suites (copies, with the conftest above) on the topology; their outcomes by test id."""
+    for suite in ("isolation", "nat"):
+        shutil.copytree(ROOT / "suites" / suite, tmp_path / "suites" / suite)
+    (tmp_path / "conftest.py").write_text(CONFTEST)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", *args, "-q", "-p", "no:cacheprovider", "--tb=line",
+         "--rootdir", str(tmp_path), "--topology", str(ROOT / "topologies" / topology),
+         "--report-dir", str(tmp_path / "report"), "--junitxml", str(tmp_path / "junit.xml")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    return outcomes(tmp_path / "junit.xml"), out
 
 
 def outcomes(junit: Path) -> dict[str, tuple[str, str]]:
@@ -46,17 +63,7 @@ def outcomes(junit: Path) -> dict[str, tuple[str, str]]:
 
 
 def test_a_node_with_its_link_down_errors_every_silence_based_check(tmp_path):
-    for suite in ("isolation", "nat"):
-        shutil.copytree(ROOT / "suites" / suite, tmp_path / "suites" / suite)
-    (tmp_path / "conftest.py").write_text(CONFTEST)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "suites/isolation", "suites/nat/test_outbound.py", "-q",
-         "-p", "no:cacheprovider", "--tb=line", "--rootdir", str(tmp_path), "--topology", str(ROOT / "topologies" / "homelab"),
-         "--report-dir", str(tmp_path / "report"), "--junitxml", str(tmp_path / "junit.xml")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 1, out[-3000:]
-    results = outcomes(tmp_path / "junit.xml")
+    results, out = with_gpu_down(tmp_path, "homelab", "suites/isolation", "suites/nat/test_outbound.py")
     gpu = {name: r for name, r in results.items() if "ai/gpu" in name}
     assert gpu, f"no test names ai/gpu: {sorted(results)[:20]}"
     passed = [name for name, (outcome, _) in gpu.items() if outcome == "passed"]
@@ -81,3 +88,12 @@ def test_a_node_with_its_link_down_errors_every_silence_based_check(tmp_path):
     assert "positive controls failed" in cell and "ai/gpu: ai/gpu -> wan/visitor icmp: expected open" in cell, cell
     # nodes whose controls hold (none of them controls through the GPU VM) are still judged
     assert results["test_matrix.py::test_cell[servers/web -> wan/scanner tcp/22]"][0] == "passed"
+
+
+def test_a_node_that_may_reach_nothing_is_controlled_by_the_routers_capture(tmp_path):
+    results, out = with_gpu_down(tmp_path, "openwrt-homelab", "suites/isolation/test_matrix.py")
+    gpu = {outcome for name, (outcome, _) in results.items() if "gpu/gpu" in name}
+    assert gpu == {"error"}, out[-3000:]
+    message = results["test_matrix.py::test_cell[gpu/gpu -> lan/laptop tcp/22]"][1]
+    assert "gpu/gpu -> router@gpu icmp: expected seen" in message, message
+    assert "the router's capture on gpu0 saw no packet from 198.19.30.10" in message, message
