@@ -213,7 +213,7 @@ async def _confirm(lab, policy: Policy, observed: dict[Flow, Observation], timeo
     if not doubtful:
         return {}
     leaks = [f for f in doubtful if policy.expect(f).reached is None and observed[f].verdict != "filtered"]
-    paced = [f for f in doubtful if f not in set(leaks)]
+    paced = [f for f in doubtful if f not in leaks]  # few: only mismatches get here
     waves = [paced[i:i + PACE_BATCH] for i in range(0, len(paced), PACE_BATCH)]
 
     async def wave(i: int, batch: list[Flow]) -> dict[Flow, Observation]:
