@@ -187,3 +187,22 @@ def test_a_failed_control_names_the_node_and_what_it_saw():
     checked.require("laptop", "web")  # passed, or no controls at all: nothing to say
     with pytest.raises(ControlFailed, match=r"ai/gpu: ai/gpu -> wan/visitor icmp: expected open .*observed filtered"):
         checked.require("laptop", "gpu")
+
+
+def test_the_report_shows_what_was_rate_limited():
+    from labwarden.matrix import MatrixRun
+    from labwarden.report import Report, render_html
+    random.seed(2)
+    policy = homelab()
+    flows = matrix_flows(policy)
+    reprobes = Reprobes()
+    observed = asyncio.run(observe(ping_lab(policy), flows, reprobes=reprobes))
+    run = MatrixRun(policy, {f: Cell(f, policy.expect(f), observed[f]) for f in flows}, reprobes=reprobes)
+    assert f"{len(reprobes.sent)} mismatches re-sent alone, {len(reprobes.answered)} then answered" in run.summary()
+    report = Report()
+    matrix = report.add_matrix(run)
+    paced = reprobes.answered[0].label(policy)
+    assert matrix["rate_limited"] == matrix["reprobed"] and paced in matrix["rate_limited"]
+    record, = [p for p in report.probes if p["flow"] == paced]
+    assert record["ok"] and record["detail"].endswith(PACED_NOTE)
+    assert "only when re-sent alone and paced (rate-limited, not blocked)" in render_html(report.to_dict())
