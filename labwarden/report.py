@@ -113,7 +113,10 @@ class Report:
         others = sorted({destination_label(f, policy) for f in flows if f.dst_node is None})
         matrix = {"title": title, "rows": rows, "columns": nodes + router + others,
                   "failed_controls": {policy.label(src): [c.message(policy) for c in cs]
-                                      for src, cs in run.failed_controls.items()}}
+                                      for src, cs in run.failed_controls.items()},
+                  # mismatches confirmed alone (labwarden.matrix), and those then answered: rate-limited
+                  "reprobed": [f.label(policy) for f in run.reprobes.sent],
+                  "rate_limited": [f.label(policy) for f in run.reprobes.answered]}
         self.matrices.append(matrix)
         return matrix
 
@@ -419,6 +422,10 @@ def render_html(doc: dict) -> str:
         for src, messages in matrix.get("failed_controls", {}).items():
             body.append(f"<p class=bad>positive controls of {escape(src)} failed, so its timeouts prove "
                         f"nothing: {escape('; '.join(messages))}</p>")
+        if matrix.get("rate_limited"):
+            body.append(f"<p class=rate-limited>{len(matrix['rate_limited'])} probes answered as the policy says "
+                        f"only when re-sent alone and paced (rate-limited, not blocked): "
+                        f"{escape('; '.join(matrix['rate_limited']))}</p>")
         body.append("</section>")
     titles = {m["title"] for m in doc.get("matrices", [])}
     for group in dict.fromkeys(p["group"] for p in probes if p["group"] not in titles):

@@ -7,6 +7,8 @@ capture on every other node, while a segment's devices talk to each other and
 to the internet, sees none of their packets.
 """
 
+import pytest
+
 from labwarden.exposure import hidden_segments, observers
 from labwarden.fixtures import lab_config
 
@@ -31,9 +33,13 @@ def _has_responder(policy, segment):
                if segment in policy.topology.nodes[node].addresses for s in services)
 
 
-def test_sweep_finds_nothing(discovery, labwarden_policy, observer_segment):
+@pytest.fixture
+def sweep(discovery, labwarden_policy, positive_controls, observer_segment):
+    """What the observer found, once its controls hold (a dead observer finds nothing) and a
+    node inside the segment found its neighbours with the same sweep."""
     results, controls = discovery
     observer, segment = observer_segment
+    positive_controls.require(observer)
     control_node, control = controls[segment]
     if not control.arp and not control.ping:
         raise RuntimeError(f"control failed: {control_node} swept its own segment {segment} "
@@ -41,16 +47,30 @@ def test_sweep_finds_nothing(discovery, labwarden_policy, observer_segment):
     if _has_responder(labwarden_policy, segment) and not control.discovery:
         raise RuntimeError(f"control failed: discovery queries from {control_node} on {segment} "
                            f"got no answer from the segment's responder")
-    found = results[(observer, segment)]
+    return results[(observer, segment)], (control_node, control)
+
+
+@pytest.fixture
+def snoop(snooping, positive_controls, talking_segment):
+    """Per listener what it saw, once every listener's controls hold (a dead one sees nothing)
+    and the router's capture saw the segment's traffic."""
+    per_listener, control = snooping[talking_segment]
+    positive_controls.require(*per_listener)
+    if not control:
+        raise RuntimeError(f"control failed: the router's capture on {talking_segment} saw none "
+                           "of the traffic the segment's hosts sent")
+    return per_listener
+
+
+def test_sweep_finds_nothing(sweep, labwarden_policy, observer_segment):
+    found, (control_node, control) = sweep
+    observer, segment = observer_segment
     assert not found.any(), (f"{labwarden_policy.label(observer)} discovered hosts of {segment}: "
                              f"{found} (from inside {segment}, {control_node} found {control})")
 
 
-def test_capture_sees_nothing(snooping, labwarden_policy, talking_segment):
-    per_listener, control = snooping[talking_segment]
-    if not control:
-        raise RuntimeError(f"control failed: the router's capture on {talking_segment} saw none "
-                           "of the traffic the segment's hosts sent")
+def test_capture_sees_nothing(snoop, labwarden_policy, talking_segment):
+    per_listener = snoop
     leaks = {n: frames for n, frames in per_listener.items() if frames}
     assert not leaks, f"packets of {talking_segment} hosts were seen elsewhere: " + "; ".join(
         f"{labwarden_policy.label(n)} saw {len(fs)} (first: {fs[0]})" for n, fs in leaks.items())

@@ -1,18 +1,20 @@
-"""Local-only zones (the GPU VM): nothing from wan may reach them, by any
-address or port-forward; the zones the policy names do reach their services."""
+"""Local-only zones (the GPU VM): nothing from a zone the policy does not name may
+land on them, by any address or port-forward; the zones it names do reach their
+services.
 
+A flow lands where the oracle says it is reached, or where the probe's answer
+came from; a connection that answers where the policy expects silence is
+followed (every node captures while it is made again) to the node it lands on,
+so a DNAT of the public address to the GPU is caught whatever address it was
+sent to. Which nodes are local-only, and who may reach them, is the policy's
+business (tests/unit/test_policy.py).
+"""
+
+import pytest_asyncio
+
+from labwarden import nat
 from labwarden.fixtures import lab_config
-
-
-def local_only_nodes(policy):
-    """Nodes whose services no wan node reaches, at any address (port-forwards included)."""
-    topology = policy.topology
-    wan_nodes = [n for n in topology.nodes if policy.zone_of(n) == "wan"]
-    addresses = [a for node in topology.nodes.values() for a in node.addresses.values()]
-    return [name for name in topology.nodes
-            if name != policy.router and policy.zone_of(name) != "wan"
-            and not any(policy.expect(policy.flow(w, a, s)).reached == name
-                        for w in wan_nodes for a in addresses for s in policy.services.get(name, ()))]
+from labwarden.matrix import local_only_nodes, reachers
 
 
 def pytest_generate_tests(metafunc):
@@ -22,15 +24,33 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("local_node", nodes, ids=[policy.label(n) for n in nodes])
 
 
-def test_services_reach_only_whom_the_policy_names(matrix, labwarden_policy, local_node):
+@pytest_asyncio.fixture(loop_scope="session")
+async def landing(lab, matrix, labwarden_policy, probe_timeout, local_node):
+    """(cells that land on the node or were sent to it, {flow: where an unexpected answer landed})."""
     policy = labwarden_policy
-    services = {(s.proto, s.port) for s in policy.services[local_node]}
-    cells = [c for f, c in matrix.cells.items() if f.dst_node == local_node
-             and (f.proto, f.port) in services]
-    reachers = {policy.zone_of(c.flow.src) for c in cells if c.expected.reached}
-    assert reachers, f"the policy lets nobody reach {policy.label(local_node)}'s services"
-    from_wan = [c for c in cells if policy.zone_of(c.flow.src) == "wan"]
-    assert from_wan, f"no wan node probed {policy.label(local_node)}"
+    node = policy.topology.nodes[local_node]
+    mine = set(node.addresses.values())
+    cells = [c for c in matrix.cells.values() if local_node in (c.flow.dst_node, c.expected.reached)
+             or c.observed.by in mine]
+    allowed = reachers(policy, local_node)
+    strangers = [c for c in matrix.cells.values() if policy.zone_of(c.flow.src) not in allowed
+                 and c.flow.proto == "tcp" and c.expected.reached is None
+                 and c.observed.verdict in ("open", "closed")]
+    matrix.controls.require(local_node, *{c.flow.src for c in cells + strangers})
+    landings = {}
+    for src in sorted({c.flow.src for c in strangers}):
+        found = await nat.locate(lab, policy, src, [c.flow for c in strangers if c.flow.src == src], probe_timeout)
+        landings.update({f: ports for f, lands in found.items()
+                         if (ports := [p for n, p in lands if n == local_node])})
+    return cells, landings
+
+
+def test_services_reach_only_whom_the_policy_names(landing, matrix, labwarden_policy, local_node):
+    policy = labwarden_policy
+    cells, landings = landing
     wrong = [c.message(policy) for c in cells if not c.ok]
+    wrong += [f"{matrix.cells[f].message(policy)}; the connection lands on {policy.label(local_node)} "
+              + ", ".join(f"tcp/{p}" for p in ports) for f, ports in landings.items()]
+    allowed = ", ".join(sorted(reachers(policy, local_node))) or "nowhere"
     assert not wrong, (f"{policy.label(local_node)} is not local-only as declared "
-                       f"(reachable from {', '.join(sorted(reachers))} only):\n  " + "\n  ".join(wrong))
+                       f"(reachable from {allowed} only):\n  " + "\n  ".join(wrong))

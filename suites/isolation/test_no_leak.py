@@ -14,6 +14,12 @@ from labwarden.probe import NodeJob
 OUTSIDE = IPv4Address("192.0.2.1")   # documentation range: no lab node holds it
 
 
+@pytest.fixture
+def every_node_controlled(positive_controls, labwarden_policy):
+    """Silence from outside the lab proves something only from nodes that get through inside."""
+    positive_controls.require(*labwarden_policy.topology.nodes)
+
+
 def docker_host_addresses():
     """The host's addresses on Docker's own bridges (never its uplink: no probe goes there)."""
     out = subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, text=True).stdout
@@ -23,7 +29,7 @@ def docker_host_addresses():
 
 
 @pytest.mark.emulated_only("it probes the Docker host's bridges, which a live lab does not have")
-async def test_nothing_outside_answers(lab, labwarden_policy, probe_timeout):
+async def test_nothing_outside_answers(lab, labwarden_policy, probe_timeout, every_node_controlled):
     policy = labwarden_policy
     targets = [OUTSIDE] + docker_host_addresses() + \
         [s.gateway for s in policy.topology.segments.values() if s.gateway]

@@ -1,10 +1,14 @@
 """Stateful return traffic: replies to allowed connections pass, the reverse
 direction cannot open connections of its own, and ICMP errors about an allowed
-flow (the RELATED path) come back to its sender."""
+flow (the RELATED path) come back to its sender.
+
+Each test sends its own probes; which pairs exist is the policy's business
+(tests/unit/test_policy.py)."""
 
 import pytest
+import pytest_asyncio
 
-from labwarden.matrix import Cell, observe
+from labwarden.matrix import Cell, observe, one_way_pairs
 
 UNUSED_UDP_PORT = 33434  # traceroute's first port: nothing in a lab listens there
 
@@ -16,56 +20,56 @@ def _routed(policy, flow):
         not topology.on_link(topology.nodes[flow.src], flow.dst)
 
 
-def one_way_pairs(policy, cells):
-    """(allowed flow, reverse flow) per zone pair where only one side may initiate."""
-    pairs = {}
-    for flow, cell in cells.items():
-        if cell.expected.verdicts != {"open"} or not _routed(policy, flow):
-            continue
-        key = (policy.zone_of(flow.src), policy.zone_of(flow.dst_node))
-        if key in pairs:
-            continue
-        src_node = policy.topology.nodes[flow.src]
-        for reverse, rcell in cells.items():
-            if (reverse.src == flow.dst_node and reverse.dst in src_node.addresses.values()
-                    and reverse.proto != "icmp" and rcell.expected.reached is None
-                    and policy.expect(reverse).reason != "same segment"
-                    and (reverse.proto, reverse.port) in {(s.proto, s.port) for s in policy.services.get(flow.src, ())}):
-                pairs[key] = (flow, reverse)
-                break
-    return list(pairs.values())
-
-
-def test_replies_pass_but_new_connections_do_not(matrix, labwarden_policy):
-    pairs = one_way_pairs(labwarden_policy, matrix.cells)
-    assert pairs, "the policy has no one-way zone pair to check"
-    wrong = []
-    for forward, reverse in pairs:
-        for flow in (forward, reverse):
-            cell = matrix.cells[flow]
-            if not cell.ok:
-                wrong.append(cell.message(labwarden_policy))
-    assert not wrong, "stateful filtering is wrong:\n  " + "\n  ".join(wrong)
-
-
-async def test_related_icmp_errors_come_back(lab, labwarden_policy, probe_timeout, labwarden_report):
-    """A UDP probe across the router to a closed port gets the target's port-unreachable back."""
-    policy = labwarden_policy
+def related_flows(policy):
+    """Per source zone, one UDP probe across the router to a closed port the policy lets it reach."""
     flows = {}
     for src in policy.topology.nodes:
         if src == policy.router or policy.zone_of(src) in {policy.zone_of(f.src) for f in flows.values()}:
             continue
-        for dst, node in policy.topology.nodes.items():
+        for node in policy.topology.nodes.values():
             candidates = [policy.flow(src, a, f"udp/{UNUSED_UDP_PORT}") for a in node.addresses.values()]
             candidates = [f for f in candidates if _routed(policy, f)
                           and policy.expect(f).verdicts == {"closed"}]
             if candidates:
                 flows[src] = candidates[0]
                 break
-    assert flows, "no allowed UDP path crosses the router: the RELATED path cannot be checked"
-    observed = await observe(lab, list(flows.values()), probe_timeout)
-    cells = [Cell(f, policy.expect(f), o) for f, o in observed.items()]
-    labwarden_report.add_cells(cells, policy, group="stateful: related ICMP errors")
-    wrong = [c.message(policy) for c in cells
-             if not c.ok or c.observed.by != c.flow.dst]
+    return list(flows.values())
+
+
+async def _judged(lab, policy, flows, timeout, report, group):
+    observed = await observe(lab, flows, timeout)
+    cells = [Cell(f, policy.expect(f), observed[f]) for f in flows]
+    report.add_cells(cells, policy, group=group)
+    return cells
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def one_way_cells(lab, labwarden_policy, probe_timeout, labwarden_report, positive_controls):
+    """Both directions of every one-way zone pair, sent now in one batch."""
+    pairs = one_way_pairs(labwarden_policy)
+    if not pairs:
+        pytest.skip("the policy has no one-way zone pair to check")
+    positive_controls.require(*(n for fwd, _ in pairs for n in (fwd.src, fwd.dst_node)))
+    return await _judged(lab, labwarden_policy, [f for pair in pairs for f in pair], probe_timeout,
+                         labwarden_report, "stateful: one-way pairs")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def related_cells(lab, labwarden_policy, probe_timeout, labwarden_report, positive_controls):
+    flows = related_flows(labwarden_policy)
+    if not flows:
+        pytest.skip("no allowed UDP path crosses the router: the RELATED path cannot be checked")
+    positive_controls.require(*(n for f in flows for n in (f.src, f.dst_node)))
+    return await _judged(lab, labwarden_policy, flows, probe_timeout, labwarden_report,
+                         "stateful: related ICMP errors")
+
+
+def test_replies_pass_but_new_connections_do_not(one_way_cells, labwarden_policy):
+    wrong = [c.message(labwarden_policy) for c in one_way_cells if not c.ok]
+    assert not wrong, "stateful filtering is wrong:\n  " + "\n  ".join(wrong)
+
+
+def test_related_icmp_errors_come_back(related_cells, labwarden_policy):
+    """A UDP probe across the router to a closed port gets the target's port-unreachable back."""
+    wrong = [c.message(labwarden_policy) for c in related_cells if not c.ok or c.observed.by != c.flow.dst]
     assert not wrong, "ICMP errors about allowed flows did not come back:\n  " + "\n  ".join(wrong)

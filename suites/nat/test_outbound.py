@@ -18,20 +18,35 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("inside_node", nodes, ids=[policy.label(n) for n in nodes])
 
 
-def test_inside_goes_out_masqueraded(outbound, nat_policy, inside_node):
-    mine = [o for o in outbound if o.src == inside_node]
-    wrong = [o.explain(nat_policy) for o in mine if not o.ok]
-    assert not wrong, "outbound NAT is wrong:\n  " + "\n  ".join(wrong)
+@pytest.fixture
+def outbound_of(outbound, positive_controls, inside_node):
+    """The node's outbound datagrams, once its controls hold."""
+    positive_controls.require(inside_node)
+    return [o for o in outbound if o.src == inside_node]
 
 
-@pytest.mark.emulated_only("it adds routes to the wan hosts (an attacker's own routes)")
-def test_outside_cannot_address_inside_ranges(way_in, nat_policy):
+@pytest.fixture
+def way_in_controlled(way_in, positive_controls):
+    """The way-in probes, once the controls of every outside sender and inside capturer hold
+    and every inside capture saw the router's ping."""
     if not way_in.routes:
         pytest.skip("no outside node shares a segment with the router's public address")
+    positive_controls.require(*way_in.routes, *way_in.arrivals)
     blind = [n for n, saw in way_in.controls.items() if not saw]
     if blind:
         raise RuntimeError(f"control failed: the captures on {', '.join(blind)} did not see the router's "
                            "ping, so seeing nothing from outside proves nothing")
+    return way_in
+
+
+def test_inside_goes_out_masqueraded(outbound_of, nat_policy):
+    wrong = [o.explain(nat_policy) for o in outbound_of if not o.ok]
+    assert not wrong, "outbound NAT is wrong:\n  " + "\n  ".join(wrong)
+
+
+@pytest.mark.emulated_only("it adds routes to the wan hosts (an attacker's own routes)")
+def test_outside_cannot_address_inside_ranges(way_in_controlled, nat_policy):
+    way_in = way_in_controlled
     label = nat_policy.label
     arrived = [f"{label(n)} got {len(frames)} packets from outside (first: {frames[0]})"
                for n, frames in way_in.arrivals.items() if frames]

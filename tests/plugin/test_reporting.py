@@ -25,7 +25,7 @@ CONFTEST = textwrap.dedent("""
             if flow.label(policy) == "servers/web -> personal/laptop tcp/22":
                 verdict = "open"
             cells[flow] = Cell(flow, expected, Observation(verdict, None, "made up"))
-        return MatrixRun(policy, cells, {})
+        return MatrixRun(policy, cells)
 """)
 TESTS = textwrap.dedent("""
     def test_adds_a_section(labwarden_report):

@@ -58,7 +58,7 @@ def test_changes_are_flows_whose_observed_verdict_moved(policy):
 
     def run(verdicts):
         return MatrixRun(policy, {f: Cell(f, policy.expect(f), Observation(v, None, "made up"))
-                                  for f, v in zip((open_flow, fixed_flow, same_flow), verdicts)}, {})
+                                  for f, v in zip((open_flow, fixed_flow, same_flow), verdicts)})
 
     found = changes(run(["filtered", "filtered", "filtered"]), run(["open", "open", "filtered"]))
     assert [(c.label, c.before, c.after, c.ok_after) for c in found] == [

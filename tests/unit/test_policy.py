@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from labwarden.errors import ConfigError
+from labwarden.matrix import crosses, local_only_nodes, one_way_pairs, reachers
 from labwarden.policy import VERDICTS, Expectation, Service, SynLimit, load_policy
 from labwarden.topology import load_topology
 
@@ -447,3 +448,44 @@ def test_a_tunnel_named_by_host():
     assert page.host == "laptop.tunnel.test" and page.spec(0)["host"] == "laptop.tunnel.test"
     assert all(b.host is None for b in airplane.budgets if b.kind != "http")
     assert load_policy(load_topology(HOMELAB)).tunnels[0].host is None
+
+
+# -- what the lab suites take from the policy (tests/unit, so the lab tests only judge packets)
+
+SHIPPED = sorted(p.parent for p in (HOMELAB.parent).glob("*/policy.yaml"))
+
+
+def test_homelab_local_only_nodes_and_who_reaches_them(policy):
+    assert local_only_nodes(policy) == ["git", "laptop", "phone", "tv", "gpu"]  # web is forwarded to
+    assert reachers(policy, "gpu") == {"personal"}
+    assert reachers(policy, "git") == {"personal", "servers"}
+
+
+@pytest.mark.parametrize("folder", SHIPPED, ids=[f.name for f in SHIPPED])
+def test_every_local_only_node_with_services_is_reached_by_someone(folder):
+    """suites/isolation/test_local_only.py checks who reaches them: someone must."""
+    shipped = load_policy(load_topology(folder))
+    nodes = [n for n in local_only_nodes(shipped) if shipped.services.get(n)]
+    assert nodes
+    assert not [n for n in nodes if not reachers(shipped, n) and n != "tablet"]  # openwrt's guest tablet: nobody
+
+
+@pytest.mark.parametrize("folder", SHIPPED, ids=[f.name for f in SHIPPED])
+def test_one_way_pairs_are_one_way(folder):
+    """suites/isolation/test_stateful.py probes these: the forward flow must be open across
+    the router, its reverse (a service of the forward's source) must not get through."""
+    shipped = load_policy(load_topology(folder))
+    pairs = one_way_pairs(shipped)
+    assert pairs, "the policy has no one-way zone pair to check"
+    for forward, reverse in pairs:
+        assert shipped.expect(forward).verdicts == {"open"} and crosses(shipped, forward)
+        assert (reverse.src, reverse.dst_node) == (forward.dst_node, forward.src)
+        assert reverse.service in shipped.services[forward.src]
+        assert shipped.expect(reverse).reached is None
+    assert len({(shipped.zone_of(f.src), shipped.zone_of(f.dst_node)) for f, _ in pairs}) == len(pairs)
+
+
+def test_homelab_one_way_pairs(policy):
+    labels = [(f.label(policy), r.label(policy)) for f, r in one_way_pairs(policy)]
+    assert ("personal/laptop -> servers/web tcp/80", "servers/web -> personal/laptop tcp/22") in labels
+    assert ("personal/laptop -> ai/gpu tcp/22", "ai/gpu -> personal/laptop tcp/22") in labels

@@ -40,7 +40,7 @@ def make_run(policy, wrong=()) -> MatrixRun:
             observed = Observation(verdict, flow.dst if verdict == "open" else None, f"made up: {verdict}")
         cells[flow] = Cell(flow, policy.expect(flow), observed)
     assert not wrong, f"no such flows: {wrong}"
-    return MatrixRun(policy, cells, {})
+    return MatrixRun(policy, cells)
 
 
 LEAKED = "servers/web -> personal/laptop tcp/22"
@@ -140,6 +140,6 @@ def test_a_registered_renderer_draws_its_kind_and_a_broken_one_costs_only_its_se
 def test_other_addresses_get_columns_of_their_own(policy):
     report = Report()
     flow = policy.flow("laptop", IPv4Address("198.18.10.99"), "tcp/80")
-    run = MatrixRun(policy, {flow: Cell(flow, policy.expect(flow), Observation("filtered", None, "nothing"))}, {})
+    run = MatrixRun(policy, {flow: Cell(flow, policy.expect(flow), Observation("filtered", None, "nothing"))})
     matrix = report.add_matrix(run, "strays")
     assert matrix["columns"] == ["198.18.10.99"] and matrix["rows"] == ["personal/laptop"]
