@@ -434,7 +434,7 @@ class WayIn:
     def problems(self, policy: Policy) -> list[str]:
         """The flows that got in, each as it was sent, where it landed and by which rule;
         then what arrived that no flow sent again accounts for (UDP, ICMP, or a connection
-        that did not land again)."""
+        that did not land again); then the probes that saw what the policy does not admit."""
         told = [landing.explain(policy) for landing in self.landings]
         located = {(n, p) for landing in self.landings for n, p in landing.landed}
         for node, frames in self.arrivals.items():
@@ -442,7 +442,8 @@ class WayIn:
             if rest:
                 told.append(f"{policy.label(node)} got {len(rest)} packets from outside that the policy "
                             f"delivers nowhere (first: {rest[0]})")
-        return told + [c.message(policy) for c in self.cells if not c.ok]
+        located_flows = {landing.flow for landing in self.landings}
+        return told + [c.message(policy) for c in self.cells if not c.ok and c.flow not in located_flows]
 
 
 async def no_way_in(lab, policy: Policy, timeout: float = 1.0) -> WayIn:
@@ -479,16 +480,14 @@ async def no_way_in(lab, policy: Policy, timeout: float = 1.0) -> WayIn:
     answers = await lab.run(jobs, timeout=timeout)
     cells = [Cell(f, policy.expect(f), o) for src, fs in by_src.items()
              for f, o in zip(fs, answers[src].observations)]
-    delivered = {(f.src, policy.delivery(f)) for f in flows}
-    outsiders = {a: n for n in outside_nodes(policy) for a in topology.nodes[n].addresses.values()}
     router_addresses = set(router.addresses.values())
     arrivals, controls = {}, {}
     for node in inside:
         seen = packets.decode(answers[node].captured)
-        arrivals[node] = [s for s in seen if s.direction == "in" and s.src in outsiders and _new(s)
-                          and (outsiders[s.src], (node, _service(s))) not in delivered]
+        arrivals[node] = undelivered(policy, flows, node, seen)
         controls[node] = any(s.src in router_addresses and s.kind == "icmp" and s.payload[:1] == b"\x08"
                              for s in seen if s.direction == "in")
+    outsiders = {a: n for n in outside_nodes(policy) for a in topology.nodes[n].addresses.values()}
     landings = []
     for src in sorted({outsiders[s.src] for frames in arrivals.values() for s in frames if s.kind == "tcp"}):
         tcp = [f for f in by_src.get(src, []) if f.proto == "tcp"]
@@ -496,6 +495,15 @@ async def no_way_in(lab, policy: Policy, timeout: float = 1.0) -> WayIn:
             located = await locate(lab, policy, src, tcp, timeout)
             landings += [landing for landing in located.values() if not landing.ok]
     return WayIn(cells, arrivals, controls, routes, landings)
+
+
+def undelivered(policy: Policy, flows, node: str, seen: list) -> list:
+    """What arrived at node from outside nodes that none of the flows they sent is
+    delivered as (policy.delivery): new packets only (a SYN, an echo request, a datagram)."""
+    delivered = {(f.src, policy.delivery(f)) for f in flows}
+    outsiders = {a: n for n in outside_nodes(policy) for a in policy.topology.nodes[n].addresses.values()}
+    return [s for s in seen if s.direction == "in" and s.src in outsiders and _new(s)
+            and (outsiders[s.src], (node, _service(s))) not in delivered]
 
 
 def _service(seen: packets.Seen) -> Service:
