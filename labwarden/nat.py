@@ -22,7 +22,8 @@ from .policy import Expectation, Flow, Forward, Policy, Service
 from .probe import Fetched, NodeJob, Probe
 
 SCAN_BATCH = 16384         # connect() probes per agent call: within the ephemeral port range (28,232)
-SWEEP_BATCH = 8192         # raw SYNs per agent call: its request travels as one argument (128 KiB)
+SWEEP_BATCH = 8192         # raw packets per agent call: its request travels as one argument (128 KiB)
+LOCATE_SPORT = 20000       # and up: the source ports of located UDP flows, below the ephemeral range
 COMMON_UDP = (53, 67, 69, 123, 137, 161, 443, 500, 514, 1194, 1701, 1900, 3478, 4500, 5060,
               5353, 11211, 51820)
 MANAGEMENT = tuple(map(Service.parse, ("tcp/22", "tcp/23", "tcp/53", "udp/53", "tcp/80", "tcp/443",
@@ -54,6 +55,16 @@ def tcp_header(seen: packets.Seen):
 def is_syn(seen: packets.Seen) -> bool:
     tcp = tcp_header(seen)
     return tcp is not None and tcp[2] & 0x12 == 0x02 and seen.direction == "in"
+
+
+def ports_of(seen: packets.Seen) -> tuple[int, int]:
+    """(sport, dport) of a captured TCP or UDP packet."""
+    return struct.unpack("!HH", seen.payload[:4])
+
+
+def first_packet(seen: packets.Seen) -> bool:
+    """An arriving SYN or UDP datagram: what a flow's first packet looks like where it lands."""
+    return is_syn(seen) or (seen.kind == "udp" and seen.direction == "in" and len(seen.payload) >= 8)
 
 
 # -- forwards, end to end -------------------------------------------------------
@@ -163,19 +174,19 @@ async def check_forwards(lab, policy: Policy, forwards: list[Forward] | None = N
 
 @dataclass(frozen=True)
 class Landing:
-    """Where a TCP flow's SYN arrived inside, against where the policy delivers it."""
+    """Where a TCP or UDP flow's first packet arrived inside, against where the policy delivers it."""
     flow: Flow
     expected: Expectation
     delivery: tuple | None       # (node, Service) the policy delivers the flow to, or None
-    landed: tuple                # ((node, port), ...) where its SYN was captured
+    landed: tuple                # ((node, port), ...) where its first packet was captured
     rule: str | None = None      # the router's NAT rule that sent it there, traced (our router only)
 
     @property
     def ok(self) -> bool:
-        return all(self.delivery == (node, Service("tcp", port)) for node, port in self.landed)
+        return all(self.delivery == (node, Service(self.flow.proto, port)) for node, port in self.landed)
 
     def where(self, policy: Policy) -> str:
-        text = ", ".join(f"{policy.label(n)} tcp/{p}" for n, p in self.landed)
+        text = ", ".join(f"{policy.label(n)} {self.flow.proto}/{p}" for n, p in self.landed)
         return f"{text}, sent there by {self.rule}" if self.rule else text
 
     def explain(self, policy: Policy) -> str:
@@ -198,14 +209,19 @@ def _landing(policy: Policy, flow: Flow, landed, rule: str | None = None) -> Lan
 
 
 async def locate(lab, policy: Policy, src: str, flows, timeout: float = 1.0) -> dict:
-    """Where each TCP flow's connection lands ({flow: Landing}): src connects while every
-    other node captures and, when the router is ours (its nftables config is known), the
-    router traces its packets, which names the NAT rule that sent each one on."""
-    flows, topology = list(flows), policy.topology
+    """Where each TCP or UDP flow lands ({flow: Landing}): src connects (TCP) or sends a
+    datagram from a source port of the flow's own (UDP) while every other node captures
+    and, when the router is ours (its nftables config is known), the router traces its
+    packets, which names the NAT rule that sent each one on."""
+    topology = policy.topology
+    tcp, udp = [f for f in flows if f.proto == "tcp"], [f for f in flows if f.proto == "udp"]
     own = set(topology.nodes[src].addresses.values())
+    source = topology.nodes[src].addresses[topology.nodes[src].segments[0]]
     config = lab.router_firewall() if hasattr(lab, "router_firewall") else None
     jobs = {n: NodeJob(capture_s=CAPTURE_S) for n in topology.nodes if n not in (src, policy.router)}
-    jobs[src] = NodeJob(fetch=[fetch_for(f.dst, f.port, read_s=0.2) for f in flows])
+    jobs[src] = NodeJob(fetch=[fetch_for(f.dst, f.port, read_s=0.2) for f in tcp],
+                        send=[packets.marked_udp(source, f.dst, b"labwarden-locate", LOCATE_SPORT + i, f.port)
+                              for i, f in enumerate(udp)])
     if config is not None:
         jobs[policy.router] = NodeJob(setup={"nft": nft_trace.trace_ruleset(own)}, trace=True)
     try:
@@ -213,18 +229,19 @@ async def locate(lab, policy: Policy, src: str, flows, timeout: float = 1.0) -> 
     finally:
         if config is not None:
             await lab.run({policy.router: NodeJob(setup={"nft": nft_trace.untrace_ruleset()})}, timeout=timeout)
-    ports = {fetched.sport: flow for flow, fetched in zip(flows, answers[src].fetched)}
-    landed = {flow: [] for flow in flows}
+    ports = {("tcp", fetched.sport): flow for flow, fetched in zip(tcp, answers[src].fetched)}
+    ports |= {("udp", LOCATE_SPORT + i): flow for i, flow in enumerate(udp)}
+    landed = {flow: [] for flow in tcp + udp}
     for node, answer in answers.items():
         if node in (src, policy.router):
             continue
         for seen in packets.decode(answer.captured):
-            if is_syn(seen) and tcp_header(seen)[0] in ports:
-                landed[ports[tcp_header(seen)[0]]].append((node, tcp_header(seen)[1]))
+            if first_packet(seen) and (seen.kind, ports_of(seen)[0]) in ports:
+                landed[ports[seen.kind, ports_of(seen)[0]]].append((node, ports_of(seen)[1]))
     rules = {}
     if config is not None:
-        rules = _nat_rules(policy, config, (answers[policy.router].raw.get("trace") or {}), own, flows)
-    return {flow: _landing(policy, flow, landed[flow], rules.get(flow)) for flow in flows}
+        rules = _nat_rules(policy, config, (answers[policy.router].raw.get("trace") or {}), own, tcp + udp)
+    return {flow: _landing(policy, flow, lands, rules.get(flow)) for flow, lands in landed.items()}
 
 
 def _nat_rules(policy: Policy, config, trace: dict, own: set, flows) -> dict:
@@ -296,12 +313,13 @@ async def scan(lab, policy: Policy, src: str, address, tcp_ports=range(1, 65536)
     return surface
 
 
-async def sweep(lab, policy: Policy, src: str, address, ports=range(1, 65536),
+async def sweep(lab, policy: Policy, src: str, address, proto: str = "tcp", ports=range(1, 65536),
                 batch: int = SWEEP_BATCH) -> dict:
-    """A SYN from src to every TCP port of address at full speed, while every other node
-    captures: {port sent to: [(node, port) it landed on]}. Nothing waits for an answer, so a
-    router's SYN limit (it counts the SYNs the router receives itself; a forwarded one is
-    never counted) slows nothing, and a forward to a node that never answers is found too."""
+    """A SYN (or a UDP datagram) from src to every port of address at full speed, while
+    every other node captures: {port sent to: [(node, port) it landed on]}. Nothing waits
+    for an answer, so a router's SYN limit (it counts the SYNs the router receives itself;
+    a forwarded one is never counted) slows nothing, and a forward to a node that never
+    answers is found too."""
     topology = policy.topology
     node = topology.nodes[src]
     segment = topology.segment_of(IPv4Address(address))
@@ -312,24 +330,26 @@ async def sweep(lab, policy: Policy, src: str, address, ports=range(1, 65536),
     for start in range(0, len(ports), batch):
         part = ports[start:start + batch]
         jobs = {n: NodeJob(capture_s=CAPTURE_S) for n in listeners}
-        jobs[src] = NodeJob(send=packets.syn_sweep(own, IPv4Address(address), part))
+        jobs[src] = NodeJob(send=packets.port_sweep(own, IPv4Address(address), part, proto))
         answers = await lab.run(jobs)
         sent = set(part)
         for listener in listeners:
             for seen in packets.decode(answers[listener].captured):
-                if is_syn(seen) and seen.src in senders and tcp_header(seen)[0] in sent:
-                    landed.setdefault(tcp_header(seen)[0], []).append((listener, tcp_header(seen)[1]))
+                if (seen.kind == proto and first_packet(seen) and seen.src in senders
+                        and ports_of(seen)[0] in sent):
+                    landed.setdefault(ports_of(seen)[0], []).append((listener, ports_of(seen)[1]))
     return landed
 
 
 async def public_surface(lab, policy: Policy, src: str, timeout: float = 1.0) -> Surface:
-    """The router's public address from an outside node: every TCP port swept for what
-    lands inside, at full speed on every router; then probed for what answers, every port
-    where the router takes any rate of SYNs, and under a syn_limit (paced) the ports
-    something must answer on, the management ports and every port that landed. Whatever
-    landed where the policy delivers nothing is located again, with the router's NAT rule."""
+    """The router's public address from an outside node: every TCP and UDP port swept for
+    what lands inside, at full speed on every router; then probed for what answers: every
+    TCP port where the router takes any rate of SYNs, and under a syn_limit (paced) the
+    ports something must answer on, the management ports and every port that landed; the
+    usual UDP ports and every one that landed. Whatever landed where the policy delivers
+    nothing is located again, with the router's NAT rule."""
     address = policy.public
-    swept = await sweep(lab, policy, src, address)
+    swept = {proto: await sweep(lab, policy, src, address, proto) for proto in ("tcp", "udp")}
     limit = policy.syn_limit
     if limit is None:
         tcp_ports = range(1, 65536)
@@ -337,10 +357,14 @@ async def public_surface(lab, policy: Policy, src: str, timeout: float = 1.0) ->
         # the sweep emptied the router's SYN bucket; the paced probes start on a full one
         await asyncio.sleep(limit.burst / limit.rate)
         named = policy.declared_services() | set(MANAGEMENT) | {Service("tcp", p) for p in COMMON_TCP}
-        tcp_ports = sorted({s.port for s in named if s.proto == "tcp"} | set(swept))
-    surface = await scan(lab, policy, src, address, tcp_ports, timeout=timeout)
-    swept = {policy.flow(src, address, Service("tcp", p)): lands for p, lands in swept.items()}
-    landings = {f: _landing(policy, f, lands) for f, lands in swept.items()}
+        tcp_ports = sorted({s.port for s in named if s.proto == "tcp"} | set(swept["tcp"]))
+    udp_ports = sorted(set(COMMON_UDP) | set(swept["udp"]))
+    surface = await scan(lab, policy, src, address, tcp_ports, udp_ports, timeout=timeout)
+    landings = {}
+    for proto, found in swept.items():
+        for port, lands in found.items():
+            flow = policy.flow(src, address, Service(proto, port))
+            landings[flow] = _landing(policy, flow, lands)
     again = [f for f, landing in landings.items() if not landing.ok and f not in surface.landings]
     if again:
         landings.update(await locate(lab, policy, src, again, timeout))
@@ -429,16 +453,16 @@ class WayIn:
     arrivals: dict                         # inside node -> [Seen] from outside that the policy delivers nowhere
     controls: dict                         # inside node -> whether its capture saw the router's ping
     routes: dict                           # outside node -> inside prefixes routed via the router
-    landings: list = field(default_factory=list)   # [Landing]: the TCP flows that took them there
+    landings: list = field(default_factory=list)   # [Landing]: the flows that took them there
 
     def problems(self, policy: Policy) -> list[str]:
         """The flows that got in, each as it was sent, where it landed and by which rule;
-        then what arrived that no flow sent again accounts for (UDP, ICMP, or a connection
-        that did not land again); then the probes that saw what the policy does not admit."""
+        then what arrived that no flow sent again accounts for (ICMP, or a flow that did not
+        land again); then the probes that saw what the policy does not admit."""
         told = [landing.explain(policy) for landing in self.landings]
-        located = {(n, p) for landing in self.landings for n, p in landing.landed}
+        located = {(n, landing.flow.proto, p) for landing in self.landings for n, p in landing.landed}
         for node, frames in self.arrivals.items():
-            rest = [s for s in frames if not (s.kind == "tcp" and (node, tcp_header(s)[1]) in located)]
+            rest = [s for s in frames if s.kind == "icmp" or (node, s.kind, ports_of(s)[1]) not in located]
             if rest:
                 told.append(f"{policy.label(node)} got {len(rest)} packets from outside that the policy "
                             f"delivers nowhere (first: {rest[0]})")
@@ -489,10 +513,10 @@ async def no_way_in(lab, policy: Policy, timeout: float = 1.0) -> WayIn:
                              for s in seen if s.direction == "in")
     outsiders = {a: n for n in outside_nodes(policy) for a in topology.nodes[n].addresses.values()}
     landings = []
-    for src in sorted({outsiders[s.src] for frames in arrivals.values() for s in frames if s.kind == "tcp"}):
-        tcp = [f for f in by_src.get(src, []) if f.proto == "tcp"]
-        if tcp:
-            located = await locate(lab, policy, src, tcp, timeout)
+    for src in sorted({outsiders[s.src] for frames in arrivals.values() for s in frames if s.kind != "icmp"}):
+        sent = [f for f in by_src.get(src, []) if f.proto != "icmp"]
+        if sent:
+            located = await locate(lab, policy, src, sent, timeout)
             landings += [landing for landing in located.values() if not landing.ok]
     return WayIn(cells, arrivals, controls, routes, landings)
 

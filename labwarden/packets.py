@@ -54,12 +54,15 @@ def marked_udp(src: IPv4Address, dst: IPv4Address, marker: bytes, sport: int, dp
                         UDP(sport=sport, dport=dport) / Raw(marker)).hex()}
 
 
-def syn_sweep(src: IPv4Address, dst: IPv4Address, ports) -> list[dict]:
-    """An IPv4 TCP SYN from src to each port of dst, its source port the same as its
-    destination port: wherever one is captured (after any DNAT), its source port names
-    the port it was sent to. Made from one template with the ports and checksum patched
-    in (scapy takes about a millisecond a packet, and a sweep is 65,535 of them)."""
-    ip = bytes(IP(src=str(src), dst=str(dst), ttl=64, id=0x4c57, proto=6) / Raw(bytes(20)))[:20]
+def port_sweep(src: IPv4Address, dst: IPv4Address, ports, proto: str = "tcp") -> list[dict]:
+    """An IPv4 TCP SYN (or an empty UDP datagram) from src to each port of dst, its source
+    port the same as its destination port: wherever one is captured (after any DNAT), its
+    source port names the port it was sent to. Made from one template with the ports and
+    checksum patched in (scapy takes about a millisecond a packet, and a sweep is 65,535)."""
+    number, length = {"tcp": (6, 20), "udp": (17, 8)}[proto]
+    ip = bytes(IP(src=str(src), dst=str(dst), ttl=64, id=0x4C57, proto=number) / Raw(bytes(length)))[:20]
+    if proto == "udp":  # checksum 0: none, which IPv4 allows
+        return [{"l3": (ip + struct.pack("!HHHH", port, port, 8, 0)).hex()} for port in ports]
     head = struct.pack("!IIBBHHH", 0x4C57_0001, 0, 5 << 4, 0x02, 64240, 0, 0)  # after the ports
     pseudo = IPv4Address(src).packed + IPv4Address(dst).packed + struct.pack("!BBH", 0, 6, 20)
     base = sum(struct.unpack("!16H", pseudo + b"\0\0\0\0" + head))

@@ -258,12 +258,29 @@ def test_the_public_surface_names_what_landed_even_when_it_answered_as_expected(
     assert surface.problems(openwrt) == [f"{opened.message(openwrt)}; the connection lands on gpu/gpu tcp/40404"]
 
 
-def test_a_sweep_syn_names_the_port_it_was_sent_to():
-    from scapy.layers.inet import IP, TCP
-    for item, port in zip(packets.syn_sweep(IPv4Address("198.51.100.20"), IPv4Address("198.51.100.2"),
-                                            [1, 443, 40404, 65535]), [1, 443, 40404, 65535]):
+def test_a_sweep_packet_names_the_port_it_was_sent_to():
+    from scapy.layers.inet import IP, TCP, UDP
+    src, dst, ports = IPv4Address("198.51.100.20"), IPv4Address("198.51.100.2"), [1, 443, 40404, 65535]
+    for item, port in zip(packets.port_sweep(src, dst, ports), ports):
         sent = IP(bytes.fromhex(item["l3"]))
         assert (sent[TCP].sport, sent[TCP].dport, str(sent[TCP].flags)) == (port, port, "S")
         checksum = sent[TCP].chksum
         del sent[TCP].chksum
         assert IP(bytes(sent))[TCP].chksum == checksum  # what scapy computes
+    for item, port in zip(packets.port_sweep(src, dst, ports, "udp"), ports):
+        sent = IP(bytes.fromhex(item["l3"]))
+        assert (sent.len, sent[UDP].sport, sent[UDP].dport, sent[UDP].len) == (28, port, port, 8)
+
+
+def test_a_udp_forward_lands_and_is_named_too(openwrt):
+    """A datagram to an unusual UDP port of the public address that lands on the gpu (the
+    sweep finds it by its source port) is named like a connection; the way-in check counts
+    the arrival it explains once."""
+    flow = openwrt.flow("visitor", "198.51.100.2", "udp/40404")
+    landing = nat._landing(openwrt, flow, [("gpu", 51820)])
+    assert not landing.ok and landing.explain(openwrt).startswith(
+        "wan/visitor -> router@wan udp/40404: sent to 198.51.100.2:40404, it lands on gpu/gpu udp/51820; the "
+        "policy delivers it nowhere: expected closed")
+    arrived = seen("udp", "198.51.100.10", "198.19.30.10", 51820, sport=20000)
+    assert nat.first_packet(arrived) and nat.ports_of(arrived) == (20000, 51820)
+    assert nat.WayIn([], {"gpu": [arrived]}, {}, {}, [landing]).problems(openwrt) == [landing.explain(openwrt)]
