@@ -12,7 +12,7 @@ reads differently from a missing one (nothing lands: filtered at the router).
 import asyncio
 import secrets
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 
 from . import nft_trace, packets
@@ -210,46 +210,51 @@ def _landing(policy: Policy, flow: Flow, landed, rule: str | None = None) -> Lan
 
 async def locate(lab, policy: Policy, src: str, flows, timeout: float = 1.0) -> dict:
     """Where each TCP or UDP flow lands ({flow: Landing}): src connects (TCP) or sends a
-    datagram from a source port of the flow's own (UDP) while every other node captures
-    and, when the router is ours (its nftables config is known), the router traces its
-    packets, which names the NAT rule that sent each one on."""
+    datagram from a source port of the flow's own (UDP) while every other node captures.
+    When the router is ours (its nftables config is known), the flows that land where the
+    policy delivers nothing are sent once more while the router traces them, which names
+    the NAT rule that sent each one on."""
     topology = policy.topology
     tcp, udp = [f for f in flows if f.proto == "tcp"], [f for f in flows if f.proto == "udp"]
-    own = set(topology.nodes[src].addresses.values())
     source = topology.nodes[src].addresses[topology.nodes[src].segments[0]]
-    config = lab.router_firewall() if hasattr(lab, "router_firewall") else None
     jobs = {n: NodeJob(capture_s=CAPTURE_S) for n in topology.nodes if n not in (src, policy.router)}
     jobs[src] = NodeJob(fetch=[fetch_for(f.dst, f.port, read_s=0.2) for f in tcp],
                         send=[packets.marked_udp(source, f.dst, b"labwarden-locate", LOCATE_SPORT + i, f.port)
                               for i, f in enumerate(udp)])
-    if config is not None:
-        jobs[policy.router] = NodeJob(setup={"nft": nft_trace.trace_ruleset(own)}, trace=True)
-    try:
-        answers = await lab.run(jobs, timeout=timeout)
-    finally:
-        if config is not None:
-            await lab.run({policy.router: NodeJob(setup={"nft": nft_trace.untrace_ruleset()})}, timeout=timeout)
+    answers = await lab.run(jobs, timeout=timeout)
     ports = {("tcp", fetched.sport): flow for flow, fetched in zip(tcp, answers[src].fetched)}
     ports |= {("udp", LOCATE_SPORT + i): flow for i, flow in enumerate(udp)}
     landed = {flow: [] for flow in tcp + udp}
     for node, answer in answers.items():
-        if node in (src, policy.router):
-            continue
-        for seen in packets.decode(answer.captured):
-            if first_packet(seen) and (seen.kind, ports_of(seen)[0]) in ports:
-                landed[ports[seen.kind, ports_of(seen)[0]]].append((node, ports_of(seen)[1]))
-    rules = {}
-    if config is not None:
-        rules = _nat_rules(policy, config, (answers[policy.router].raw.get("trace") or {}), own, tcp + udp)
-    return {flow: _landing(policy, flow, lands, rules.get(flow)) for flow, lands in landed.items()}
+        if node != src:
+            for seen in packets.decode(answer.captured):
+                if first_packet(seen) and (seen.kind, ports_of(seen)[0]) in ports:
+                    landed[ports[seen.kind, ports_of(seen)[0]]].append((node, ports_of(seen)[1]))
+    landings = {flow: _landing(policy, flow, lands) for flow, lands in landed.items()}
+    wrong = [flow for flow, landing in landings.items() if not landing.ok]
+    rules = await nat_rules(lab, policy, src, wrong, timeout) if wrong else {}
+    return {flow: replace(landing, rule=rules.get(flow)) for flow, landing in landings.items()}
 
 
-def _nat_rules(policy: Policy, config, trace: dict, own: set, flows) -> dict:
+async def nat_rules(lab, policy: Policy, src: str, flows, timeout: float = 1.0) -> dict:
     """{flow: 'dstnat_wan rule \'...\' (router/fw4.nft:257)'} for each flow whose first packet a
-    NAT rule rewrote, read from the router's trace."""
+    NAT rule of the router rewrote, from a trace of one bare probe per flow (the monitor
+    drops events when it falls behind: a few packets a flow keep it up); {} where the
+    router is not ours."""
     from .fuzz import _shown  # the config's path as the fuzz suite names it
-    keys = {f: (own, f.dst, f.proto, f.port, set()) for f in flows}
-    told = nft_trace.stories(nft_trace.parse_events(trace.get("events", [])), keys)
+    config = lab.router_firewall() if hasattr(lab, "router_firewall") else None
+    if config is None:
+        return {}
+    own = set(policy.topology.nodes[src].addresses.values())
+    jobs = {src: NodeJob(probes=[Probe(f.proto, f.dst, f.port) for f in flows]),
+            policy.router: NodeJob(setup={"nft": nft_trace.trace_ruleset(own)}, trace=True)}
+    try:
+        answers = await lab.run(jobs, timeout=timeout)
+    finally:
+        await lab.run({policy.router: NodeJob(setup={"nft": nft_trace.untrace_ruleset()})}, timeout=timeout)
+    trace = answers[policy.router].raw.get("trace") or {}
+    told = nft_trace.stories(nft_trace.parse_events(trace.get("events", [])),
+                             {f: (own, f.dst, f.proto, f.port, set()) for f in flows})
     listing = nft_trace.parse_listing(trace.get("ruleset", ""))
     parsed, shown = nft_trace.parse_config(config.read_text()), _shown(config, policy.topology)
     rules = {}
