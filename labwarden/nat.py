@@ -9,18 +9,21 @@ named as such, and a forward whose service is down (it lands, and is refused)
 reads differently from a missing one (nothing lands: filtered at the router).
 """
 
+import asyncio
 import secrets
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 
-from . import packets
+from . import nft_trace, packets
 from .fetch import content, fetch_for, summary
 from .matrix import COMMON_TCP, Cell, observe
-from .policy import Forward, Policy, Service
+from .policy import Expectation, Flow, Forward, Policy, Service
 from .probe import Fetched, NodeJob, Probe
 
 SCAN_BATCH = 16384         # connect() probes per agent call: within the ephemeral port range (28,232)
+SWEEP_BATCH = 8192         # raw packets per agent call: its request travels as one argument (128 KiB)
+LOCATE_SPORT = 20000       # and up: the source ports of located UDP flows, below the ephemeral range
 COMMON_UDP = (53, 67, 69, 123, 137, 161, 443, 500, 514, 1194, 1701, 1900, 3478, 4500, 5060,
               5353, 11211, 51820)
 MANAGEMENT = tuple(map(Service.parse, ("tcp/22", "tcp/23", "tcp/53", "udp/53", "tcp/80", "tcp/443",
@@ -52,6 +55,16 @@ def tcp_header(seen: packets.Seen):
 def is_syn(seen: packets.Seen) -> bool:
     tcp = tcp_header(seen)
     return tcp is not None and tcp[2] & 0x12 == 0x02 and seen.direction == "in"
+
+
+def ports_of(seen: packets.Seen) -> tuple[int, int]:
+    """(sport, dport) of a captured TCP or UDP packet."""
+    return struct.unpack("!HH", seen.payload[:4])
+
+
+def first_packet(seen: packets.Seen) -> bool:
+    """An arriving SYN or UDP datagram: what a flow's first packet looks like where it lands."""
+    return is_syn(seen) or (seen.kind == "udp" and seen.direction == "in" and len(seen.payload) >= 8)
 
 
 # -- forwards, end to end -------------------------------------------------------
@@ -157,29 +170,134 @@ async def check_forwards(lab, policy: Policy, forwards: list[Forward] | None = N
     return checks
 
 
+# -- where connections land -------------------------------------------------------
+
+@dataclass(frozen=True)
+class Landing:
+    """Where a TCP or UDP flow's first packet arrived inside, against where the policy delivers it."""
+    flow: Flow
+    expected: Expectation
+    delivery: tuple | None       # (node, Service) the policy delivers the flow to, or None
+    landed: tuple                # ((node, port), ...) where its first packet was captured
+    rule: str | None = None      # the router's NAT rule that sent it there, traced (our router only)
+
+    @property
+    def ok(self) -> bool:
+        return all(self.delivery == (node, Service(self.flow.proto, port)) for node, port in self.landed)
+
+    def where(self, policy: Policy) -> str:
+        text = ", ".join(f"{policy.label(n)} {self.flow.proto}/{p}" for n, p in self.landed)
+        return f"{text}, sent there by {self.rule}" if self.rule else text
+
+    def explain(self, policy: Policy) -> str:
+        flow = self.flow
+        want = (f"{policy.label(self.delivery[0])} {self.delivery[1]}" if self.delivery
+                else f"nowhere: expected {self.expected} ({self.expected.reason})")
+        text = (f"{flow.label(policy)}: sent to {flow.dst}:{flow.port}, it lands on {self.where(policy)}; "
+                f"the policy delivers it {want}")
+        loose = next((f for f in policy.forwards if f.public == flow.service and f.daddr == "public"
+                      and any(n == f.to for n, _ in self.landed) and flow.dst != policy.public), None)
+        if loose is not None:
+            text += (f". The router forwards {flow.service} whatever address it is sent to (as an OpenWrt "
+                     f"redirect without src_dip does): if that is meant, give forward '{loose.name}' "
+                     f"`daddr: any` in {policy.file.name}; if not, match the public address in the rule")
+        return text
+
+
+def _landing(policy: Policy, flow: Flow, landed, rule: str | None = None) -> Landing:
+    return Landing(flow, policy.expect(flow), policy.delivery(flow), tuple(sorted(set(landed))), rule)
+
+
+async def locate(lab, policy: Policy, src: str, flows, timeout: float = 1.0) -> dict:
+    """Where each TCP or UDP flow lands ({flow: Landing}): src connects (TCP) or sends a
+    datagram from a source port of the flow's own (UDP) while every other node captures.
+    When the router is ours (its nftables config is known), the flows that land where the
+    policy delivers nothing are sent once more while the router traces them, which names
+    the NAT rule that sent each one on."""
+    topology = policy.topology
+    tcp, udp = [f for f in flows if f.proto == "tcp"], [f for f in flows if f.proto == "udp"]
+    source = topology.nodes[src].addresses[topology.nodes[src].segments[0]]
+    jobs = {n: NodeJob(capture_s=CAPTURE_S) for n in topology.nodes if n not in (src, policy.router)}
+    jobs[src] = NodeJob(fetch=[fetch_for(f.dst, f.port, read_s=0.2) for f in tcp],
+                        send=[packets.marked_udp(source, f.dst, b"labwarden-locate", LOCATE_SPORT + i, f.port)
+                              for i, f in enumerate(udp)])
+    answers = await lab.run(jobs, timeout=timeout)
+    ports = {("tcp", fetched.sport): flow for flow, fetched in zip(tcp, answers[src].fetched)}
+    ports |= {("udp", LOCATE_SPORT + i): flow for i, flow in enumerate(udp)}
+    landed = {flow: [] for flow in tcp + udp}
+    for node, answer in answers.items():
+        if node != src:
+            for seen in packets.decode(answer.captured):
+                if first_packet(seen) and (seen.kind, ports_of(seen)[0]) in ports:
+                    landed[ports[seen.kind, ports_of(seen)[0]]].append((node, ports_of(seen)[1]))
+    landings = {flow: _landing(policy, flow, lands) for flow, lands in landed.items()}
+    wrong = [flow for flow, landing in landings.items() if not landing.ok]
+    rules = await nat_rules(lab, policy, src, wrong, timeout) if wrong else {}
+    return {flow: replace(landing, rule=rules.get(flow)) for flow, landing in landings.items()}
+
+
+async def nat_rules(lab, policy: Policy, src: str, flows, timeout: float = 1.0) -> dict:
+    """{flow: 'dstnat_wan rule \'...\' (router/fw4.nft:257)'} for each flow whose first packet a
+    NAT rule of the router rewrote, from a trace of one bare probe per flow (the monitor
+    drops events when it falls behind: a few packets a flow keep it up); {} where the
+    router is not ours."""
+    from .fuzz import _shown  # the config's path as the fuzz suite names it
+    config = lab.router_firewall() if hasattr(lab, "router_firewall") else None
+    if config is None:
+        return {}
+    own = set(policy.topology.nodes[src].addresses.values())
+    jobs = {src: NodeJob(probes=[Probe(f.proto, f.dst, f.port) for f in flows]),
+            policy.router: NodeJob(setup={"nft_add": nft_trace.trace_ruleset(own)}, trace=True)}
+    try:
+        answers = await lab.run(jobs, timeout=timeout)
+    finally:
+        await lab.run({policy.router: NodeJob(setup={"nft_add": nft_trace.untrace_ruleset()})}, timeout=timeout)
+    trace = answers[policy.router].raw.get("trace") or {}
+    told = nft_trace.stories(nft_trace.parse_events(trace.get("events", [])),
+                             {f: (own, f.dst, f.proto, f.port, set()) for f in flows})
+    listing = nft_trace.parse_listing(trace.get("ruleset", ""))
+    parsed, shown = nft_trace.parse_config(config.read_text()), _shown(config, policy.topology)
+    rules = {}
+    for flow, story in told.items():
+        rewrites = story.request[0].nat() if story.request else []
+        if rewrites:
+            rules[flow] = str(nft_trace.locate(rewrites[0], listing, parsed, shown))
+    return rules
+
+
 # -- the public surface -----------------------------------------------------------
 
 @dataclass
 class Surface:
-    """A scan of one address from one node: a cell per port, judged by the oracle."""
+    """A scan of one address from one node: a cell per port probed, judged by the oracle,
+    and where the connections that reached inside nodes landed."""
     src: str
     address: IPv4Address
     cells: list[Cell]
-    landings: dict = field(default_factory=dict)   # flow -> [(node, port it arrived on)]
+    landings: dict = field(default_factory=dict)   # flow -> Landing
 
     def unexpected(self) -> list[Cell]:
         return [c for c in self.cells if not c.ok]
+
+    def misrouted(self) -> list[Landing]:
+        """Connections that landed where the policy delivers nothing (or elsewhere)."""
+        return [landing for landing in self.landings.values() if not landing.ok]
 
     def answering(self) -> list[Cell]:
         return [c for c in self.cells if c.observed.verdict in ("open", "closed")]
 
     def explain(self, policy: Policy, cell: Cell) -> str:
         text = cell.message(policy)
-        lands = self.landings.get(cell.flow)
-        if lands:
-            text += "; the connection lands on " + ", ".join(
-                f"{policy.label(n)} tcp/{port}" for n, port in lands)
+        landing = self.landings.get(cell.flow)
+        if landing is not None and landing.landed:
+            text += "; the connection lands on " + landing.where(policy)
         return text
+
+    def problems(self, policy: Policy) -> list[str]:
+        wrong = self.unexpected()
+        told = {c.flow for c in wrong}
+        return ([self.explain(policy, c) for c in wrong]
+                + [landing.explain(policy) for landing in self.misrouted() if landing.flow not in told])
 
 
 async def scan(lab, policy: Policy, src: str, address, tcp_ports=range(1, 65536),
@@ -200,22 +318,63 @@ async def scan(lab, policy: Policy, src: str, address, tcp_ports=range(1, 65536)
     return surface
 
 
-async def locate(lab, policy: Policy, src: str, flows, timeout: float = 1.0) -> dict:
-    """Where each TCP flow's connection lands: every other node captures while src connects."""
-    flows = list(flows)
-    jobs = {n: NodeJob(capture_s=CAPTURE_S) for n in policy.topology.nodes if n not in (src, policy.router)}
-    jobs[src] = NodeJob(fetch=[fetch_for(f.dst, f.port, read_s=0.2) for f in flows])
-    answers = await lab.run(jobs, timeout=timeout)
-    ports = {fetched.sport: flow for flow, fetched in zip(flows, answers[src].fetched)}
+async def sweep(lab, policy: Policy, src: str, address, proto: str = "tcp", ports=range(1, 65536),
+                batch: int = SWEEP_BATCH) -> dict:
+    """A SYN (or a UDP datagram) from src to every port of address at full speed, while
+    every other node captures: {port sent to: [(node, port) it landed on]}. Nothing waits
+    for an answer, so a router's SYN limit (it counts the SYNs the router receives itself;
+    a forwarded one is never counted) slows nothing, and a forward to a node that never
+    answers is found too."""
+    topology = policy.topology
+    node = topology.nodes[src]
+    segment = topology.segment_of(IPv4Address(address))
+    own = node.addresses.get(segment.name if segment else None) or node.addresses[node.segments[0]]
+    senders = {own} | set(topology.nodes[policy.router].addresses.values())  # masqueraded or not
+    listeners = [n for n in topology.nodes if n not in (src, policy.router)]
+    ports, landed = list(ports), {}
+    for start in range(0, len(ports), batch):
+        part = ports[start:start + batch]
+        jobs = {n: NodeJob(capture_s=CAPTURE_S) for n in listeners}
+        jobs[src] = NodeJob(send=packets.port_sweep(own, IPv4Address(address), part, proto))
+        answers = await lab.run(jobs)
+        sent = set(part)
+        for listener in listeners:
+            for seen in packets.decode(answers[listener].captured):
+                if (seen.kind == proto and first_packet(seen) and seen.src in senders
+                        and ports_of(seen)[0] in sent):
+                    landed.setdefault(ports_of(seen)[0], []).append((listener, ports_of(seen)[1]))
+    return landed
+
+
+async def public_surface(lab, policy: Policy, src: str, timeout: float = 1.0) -> Surface:
+    """The router's public address from an outside node: every TCP and UDP port swept for
+    what lands inside, at full speed on every router; then probed for what answers: every
+    TCP port where the router takes any rate of SYNs, and under a syn_limit (paced) the
+    ports something must answer on, the management ports and every port that landed; the
+    usual UDP ports and every one that landed. Whatever landed where the policy delivers
+    nothing is located again, with the router's NAT rule."""
+    address = policy.public
+    swept = {proto: await sweep(lab, policy, src, address, proto) for proto in ("tcp", "udp")}
+    limit = policy.syn_limit
+    if limit is None:
+        tcp_ports = range(1, 65536)
+    else:
+        # the sweep emptied the router's SYN bucket; the paced probes start on a full one
+        await asyncio.sleep(limit.burst / limit.rate)
+        named = policy.declared_services() | set(MANAGEMENT) | {Service("tcp", p) for p in COMMON_TCP}
+        tcp_ports = sorted({s.port for s in named if s.proto == "tcp"} | set(swept["tcp"]))
+    udp_ports = sorted(set(COMMON_UDP) | set(swept["udp"]))
+    surface = await scan(lab, policy, src, address, tcp_ports, udp_ports, timeout=timeout)
     landings = {}
-    for node, answer in answers.items():
-        if node == src:
-            continue
-        for seen in packets.decode(answer.captured):
-            if is_syn(seen) and tcp_header(seen)[0] in ports:
-                flow = ports[tcp_header(seen)[0]]
-                landings.setdefault(flow, []).append((node, tcp_header(seen)[1]))
-    return landings
+    for proto, found in swept.items():
+        for port, lands in found.items():
+            flow = policy.flow(src, address, Service(proto, port))
+            landings[flow] = _landing(policy, flow, lands)
+    again = [f for f, landing in landings.items() if not landing.ok and f not in surface.landings]
+    if again:
+        landings.update(await locate(lab, policy, src, again, timeout))
+    surface.landings = {**landings, **surface.landings}
+    return surface
 
 
 # -- the router's own services from outside ---------------------------------------
@@ -296,15 +455,32 @@ async def outbound(lab, policy: Policy, timeout: float = 1.0) -> list[Outbound]:
 @dataclass
 class WayIn:
     cells: list[Cell]                      # every probe, judged by the oracle
-    arrivals: dict                         # inside node -> [Seen] from outside addresses
+    arrivals: dict                         # inside node -> [Seen] from outside that the policy delivers nowhere
     controls: dict                         # inside node -> whether its capture saw the router's ping
     routes: dict                           # outside node -> inside prefixes routed via the router
+    landings: list = field(default_factory=list)   # [Landing]: the flows that took them there
+
+    def problems(self, policy: Policy) -> list[str]:
+        """The flows that got in, each as it was sent, where it landed and by which rule;
+        then what arrived that no flow sent again accounts for (ICMP, or a flow that did not
+        land again); then the probes that saw what the policy does not admit."""
+        told = [landing.explain(policy) for landing in self.landings]
+        located = {(n, landing.flow.proto, p) for landing in self.landings for n, p in landing.landed}
+        for node, frames in self.arrivals.items():
+            rest = [s for s in frames if s.kind == "icmp" or (node, s.kind, ports_of(s)[1]) not in located]
+            if rest:
+                told.append(f"{policy.label(node)} got {len(rest)} packets from outside that the policy "
+                            f"delivers nowhere (first: {rest[0]})")
+        located_flows = {landing.flow for landing in self.landings}
+        return told + [c.message(policy) for c in self.cells if not c.ok and c.flow not in located_flows]
 
 
 async def no_way_in(lab, policy: Policy, timeout: float = 1.0) -> WayIn:
     """Outside nodes that share a segment with the router's public address get a route to
     every inside segment via it (an attacker's own route), then probe every inside address;
-    every inside node captures. Nothing new from outside may arrive."""
+    every inside node captures. Nothing from outside may arrive but what the policy delivers
+    (a forward that takes any destination address, `daddr: any`); the TCP flows behind
+    anything else are sent again as connections, to name each and the rule that let it in."""
     topology = policy.topology
     inside_segments = [s for s in topology.segments if policy.zone_of_segment(s) != policy.outside]
     public_segment = topology.segment_of(policy.public).name
@@ -313,8 +489,9 @@ async def no_way_in(lab, policy: Policy, timeout: float = 1.0) -> WayIn:
     await lab.run({n: NodeJob(setup={"routes": [[p, str(policy.public)] for p in prefixes]})
                    for n, prefixes in routes.items()}, timeout=timeout)
     inside = [n for n in inside_nodes(policy)]
-    ports = sorted(set(COMMON_TCP) | {s.port for n in inside for s in policy.listening(n) if s.proto == "tcp"})
-    udp = sorted({53, 5353} | {s.port for n in inside for s in policy.listening(n) if s.proto == "udp"})
+    listening = {s for n in inside for s in policy.listening(n)} | {f.public for f in policy.forwards}
+    ports = sorted(set(COMMON_TCP) | {s.port for s in listening if s.proto == "tcp"})
+    udp = sorted({53, 5353} | {s.port for s in listening if s.proto == "udp"})
     flows = [policy.flow(src, address, svc) for src in attackers for n in inside
              for address in topology.nodes[n].addresses.values()
              for svc in [*(Service("tcp", p) for p in ports), *(Service("udp", p) for p in udp),
@@ -332,15 +509,37 @@ async def no_way_in(lab, policy: Policy, timeout: float = 1.0) -> WayIn:
     answers = await lab.run(jobs, timeout=timeout)
     cells = [Cell(f, policy.expect(f), o) for src, fs in by_src.items()
              for f, o in zip(fs, answers[src].observations)]
-    outside_addresses = {a for n in outside_nodes(policy) for a in topology.nodes[n].addresses.values()}
     router_addresses = set(router.addresses.values())
     arrivals, controls = {}, {}
     for node in inside:
         seen = packets.decode(answers[node].captured)
-        arrivals[node] = [s for s in seen if s.direction == "in" and s.src in outside_addresses and _new(s)]
+        arrivals[node] = undelivered(policy, flows, node, seen)
         controls[node] = any(s.src in router_addresses and s.kind == "icmp" and s.payload[:1] == b"\x08"
                              for s in seen if s.direction == "in")
-    return WayIn(cells, arrivals, controls, routes)
+    outsiders = {a: n for n in outside_nodes(policy) for a in topology.nodes[n].addresses.values()}
+    landings = []
+    for src in sorted({outsiders[s.src] for frames in arrivals.values() for s in frames if s.kind != "icmp"}):
+        sent = [f for f in by_src.get(src, []) if f.proto != "icmp"]
+        if sent:
+            located = await locate(lab, policy, src, sent, timeout)
+            landings += [landing for landing in located.values() if not landing.ok]
+    return WayIn(cells, arrivals, controls, routes, landings)
+
+
+def undelivered(policy: Policy, flows, node: str, seen: list) -> list:
+    """What arrived at node from outside nodes that none of the flows they sent is
+    delivered as (policy.delivery): new packets only (a SYN, an echo request, a datagram)."""
+    delivered = {(f.src, policy.delivery(f)) for f in flows}
+    outsiders = {a: n for n in outside_nodes(policy) for a in policy.topology.nodes[n].addresses.values()}
+    return [s for s in seen if s.direction == "in" and s.src in outsiders and _new(s)
+            and (outsiders[s.src], (node, _service(s))) not in delivered]
+
+
+def _service(seen: packets.Seen) -> Service:
+    """The service a captured packet is addressed to, where it was captured."""
+    if seen.kind == "icmp":
+        return Service("icmp")
+    return Service(seen.kind, struct.unpack("!H", seen.payload[2:4])[0])
 
 
 def _new(seen: packets.Seen) -> bool:

@@ -252,6 +252,15 @@ class Policy:
         address = dst.addresses[shared[0] if shared else dst.segments[0]]
         return self.expect(self.flow(src_node, address, service)).reached == dst_node
 
+    def delivery(self, flow: Flow) -> tuple[str, Service] | None:
+        """Where a flow that passes arrives, as a capture there sees it: the node, and the
+        port on it (a forward's target port); None if it must arrive nowhere."""
+        reached = self.expect(flow).reached
+        if reached is None:
+            return None
+        forward = self._forward(flow)
+        return reached, forward.target if forward is not None and forward.to == reached else flow.service
+
     def syn_limited(self, flow: Flow) -> bool:
         """Whether the flow's SYN counts against the router's syn_limit: a new TCP
         connection to one of the router's own addresses that no forward sends on."""

@@ -2,7 +2,9 @@
 router's public address (for the zones the policy masquerades), as a capture on
 each outside node shows. And the way back in does not exist: outside nodes with
 their own route to every inside segment via the router get nothing through to
-any inside address, as a capture on every inside node shows.
+any inside address, as a capture on every inside node shows, but what the policy
+delivers (a forward with `daddr: any` takes its port at every address); whatever
+else lands is named as it was sent, where it landed and by which NAT rule.
 """
 
 import pytest
@@ -46,11 +48,5 @@ def test_inside_goes_out_masqueraded(outbound_of, nat_policy):
 
 @pytest.mark.emulated_only("it adds routes to the wan hosts (an attacker's own routes)")
 def test_outside_cannot_address_inside_ranges(way_in_controlled, nat_policy):
-    way_in = way_in_controlled
-    label = nat_policy.label
-    arrived = [f"{label(n)} got {len(frames)} packets from outside (first: {frames[0]})"
-               for n, frames in way_in.arrivals.items() if frames]
-    wrong = [c.message(nat_policy) for c in way_in.cells if not c.ok]
-    assert not arrived and not wrong, (
-        "outside nodes routing inside ranges via the router got through:\n  "
-        + "\n  ".join(arrived + wrong))
+    wrong = way_in_controlled.problems(nat_policy)
+    assert not wrong, "outside nodes routing inside ranges via the router got through:\n  " + "\n  ".join(wrong)

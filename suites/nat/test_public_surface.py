@@ -1,17 +1,20 @@
-"""Nothing else answers on the public address: a full TCP scan and a UDP scan of
-the usual ports, from the scanner, find exactly the declared forwards (and what
-the policy opens on the router itself); whatever else answers is named with the
-inside node its connection lands on. The router's own management services (ssh,
-DNS, web UI, SNMP, UPnP) answer on none of its addresses from outside.
+"""Nothing else answers on the public address, and nothing else gets in through it:
+from the scanner, a SYN to every TCP port and a datagram to every UDP port (sent at
+full speed and judged by what lands on inside nodes, so a router that rate-limits SYNs
+to itself slows nothing), then the ports that answer probed, find exactly the declared
+forwards (and what the policy opens on the router itself); whatever else answers or
+lands is named with the inside node it lands on and, where the router is ours, the NAT
+rule that sent it there. The router's own management services (ssh, DNS, web UI, SNMP,
+UPnP) answer on none of its addresses from outside.
 """
 
 
 def test_only_the_declared_forwards_answer(public_surface, nat_policy):
-    wrong = public_surface.unexpected()
+    wrong = public_surface.problems(nat_policy)
     answering = sorted(f"{c.flow.proto}/{c.flow.port}" for c in public_surface.answering())
-    assert not wrong, (f"{len(public_surface.cells)} ports of {public_surface.address} scanned from "
-                       f"{nat_policy.label(public_surface.src)}; answering: {', '.join(answering)}:\n  "
-                       + "\n  ".join(public_surface.explain(nat_policy, c) for c in wrong))
+    assert not wrong, (f"{len(public_surface.cells)} ports of {public_surface.address} probed and every TCP "
+                       f"and UDP port swept from {nat_policy.label(public_surface.src)}; answering: "
+                       f"{', '.join(answering)}:\n  " + "\n  ".join(wrong))
 
 
 def test_router_management_is_not_reachable_from_outside(management, nat_policy):

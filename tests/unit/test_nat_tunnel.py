@@ -1,12 +1,14 @@
 """How fetches read, and how forward and tunnel checks judge what came back: pure
 logic over made-up agent answers, no Docker."""
 
+import dataclasses
+import struct
 from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 
-from labwarden import nat, tunnel
+from labwarden import nat, packets, tunnel
 from labwarden.fetch import content, fetch_for, parse_http
 from labwarden.policy import load_policy
 from labwarden.probe import Fetch, Fetched
@@ -158,3 +160,127 @@ def test_an_edge_that_routes_by_name_is_asked_for_it():
     assert tunnel.proxy_probes(t)["an HTTP CONNECT to laptop.tunnel.test:22"].startswith(
         b"CONNECT laptop.tunnel.test:22 HTTP/1.1\r\n")
     assert set(tunnel.proxy_probes(load_policy(load_topology(HOMELAB)).tunnels[0])) == set(tunnel.PROXY_PROBES)
+
+
+# -- where connections from outside land ---------------------------------------------
+
+OPENWRT = HOMELAB.parent / "openwrt-homelab"
+DNAT_443 = ("dstnat_wan rule 'meta nfproto ipv4 tcp dport 443 counter dnat 198.19.20.10:443 comment "
+            "\"!fw4: Forward-HTTPS-to-web\"' (router/fw4-homelab.nft:257)")
+
+
+@pytest.fixture(scope="module")
+def openwrt():
+    return load_policy(load_topology(OPENWRT))
+
+
+def public_only(policy):
+    """The same lab, its forwards taking the router's public address only (the default)."""
+    return dataclasses.replace(policy, forwards=[dataclasses.replace(f, daddr="public") for f in policy.forwards])
+
+
+def seen(kind, src, dst, dport=None, sport=40000, flags=0x02, direction="in"):
+    payload = (struct.pack("!HHIIBBH", sport, dport, 0, 0, 0x50, flags, 64240) if kind == "tcp"
+               else struct.pack("!HHHH", sport, dport, 8, 0) if kind == "udp" else b"\x08\x00")
+    return packets.Seen("srv0", direction, IPv4Address(src), IPv4Address(dst), kind, payload)
+
+
+@pytest.mark.parametrize("src, dst, service, any_address, public_address", [
+    ("visitor", "198.19.1.10", "tcp/443", ("web", "tcp/443"), None),         # fw4: the port alone
+    ("visitor", "198.19.30.1", "tcp/2222", ("git", "tcp/22"), None),         # any router address too
+    ("visitor", "198.51.100.2", "tcp/2222", ("git", "tcp/22"), ("git", "tcp/22")),
+    ("visitor", "198.19.20.10", "tcp/443", None, None),                      # the target itself: not rewritten
+    ("visitor", "198.19.1.10", "tcp/22", None, None),
+    ("laptop", "198.19.20.10", "tcp/443", ("web", "tcp/443"), ("web", "tcp/443")),
+])
+def test_where_the_policy_delivers_a_flow(openwrt, src, dst, service, any_address, public_address):
+    for policy, want in ((openwrt, any_address), (public_only(openwrt), public_address)):
+        got_ = policy.delivery(policy.flow(src, dst, service))
+        assert (got_ and (got_[0], str(got_[1]))) == (want and tuple(want)), (policy.forwards[0].daddr, got_)
+
+
+def test_what_arrives_from_outside_is_judged_by_where_the_policy_delivers_it(openwrt):
+    """The unmodified openwrt config: visitor's tcp/443 to the laptop's address lands on web
+    (fw4 matched the port alone), which its policy states (`daddr: any`)."""
+    flows = [openwrt.flow("visitor", "198.19.1.10", "tcp/443")]
+    landed = seen("tcp", "198.51.100.10", "198.19.20.10", 443)
+    assert nat.undelivered(openwrt, flows, "web", [landed]) == []
+    assert nat.undelivered(public_only(openwrt), flows, "web", [landed]) == [landed]
+    ignored = [seen("tcp", "198.51.100.10", "198.19.20.10", 443, flags=0x12),   # not new: a SYN-ACK
+               seen("tcp", "198.19.1.10", "198.19.20.10", 443),                 # not from outside
+               seen("tcp", "198.51.100.10", "198.19.20.10", 443, direction="out")]
+    assert nat.undelivered(public_only(openwrt), flows, "web", ignored) == []
+    stray = seen("udp", "198.51.100.10", "198.19.20.10", 53)
+    assert nat.undelivered(openwrt, flows, "web", [stray]) == [stray]
+
+
+def test_a_misrouted_flow_is_named_as_sent_where_it_landed_and_by_which_rule(openwrt):
+    policy = public_only(openwrt)
+    flow = policy.flow("visitor", "198.19.1.10", "tcp/443")
+    landing = nat._landing(policy, flow, [("web", 443)], DNAT_443)
+    assert not landing.ok
+    assert landing.explain(policy) == (
+        "wan/visitor -> lan/laptop tcp/443: sent to 198.19.1.10:443, it lands on servers/web tcp/443, sent there "
+        f"by {DNAT_443}; the policy delivers it nowhere: expected rejected (default deny). The router forwards "
+        "tcp/443 whatever address it is sent to (as an OpenWrt redirect without src_dip does): if that is meant, "
+        "give forward 'Forward-HTTPS-to-web' `daddr: any` in policy.yaml; if not, match the public address in "
+        "the rule")
+    assert nat._landing(openwrt, openwrt.flow("visitor", "198.19.1.10", "tcp/443"), [("web", 443)]).ok
+    assert nat._landing(openwrt, flow, []).ok  # landing nowhere is not misrouted (the cells judge silence)
+    odd = nat._landing(openwrt, openwrt.flow("scanner", "198.51.100.2", "tcp/40404"), [("gpu", 11434)])
+    assert not odd.ok and odd.explain(openwrt).startswith(
+        "wan/scanner -> router@wan tcp/40404: sent to 198.51.100.2:40404, it lands on gpu/gpu tcp/11434; the "
+        "policy delivers it nowhere: expected closed")
+
+
+def test_the_way_in_names_landings_then_whatever_else_arrived(openwrt):
+    policy = public_only(openwrt)
+    landing = nat._landing(policy, policy.flow("visitor", "198.19.1.10", "tcp/443"), [("web", 443)], DNAT_443)
+    arrivals = {"web": [seen("tcp", "198.51.100.10", "198.19.20.10", 443)],
+                "gpu": [seen("udp", "198.51.100.10", "198.19.30.10", 53)]}
+    way_in = nat.WayIn([], arrivals, {}, {}, [landing])
+    assert way_in.problems(policy) == [
+        landing.explain(policy),
+        "gpu/gpu got 1 packets from outside that the policy delivers nowhere (first: udp 198.51.100.10 -> "
+        "198.19.30.10 on srv0 (in))"]
+
+
+def test_the_public_surface_names_what_landed_even_when_it_answered_as_expected(openwrt):
+    from labwarden.matrix import Cell
+    from labwarden.probe import Observation
+    flow = openwrt.flow("scanner", "198.51.100.2", "tcp/40404")
+    closed = Cell(flow, openwrt.expect(flow), Observation("closed", IPv4Address("198.51.100.2"), "RST"))
+    landing = nat._landing(openwrt, flow, [("gpu", 40404)])
+    surface = nat.Surface("scanner", openwrt.public, [closed], {flow: landing})
+    assert closed.ok and surface.problems(openwrt) == [landing.explain(openwrt)]
+    opened = Cell(flow, openwrt.expect(flow), Observation("open", IPv4Address("198.51.100.2"), "SYN-ACK"))
+    surface = nat.Surface("scanner", openwrt.public, [opened], {flow: landing})
+    assert surface.problems(openwrt) == [f"{opened.message(openwrt)}; the connection lands on gpu/gpu tcp/40404"]
+
+
+def test_a_sweep_packet_names_the_port_it_was_sent_to():
+    from scapy.layers.inet import IP, TCP, UDP
+    src, dst, ports = IPv4Address("198.51.100.20"), IPv4Address("198.51.100.2"), [1, 443, 40404, 65535]
+    for item, port in zip(packets.port_sweep(src, dst, ports), ports):
+        sent = IP(bytes.fromhex(item["l3"]))
+        assert (sent[TCP].sport, sent[TCP].dport, str(sent[TCP].flags)) == (port, port, "S")
+        checksum = sent[TCP].chksum
+        del sent[TCP].chksum
+        assert IP(bytes(sent))[TCP].chksum == checksum  # what scapy computes
+    for item, port in zip(packets.port_sweep(src, dst, ports, "udp"), ports):
+        sent = IP(bytes.fromhex(item["l3"]))
+        assert (sent.len, sent[UDP].sport, sent[UDP].dport, sent[UDP].len) == (28, port, port, 8)
+
+
+def test_a_udp_forward_lands_and_is_named_too(openwrt):
+    """A datagram to an unusual UDP port of the public address that lands on the gpu (the
+    sweep finds it by its source port) is named like a connection; the way-in check counts
+    the arrival it explains once."""
+    flow = openwrt.flow("visitor", "198.51.100.2", "udp/40404")
+    landing = nat._landing(openwrt, flow, [("gpu", 51820)])
+    assert not landing.ok and landing.explain(openwrt).startswith(
+        "wan/visitor -> router@wan udp/40404: sent to 198.51.100.2:40404, it lands on gpu/gpu udp/51820; the "
+        "policy delivers it nowhere: expected closed")
+    arrived = seen("udp", "198.51.100.10", "198.19.30.10", 51820, sport=20000)
+    assert nat.first_packet(arrived) and nat.ports_of(arrived) == (20000, 51820)
+    assert nat.WayIn([], {"gpu": [arrived]}, {}, {}, [landing]).problems(openwrt) == [landing.explain(openwrt)]
