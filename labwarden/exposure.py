@@ -8,7 +8,6 @@ that "nothing seen" is evidence and not a broken sniffer.
 
 import secrets
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 
 from . import packets
 from .matrix import matrix_services
@@ -151,7 +150,6 @@ async def snooping(lab, policy: Policy, timeout: float = 1.0):
     answers = await lab.run(jobs, timeout=timeout)
     seen_by = {}
     for segment, nodes in talkers.items():
-        subnet = topology.segments[segment].subnet
         own = {topology.nodes[n].address_on(segment) for n in nodes}
         per_listener = {}
         for listener in topology.nodes:

@@ -776,23 +776,11 @@ def replay_command(flow: FuzzFlow, topology: str, router_config=None, test: str 
 
 # ---------------------------------------------------------------- explaining and hunting
 
-def _shown(path, topology) -> str:
-    """Relative to the lab folder when inside it (router/nftables.conf), else to the cwd."""
-    from pathlib import Path
-    path = Path(path).resolve()
-    for base in (topology.path, Path.cwd()):
-        try:
-            return str(path.relative_to(base))
-        except ValueError:
-            pass
-    return str(path)
-
-
 def explain(fuzzer: FlowFuzzer, flows: list[FuzzFlow]) -> dict[FuzzFlow, str]:
     """Per flow, 'was ACCEPTED by forward rule '...' (file:line)' from an nft trace of the
     router, when the router is ours (its config is known and it runs nftables)."""
     from .errors import LabwardenError
-    from .nft_trace import explain as tell, parse_events, stories, trace_ruleset, untrace_ruleset
+    from .nft_trace import explain as tell, parse_events, shown_path, stories, trace_ruleset, untrace_ruleset
 
     policy, lab = fuzzer.policy, fuzzer.lab
     config = lab.router_firewall() if hasattr(lab, "router_firewall") else None
@@ -819,7 +807,7 @@ def explain(fuzzer: FlowFuzzer, flows: list[FuzzFlow]) -> dict[FuzzFlow, str]:
     told = stories(parse_events(raw.get("events", [])), keys)
     out = {}
     for flow in flows:
-        fate, by = tell(told[flow], raw.get("ruleset", ""), config.read_text(), _shown(config, topology))
+        fate, by = tell(told[flow], raw.get("ruleset", ""), config.read_text(), shown_path(config, topology))
         out[flow] = f"was {fate} {by}"
     return out
 

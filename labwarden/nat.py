@@ -241,7 +241,6 @@ async def nat_rules(lab, policy: Policy, src: str, flows, timeout: float = 1.0) 
     NAT rule of the router rewrote, from a trace of one bare probe per flow (the monitor
     drops events when it falls behind: a few packets a flow keep it up); {} where the
     router is not ours."""
-    from .fuzz import _shown  # the config's path as the fuzz suite names it
     config = lab.router_firewall() if hasattr(lab, "router_firewall") else None
     if config is None:
         return {}
@@ -256,7 +255,7 @@ async def nat_rules(lab, policy: Policy, src: str, flows, timeout: float = 1.0) 
     told = nft_trace.stories(nft_trace.parse_events(trace.get("events", [])),
                              {f: (own, f.dst, f.proto, f.port, set()) for f in flows})
     listing = nft_trace.parse_listing(trace.get("ruleset", ""))
-    parsed, shown = nft_trace.parse_config(config.read_text()), _shown(config, policy.topology)
+    parsed, shown = nft_trace.parse_config(config.read_text()), nft_trace.shown_path(config, policy.topology)
     rules = {}
     for flow, story in told.items():
         rewrites = story.request[0].nat() if story.request else []

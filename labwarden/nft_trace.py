@@ -294,3 +294,15 @@ def explain(story: Story, listing_text: str, config_text: str | None, file: str)
         if packet.fate:
             return "ACCEPTED", f"{by}, but its reply was DROPPED by {where(packet.fate)}"
     return "ACCEPTED", by
+
+
+def shown_path(path, topology) -> str:
+    """A router config's path as messages name it: relative to the lab folder when inside it
+    (router/nftables.conf), else to the cwd."""
+    path = Path(path).resolve()
+    for base in (topology.path, Path.cwd()):
+        try:
+            return str(path.relative_to(base))
+        except ValueError:
+            pass
+    return str(path)

@@ -17,7 +17,7 @@ no observer can tell from a closed port: such flows are expected "closed".
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 
