@@ -26,7 +26,8 @@ def pytest_generate_tests(metafunc):
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def landing(lab, matrix, labwarden_policy, probe_timeout, local_node):
-    """(cells that land on the node or were sent to it, {flow: where an unexpected answer landed})."""
+    """(cells that land on the node or were sent to it, {flow: (its ports where an unexpected
+    answer landed, the NAT rule that sent it there or None)})."""
     policy = labwarden_policy
     node = policy.topology.nodes[local_node]
     mine = set(node.addresses.values())
@@ -40,8 +41,8 @@ async def landing(lab, matrix, labwarden_policy, probe_timeout, local_node):
     landings = {}
     for src in sorted({c.flow.src for c in strangers}):
         found = await nat.locate(lab, policy, src, [c.flow for c in strangers if c.flow.src == src], probe_timeout)
-        landings.update({f: ports for f, lands in found.items()
-                         if (ports := [p for n, p in lands if n == local_node])})
+        landings.update({f: (ports, found[f].rule) for f in found
+                         if (ports := [p for n, p in found[f].landed if n == local_node])})
     return cells, landings
 
 
@@ -50,7 +51,8 @@ def test_services_reach_only_whom_the_policy_names(landing, matrix, labwarden_po
     cells, landings = landing
     wrong = [c.message(policy) for c in cells if not c.ok]
     wrong += [f"{matrix.cells[f].message(policy)}; the connection lands on {policy.label(local_node)} "
-              + ", ".join(f"tcp/{p}" for p in ports) for f, ports in landings.items()]
+              + ", ".join(f"tcp/{p}" for p in ports) + (f", sent there by {rule}" if rule else "")
+              for f, (ports, rule) in landings.items()]
     allowed = ", ".join(sorted(reachers(policy, local_node))) or "nowhere"
     assert not wrong, (f"{policy.label(local_node)} is not local-only as declared "
                        f"(reachable from {allowed} only):\n  " + "\n  ".join(wrong))

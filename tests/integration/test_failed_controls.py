@@ -86,14 +86,20 @@ def test_a_node_with_its_link_down_errors_every_silence_based_check(tmp_path):
     assert not wrong, f"these should have errored: {wrong}\n{out[-3000:]}"
     cell = results["test_matrix.py::test_cell[ai/gpu -> personal/laptop tcp/22]"][1]
     assert "positive controls failed" in cell and "ai/gpu: ai/gpu -> wan/visitor icmp: expected open" in cell, cell
+    # an answer that was due and did not come is a failure, controls or not
+    assert results["test_matrix.py::test_cell[personal/laptop -> ai/gpu tcp/22]"][0] == "failed", out[-3000:]
     # nodes whose controls hold (none of them controls through the GPU VM) are still judged
     assert results["test_matrix.py::test_cell[servers/web -> wan/scanner tcp/22]"][0] == "passed"
 
 
 def test_a_node_that_may_reach_nothing_is_controlled_by_the_routers_capture(tmp_path):
     results, out = with_gpu_down(tmp_path, "openwrt-homelab", "suites/isolation/test_matrix.py")
-    gpu = {outcome for name, (outcome, _) in results.items() if "gpu/gpu" in name}
-    assert gpu == {"error"}, out[-3000:]
+    gpu = {name: outcome for name, (outcome, _) in results.items() if "gpu/gpu" in name}
+    passed = [name for name, outcome in gpu.items() if outcome == "passed"]
+    assert gpu and not passed, f"checks of a node whose link is down passed: {passed}\n{out[-3000:]}"
+    # a silence due (gpu may reach nothing) errors; an answer due (lan may reach gpu) fails
+    assert results["test_matrix.py::test_cell[gpu/gpu -> lan/laptop tcp/22]"][0] == "error", out[-3000:]
+    assert results["test_matrix.py::test_cell[lan/laptop -> gpu/gpu tcp/22]"][0] == "failed", out[-3000:]
     message = results["test_matrix.py::test_cell[gpu/gpu -> lan/laptop tcp/22]"][1]
     assert "gpu/gpu -> router@gpu icmp: expected seen" in message, message
     assert "the router's capture on gpu0 saw no packet from 198.19.30.10" in message, message
