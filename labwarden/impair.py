@@ -339,6 +339,18 @@ class Impairment:
                           for l in self.links],
                 "carriers": self.carriers}
 
+    def round_trip_allowance_s(self) -> float:
+        """Seconds the impaired links may add to a round trip (every link crossed, jitter both
+        ways: a bound): what a probe must wait on top of its timeout, or a slow answer across
+        the satellite would pass for a filter's silence."""
+        if self.method == "none":
+            return 0.0
+        return sum(2 * (l.profile.delay_ms + l.profile.jitter_ms) for l in self.links) / 1000
+
+    @property
+    def lossy(self) -> bool:
+        return self.method != "none" and any(l.profile.loss_pct > 0 for l in self.links)
+
     def summary(self) -> str:
         """One line for the run's header: which links, how, and why that way."""
         if not self.links or self.method == "none":

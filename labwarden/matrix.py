@@ -177,17 +177,19 @@ async def observe(lab, flows: list[Flow], timeout: float = 1.0,
                   reprobes: Reprobes | None = None) -> dict[Flow, Observation]:
     """Send every flow for real, all source nodes at once, and return what each saw.
 
+    On a lab with impaired links every probe waits their round trips on top of `timeout`.
     On a lab with lossy links (labwarden.impair), a probe that heard nothing where the
     policy expects an answer is sent again, up to LOSS_RETRIES times: a lost packet is
     not a filter, and a real filter stays silent every time. Then every probe whose
     observation the policy does not admit is confirmed (`_confirm`); `reprobes`, if
     given, counts what that took.
     """
-    observed = await _observe_paced(lab, flows, timeout)
     policy = getattr(lab, "policy", None)
     impairment = getattr(lab, "impairment", None)
-    lossy = impairment is not None and impairment.method != "none" and \
-        any(link.profile.loss_pct > 0 for link in impairment.links)
+    if impairment is not None:
+        timeout += impairment.round_trip_allowance_s()
+    observed = await _observe_paced(lab, flows, timeout)
+    lossy = impairment is not None and impairment.lossy
     for _ in range(LOSS_RETRIES if lossy and policy is not None else 0):
         again = [f for f in flows if observed[f].verdict == "filtered"
                  and not policy.expect(f).admits("filtered")]

@@ -92,11 +92,9 @@ def link_allowance(lab) -> tuple[float, int]:
     """Seconds the lab's impaired links may add to a round trip (every link crossed, jitter
     both ways: a bound), and how often a silence is re-sent when a link loses packets."""
     impairment = getattr(lab, "impairment", None)
-    if impairment is None or impairment.method == "none":
+    if impairment is None:
         return 0.0, 0
-    profiles = [link.profile for link in impairment.links]
-    extra = sum(2 * (p.delay_ms + p.jitter_ms) for p in profiles) / 1000
-    return extra, LOSS_RETRIES if any(p.loss_pct > 0 for p in profiles) else 0
+    return impairment.round_trip_allowance_s(), LOSS_RETRIES if impairment.lossy else 0
 
 
 @pytest.fixture
