@@ -385,8 +385,16 @@ def override_file(project: str) -> Path:
 def remove_project(client, project: str) -> None:
     override_file(project).unlink(missing_ok=True)
     label = {"label": f"com.docker.compose.project={project}"}
-    for container in client.containers.list(all=True, filters=label):
-        container.remove(force=True)
+    # containers that share another's network namespace (tunnel clients) go first: removing
+    # the namespace's owner first left its endpoint behind on Docker 20.10, and the network
+    # then could not be removed ("has active endpoints") until dockerd restarted
+    containers = client.api.containers(all=True, filters=label)
+    containers.sort(key=lambda c: not c.get("HostConfig", {}).get("NetworkMode", "").startswith("container:"))
+    for container in containers:
+        try:
+            client.api.remove_container(container["Id"], force=True)
+        except docker.errors.NotFound:
+            pass  # removed meanwhile (its compose down, or the namespace owner's removal)
     for network in client.networks.list(filters=label):
         network.remove()
     for volume in client.volumes.list(filters=label):  # e.g. a tunnel's keys
