@@ -38,6 +38,7 @@ LOSS_RETRIES = 3  # more rounds for silent probes on lossy links (1% a round tri
 PACE_BATCH = 2     # probes per paced wave, all nodes together: a router's limiter counts every source
 PACE_GAP_S = 0.5   # between waves: 4 probes/s stays under `limit rate 5/second` (the nftables wiki's pings)
 PACED_NOTE = "answered when paced: rate-limited"
+FLAKY_NOTE = "FLAKY: not seen again when re-sent alone"
 CAPTURE_S = 1.0    # the router's capture window of a control that needs no answer
 
 
@@ -204,7 +205,8 @@ async def observe(lab, flows: list[Flow], timeout: float = 1.0,
 
 async def _confirm(lab, policy: Policy, observed: dict[Flow, Observation], timeout: float,
                    reprobes: Reprobes) -> dict[Flow, Observation]:
-    """Mismatches sent again alone: what they observe then is their observation.
+    """Mismatches sent again alone: what they observe then is their observation, but for an
+    answer where the policy expects none that does not come again: it still came (flaky).
 
     A limiter drops (or rejects) what exceeds its rate, so a probe that missed an answer
     the policy expects goes paced; an answer where the policy expects none is never a
@@ -231,6 +233,10 @@ async def _confirm(lab, policy: Policy, observed: dict[Flow, Observation], timeo
         if policy.expect(flow).admits(again[flow].verdict):
             reprobes.answered.append(flow)
             again[flow] = replace(again[flow], detail=f"{again[flow].detail}; {PACED_NOTE}")
+    for flow in leaks:  # an answer that did not come again still came: it stays, marked flaky
+        if policy.expect(flow).admits(again[flow].verdict):
+            first = observed[flow]
+            again[flow] = replace(first, detail=f"{first.detail}; {FLAKY_NOTE} ({again[flow].explain()})")
     return again
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from labwarden import matrix
-from labwarden.matrix import (PACE_BATCH, PACED_NOTE, SYN_SHARE, Cell, ControlFailed, Controls, Reprobes,
+from labwarden.matrix import (FLAKY_NOTE, PACE_BATCH, PACED_NOTE, SYN_SHARE, Cell, ControlFailed, Controls, Reprobes,
                               controls, crosses, matrix_flows, observe, silent_nodes)
 from labwarden.policy import load_policy
 from labwarden.probe import Observation
@@ -157,6 +157,26 @@ def test_under_the_limit_an_opening_and_a_block_still_count():
     assert {opening, block} <= set(reprobes.sent) and not {opening, block} & set(reprobes.answered)
     assert observed[opening].verdict == "open" and observed[block].verdict == "filtered"
     assert PACED_NOTE not in observed[block].detail
+
+
+def test_an_answer_that_does_not_come_again_still_counts():
+    """An opening seen once (a connection some earlier state let through) is not cleared by a
+    silent re-send: it stays the cell's observation, marked flaky."""
+    random.seed(3)
+    policy = homelab()
+    once = policy.flow("web", "198.18.1.10", "tcp/22")      # the policy: filtered
+    lab = ping_lab(policy, opened=[once])
+    sent = lab.run
+
+    async def run_then_close(jobs, timeout=1.0):
+        answers = await sent(jobs, timeout)
+        lab.opened.discard(once)  # from the next batch on, the router drops it as it should
+        return answers
+
+    lab.run = run_then_close
+    observed = asyncio.run(observe(lab, matrix_flows(policy), reprobes=Reprobes()))
+    assert observed[once].verdict == "open" and FLAKY_NOTE in observed[once].detail
+    assert not Cell(once, policy.expect(once), observed[once]).ok
 
 
 def test_controls_cross_the_router_first():
