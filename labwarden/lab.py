@@ -134,8 +134,7 @@ class Lab:
         """Runs of one topology on one machine take turns (their subnets would clash)."""
         if self.keep:
             return  # a kept lab outlives this process; _refuse_twin guards it instead
-        path = Path(tempfile.gettempdir()) / f"labwarden-topology-{self.topology.name}.lock"
-        self._lock = open(path, "w")
+        self._lock = open(topology_lock_path(self.topology.name), "w")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
@@ -375,6 +374,11 @@ def docker_client():
         where = os.environ.get("DOCKER_HOST") or "the default socket (/var/run/docker.sock)"
         raise LabError(f"cannot reach the Docker engine at {where} ({err}): start it "
                        "(`systemctl start docker`) or point DOCKER_HOST at a running one") from None
+
+
+def topology_lock_path(name: str) -> Path:
+    """The lock that runs of one topology take turns on (their subnets would clash)."""
+    return Path(tempfile.gettempdir()) / f"labwarden-topology-{name}.lock"
 
 
 def override_file(project: str) -> Path:

@@ -17,11 +17,11 @@ import contextlib
 import fcntl
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
+from labwarden.lab import topology_lock_path
 from labwarden.mutants import TRACEBACK, outcomes, read_header, suites, unmet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def lab_lock(mutant: Path):
     if mutant.name != "compose.yaml":
         yield
         return
-    with open(Path(tempfile.gettempdir()) / f"labwarden-topology-{mutant.parents[2].name}.lock", "w") as lock:
+    with open(topology_lock_path(mutant.parents[2].name), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
