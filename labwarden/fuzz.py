@@ -421,18 +421,12 @@ def odd_destinations(policy: Policy, src: str) -> list[IPv4Address]:
                                           for a in node.addresses.values()))
 
 
-def next_hop(node, dst: IPv4Address) -> IPv4Address | None:
-    """The address a node sends dst to when it is not on-link: its route, else its gateway."""
-    routes = sorted(node.routes.items(), key=lambda r: -r[0].prefixlen)
-    return next((gw for net, gw in routes if dst in net), node.gateway)
-
-
 def forwarders(policy: Policy, src: str, dst: IPv4Address) -> list[str]:
     """The nodes that forward a packet from src to dst, by the topology's routes (a route,
     else the gateway, at each hop); [] when dst is on-link or an address of the next hop."""
     topology, node, path = policy.topology, policy.topology.nodes[src], []
     while not topology.on_link(node, dst) and len(path) < len(topology.nodes):
-        via = next_hop(node, dst)
+        via = node.next_hop(dst)
         hop = topology.node_at(via) if via else None
         if hop is None or dst in hop.addresses.values():
             break
@@ -711,7 +705,7 @@ class FlowFuzzer:
         segment = next((s for s in node.segments if s in target.addresses), None)
         hop = target.name
         if segment is None:  # through the node's router for dst
-            via = next_hop(node, flow.dst)
+            via = node.next_hop(flow.dst)
             hop = topology.node_at(via).name
             segment = topology.segment_of(via).name
         head = (bytes.fromhex(self.lab.mac(hop, segment).replace(":", ""))

@@ -455,9 +455,7 @@ def expected_route(topology, links: list[Link], src: str, dst: IPv4Address, max_
         if onlink:
             segment, hop_addr = onlink[0], dst
         else:
-            routes = sorted(((p, h) for p, h in node.routes.items() if dst in p),
-                            key=lambda ph: ph[0].prefixlen, reverse=True)
-            hop_addr = routes[0][1] if routes else node.gateway
+            hop_addr = node.next_hop(dst)
             if hop_addr is None:
                 return hops
             segment = next(s for s in node.segments if hop_addr in topology.segments[s].subnet)

@@ -51,6 +51,12 @@ class Node:
     def segments(self) -> list[str]:
         return list(self.addresses)
 
+    def next_hop(self, dst: IPv4Address) -> IPv4Address | None:
+        """The address the node sends dst to when it is not on-link: its most specific
+        route, else its gateway."""
+        routes = sorted(((p, h) for p, h in self.routes.items() if dst in p), key=lambda ph: -ph[0].prefixlen)
+        return routes[0][1] if routes else self.gateway
+
     def address_on(self, segment: str) -> IPv4Address:
         try:
             return self.addresses[segment]
