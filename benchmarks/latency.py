@@ -14,7 +14,7 @@ Figures depend on the machine's load: the relay shares the cores with the sender
 
 --page brings up topologies/airplane instead and measures its page-load budget (visitor ->
 edge http/80, through the tunnel and the satellite) twice, alternately, on the same lab:
-the suite's own samples (labwarden.latency.measure), and an independent client, Python's
+the suite's own samples (labwarden.checks.latency.measure), and an independent client, Python's
 http.client in the visitor's network namespace, loading the page one at a time, its clock
 from before connect() to the last byte of the body.
 """
@@ -30,11 +30,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from labwarden import impair, latency  # noqa: E402
-from labwarden.impair import Link, Profile  # noqa: E402
-from labwarden.lab import PROBER, Lab  # noqa: E402
-from labwarden.policy import load_policy  # noqa: E402
-from labwarden.topology import load_topology  # noqa: E402
+from labwarden.realise import impair
+
+from labwarden.checks import latency  # noqa: E402
+from labwarden.realise.impair import Link, Profile  # noqa: E402
+from labwarden.realise.compose import PROBER, Lab  # noqa: E402
+from labwarden.declared.policy import load_policy  # noqa: E402
+from labwarden.declared.topology import load_topology  # noqa: E402
 
 LAB = Path(__file__).resolve().parents[1] / "tests" / "integration" / "latency_lab"
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from labwarden.image import ensure_image  # noqa: E402
-from labwarden.lab import Lab  # noqa: E402
-from labwarden.matrix import matrix_flows, run_matrix  # noqa: E402
-from labwarden.policy import load_policy  # noqa: E402
-from labwarden.topology import load_topology  # noqa: E402
+from labwarden.realise.image import ensure_image  # noqa: E402
+from labwarden.realise.compose import Lab  # noqa: E402
+from labwarden.checks.matrix import matrix_flows, run_matrix  # noqa: E402
+from labwarden.declared.policy import load_policy  # noqa: E402
+from labwarden.declared.topology import load_topology  # noqa: E402
 
 
 def naive_probe(lab, flow) -> None:

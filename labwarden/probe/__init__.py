@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from ..errors import CaptureIncomplete, ProbeError
+from labwarden.errors import CaptureIncomplete, ProbeError
 
-AGENT = Path(__file__).parent / "agent.py"
+AGENT = Path(__file__).parent.parent / "agent" / "agent.py"
 DOCUMENTATION_RANGES = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
 
 

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
-from labwarden.fuzz import FlowFuzzer, config_aims
-from labwarden.fuzz_rules import RuleChecker
-from labwarden.matrix import LOSS_RETRIES
-from labwarden.nft_model import World
+from labwarden.fuzz.flows import FlowFuzzer, config_aims
+from labwarden.fuzz.rules import RuleChecker
+from labwarden.checks.matrix import LOSS_RETRIES
+from labwarden.routers.nftables.model import World
 
 EXAMPLES = {  # per test kind: hypothesis examples under each profile
     "ci": {"probes": 12, "odd": 8, "rules": 30},   # rules: 4 distinct rulesets an example; >= 100 in all

@@ -9,7 +9,7 @@ decided it and the command that replays it alone.
 
 import pytest
 
-from labwarden.fuzz import batches, hunt, odd_flows, probe_flows
+from labwarden.fuzz.flows import batches, hunt, odd_flows, probe_flows
 
 BATCH = 64
 

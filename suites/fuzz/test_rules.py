@@ -1,5 +1,5 @@
 """Rule fuzzing: do we understand nftables? Hypothesis draws router rulesets from the
-grammar of labwarden.nft_model, each is loaded into the lab's router and probed with
+grammar of labwarden.routers.nftables.model, each is loaded into the lab's router and probed with
 flows aimed at its rules, and the kernel's verdicts must equal the model's.
 
 A difference shrinks to a small ruleset and one flow: either the model is wrong
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from labwarden.fuzz_rules import FLOWS_PER_RULESET, RULESETS_PER_EXAMPLE, probe_flows, rulesets
+from labwarden.fuzz.rules import FLOWS_PER_RULESET, RULESETS_PER_EXAMPLE, probe_flows, rulesets
 
 
 class ModelDiffers(AssertionError):

@@ -3,7 +3,7 @@ packets, shared by the parametrized tests that judge it."""
 
 import pytest_asyncio
 
-from labwarden import exposure
+from labwarden.checks import exposure
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -9,8 +9,8 @@ to the internet, sees none of their packets.
 
 import pytest
 
-from labwarden.exposure import hidden_segments, observers
-from labwarden.fixtures import lab_config
+from labwarden.checks.exposure import hidden_segments, observers
+from labwarden.plugin import lab_config
 
 RESPONDER_PORTS = {("udp", 5353), ("udp", 1900)}
 

@@ -12,9 +12,9 @@ business (tests/unit/test_policy.py).
 
 import pytest_asyncio
 
-from labwarden import nat
-from labwarden.fixtures import lab_config
-from labwarden.matrix import local_only_nodes, reachers
+from labwarden.checks import nat
+from labwarden.plugin import lab_config
+from labwarden.checks.matrix import local_only_nodes, reachers
 
 
 def pytest_generate_tests(metafunc):

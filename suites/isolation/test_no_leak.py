@@ -8,7 +8,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from labwarden.matrix import probe_of
+from labwarden.checks.matrix import probe_of
 from labwarden.probe import NodeJob
 
 OUTSIDE = IPv4Address("192.0.2.1")   # documentation range: no lab node holds it

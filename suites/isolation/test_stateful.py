@@ -8,7 +8,7 @@ Each test sends its own probes; which pairs exist is the policy's business
 import pytest
 import pytest_asyncio
 
-from labwarden.matrix import Cell, observe, one_way_pairs
+from labwarden.checks.matrix import Cell, observe, one_way_pairs
 
 UNUSED_UDP_PORT = 33434  # traceroute's first port: nothing in a lab listens there
 

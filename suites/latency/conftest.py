@@ -9,9 +9,9 @@ the report.
 import pytest
 import pytest_asyncio
 
-from labwarden import latency
-from labwarden.fixtures import lab_config
-from labwarden.impair import firewalled_nodes
+from labwarden.checks import latency
+from labwarden.plugin import lab_config
+from labwarden.realise.impair import firewalled_nodes
 
 TABLES = pytest.StashKey[list]()
 

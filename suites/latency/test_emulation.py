@@ -7,7 +7,7 @@ within 1% or 2 ms, whichever is larger.
 
 import pytest
 
-from labwarden import impair
+from labwarden.realise import impair
 
 
 def test_method_is_reported(impairment, labwarden_report):

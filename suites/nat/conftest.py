@@ -8,7 +8,7 @@ Every check here is about the router's public address, so a policy without one
 import pytest
 import pytest_asyncio
 
-from labwarden import nat
+from labwarden.checks import nat
 
 
 @pytest.fixture(scope="session")

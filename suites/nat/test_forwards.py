@@ -8,13 +8,13 @@ visitor's real address. A forward whose service is down reads "service down"
 
 import pytest
 
-from labwarden import nat
-from labwarden.policy import Forward, Service
+from labwarden.checks import nat
+from labwarden.declared.policy import Forward, Service
 
 
 def pytest_generate_tests(metafunc):
     if "forward_case" in metafunc.fixturenames:
-        from labwarden.fixtures import lab_config
+        from labwarden.plugin import lab_config
         _, policy = lab_config(metafunc.config)
         cases = [pytest.param((src, f), id=f"{f.name}: {policy.label(src)} -> {f.public}")
                  for src in nat.outside_nodes(policy) for f in policy.forwards]

@@ -9,12 +9,12 @@ else lands is named as it was sent, where it landed and by which NAT rule.
 
 import pytest
 
-from labwarden import nat
+from labwarden.checks import nat
 
 
 def pytest_generate_tests(metafunc):
     if "inside_node" in metafunc.fixturenames:
-        from labwarden.fixtures import lab_config
+        from labwarden.plugin import lab_config
         _, policy = lab_config(metafunc.config)
         nodes = nat.inside_nodes(policy) if policy.public is not None else []
         metafunc.parametrize("inside_node", nodes, ids=[policy.label(n) for n in nodes])

@@ -7,13 +7,13 @@ from contextlib import nullcontext
 import pytest
 import pytest_asyncio
 
-from labwarden import tunnel as tunnels
+from labwarden.checks import tunnel as tunnels
 
 
 def pytest_generate_tests(metafunc):
     """`tunnel_case`: one test per tunnel of the policy, named after it."""
     if "tunnel_case" in metafunc.fixturenames:
-        from labwarden.fixtures import lab_config
+        from labwarden.plugin import lab_config
         _, policy = lab_config(metafunc.config)
         metafunc.parametrize("tunnel_case", policy.tunnels, ids=[t.name for t in policy.tunnels])
 

@@ -5,7 +5,7 @@ own that shares the client node's network namespace (Docker labs)."""
 
 import pytest
 
-from labwarden import tunnel as tunnels
+from labwarden.checks import tunnel as tunnels
 
 
 @pytest.mark.emulated_only("it kills and freezes the tunnel client's container")

@@ -3,7 +3,7 @@
 tunnels' public ports only, and the public port is not a proxy (SOCKS, HTTP
 CONNECT) into the client: one local port, not the node."""
 
-from labwarden import tunnel as tunnels
+from labwarden.checks import tunnel as tunnels
 
 
 async def test_the_edge_exposes_one_port_not_the_node(lab, tunnel_policy, tunnel_case, probe_timeout):

@@ -5,7 +5,7 @@ That the policy itself opens no such way (no forward to the client, no allow fro
 outside) is a property of the policy file, tested without a lab in
 tests/unit/test_tunnel_policy.py."""
 
-from labwarden import tunnel as tunnels
+from labwarden.checks import tunnel as tunnels
 
 
 async def test_no_way_to_the_client_but_the_tunnel(lab, tunnel_policy, tunnel_case, probe_timeout):

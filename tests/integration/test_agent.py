@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-PROBE_DIR = Path(__file__).resolve().parents[2] / "labwarden" / "probe"
+PROBE_DIR = Path(__file__).resolve().parents[2] / "labwarden" / "agent"
 sys.path.insert(0, str(PROBE_DIR))
 from agent import encode_request  # noqa: E402  (the agent is a standalone script)
 
-from labwarden.image import ensure_image  # noqa: E402
+from labwarden.realise.image import ensure_image  # noqa: E402
 
 ALLOWED = ["198.18.0.0/15", "203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24"]
 CLIENT, SERVER, TV = "198.18.101.10", "198.18.102.10", "198.18.101.20"

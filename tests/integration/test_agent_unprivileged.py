@@ -10,9 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from labwarden.image import ensure_image
+from labwarden.realise.image import ensure_image
 
-PROBE_DIR = Path(__file__).resolve().parents[2] / "labwarden" / "probe"
+PROBE_DIR = Path(__file__).resolve().parents[2] / "labwarden" / "agent"
 sys.path.insert(0, str(PROBE_DIR))
 from agent import encode_request  # noqa: E402  (the agent is a standalone script)
 

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFTEST = '''
 import pytest
 
-from labwarden.impair import prober_exec
+from labwarden.realise.impair import prober_exec
 
 
 @pytest.fixture(scope="session")

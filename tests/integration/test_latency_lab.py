@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from labwarden import impair, latency
-from labwarden.impair import firewalled_nodes
-from labwarden.lab import Lab
-from labwarden.policy import load_policy
-from labwarden.topology import load_topology
+from labwarden.realise import impair
+
+from labwarden.checks import latency
+from labwarden.realise.impair import firewalled_nodes
+from labwarden.realise.compose import Lab
+from labwarden.declared.policy import load_policy
+from labwarden.declared.topology import load_topology
 
 pytestmark = pytest.mark.lab
 LAB = Path(__file__).resolve().parent / "latency_lab"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from labwarden.lab import Lab
-from labwarden.policy import load_policy
-from labwarden.topology import load_topology
+from labwarden.realise.compose import Lab
+from labwarden.declared.policy import load_policy
+from labwarden.declared.topology import load_topology
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[2]

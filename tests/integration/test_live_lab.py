@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labwarden.lab import Lab
-from labwarden.matrix import run_matrix
-from labwarden.policy import load_policy
-from labwarden.topology import load_topology
+from labwarden.realise.compose import Lab
+from labwarden.checks.matrix import run_matrix
+from labwarden.declared.policy import load_policy
+from labwarden.declared.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 SSH_PORT = 2222

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from labwarden.lab import topology_lock_path
-from labwarden.mutants import TRACEBACK, outcomes, read_header, suites, unmet
+from labwarden.realise.compose import topology_lock_path
+from labwarden.declared.mutants import TRACEBACK, outcomes, read_header, suites, unmet
 
 ROOT = Path(__file__).resolve().parents[2]
 MUTANTS = sorted((ROOT / "topologies").glob("*/mutants/*.nft")) + \

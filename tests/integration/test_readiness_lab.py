@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from labwarden.lab import Lab
-from labwarden.policy import load_policy
+from labwarden.realise.compose import Lab
+from labwarden.declared.policy import load_policy
 from labwarden.probe import NodeJob, Probe
-from labwarden.topology import load_topology
+from labwarden.declared.topology import load_topology
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[2]

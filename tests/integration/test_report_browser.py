@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from labwarden.policy import load_policy
+from labwarden.declared.policy import load_policy
 from labwarden.report import LEAK, browser_dom, page_summary, screenshot
-from labwarden.topology import load_topology
+from labwarden.declared.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 MUTANT = ROOT / "topologies" / "homelab" / "mutants" / "servers-to-personal.nft"

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from labwarden.errors import ProbeError
-from labwarden.lab import PROBER, Lab, run_sync
-from labwarden.policy import load_policy
+from labwarden.realise.compose import PROBER, Lab, run_sync
+from labwarden.declared.policy import load_policy
 from labwarden.probe import NodeJob
-from labwarden.topology import load_topology
+from labwarden.declared.topology import load_topology
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 
 CONFTEST = textwrap.dedent("""
     import pytest
-    from labwarden.matrix import Cell, MatrixRun, matrix_flows
+    from labwarden.checks.matrix import Cell, MatrixRun, matrix_flows
     from labwarden.probe import Observation
 
     @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 from labwarden.errors import CaptureIncomplete
 from labwarden.probe import NodeJob, _node_answers
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "labwarden" / "probe"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "labwarden" / "agent"))
 import agent  # noqa: E402
 
 

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "labwarden" / "probe"))
+sys.path.insert(0, str(ROOT / "labwarden" / "agent"))
 from agent import declared_tables  # noqa: E402  (the agent is a standalone script)
 
 

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from labwarden.errors import ConfigError, LabwardenError
-from labwarden.policy import load_policy
-from labwarden.topology import load_topology
+from labwarden.declared.policy import load_policy
+from labwarden.declared.topology import load_topology
 
 HOMELAB = Path(__file__).resolve().parents[2] / "topologies" / "homelab"
 

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from labwarden.diff import changes, resolve_config
+from labwarden.cli.diff import changes, resolve_config
 from labwarden.errors import LabwardenError
-from labwarden.matrix import Cell, MatrixRun
-from labwarden.policy import load_policy
+from labwarden.checks.matrix import Cell, MatrixRun
+from labwarden.declared.policy import load_policy
 from labwarden.probe import Observation
-from labwarden.topology import load_topology
+from labwarden.declared.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "topologies/homelab/router/nftables.conf"

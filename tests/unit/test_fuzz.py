@@ -11,13 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labwarden.fuzz import (ARRIVED, LOST, Batch, FlowFuzzer, FuzzFlow, Seen, arrivals, batches, config_aims, craft,
+from labwarden.fuzz.flows import (ARRIVED, LOST, Batch, FlowFuzzer, FuzzFlow, Seen, arrivals, batches, config_aims, craft,
                             edge_addresses, expect_flow, hunt, interesting_ports, odd_destinations, odd_flows,
                             probe_destinations, probe_flows, replay_command)
-from labwarden.matrix import matrix_services
-from labwarden.nft_trace import Event, TracedPacket, explain, parse_config, parse_events, parse_listing, stories
-from labwarden.policy import load_policy
-from labwarden.topology import load_topology
+from labwarden.checks.matrix import matrix_services
+from labwarden.routers.nftables.trace import Event, TracedPacket, explain, parse_config, parse_events, parse_listing, stories
+from labwarden.declared.policy import load_policy
+from labwarden.declared.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 HOMELAB = ROOT / "topologies" / "homelab"

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from labwarden import impair, latency
-from labwarden.errors import ConfigError, LabError
-from labwarden.policy import load_policy
-from labwarden.topology import load_topology
+from labwarden.realise import impair
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "labwarden" / "probe"))
+from labwarden.checks import latency
+from labwarden.errors import ConfigError, LabError
+from labwarden.declared.policy import load_policy
+from labwarden.declared.topology import load_topology
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "labwarden" / "agent"))
 import delayline  # noqa: E402  (a standalone program, like the agent)
 import timing  # noqa: E402  (the agent's latency samples)
 

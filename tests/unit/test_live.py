@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-import labwarden.live as live
+import labwarden.realise.live as live
 from labwarden.errors import ConfigError, ProbeError
-from labwarden.live import LiveLab, apply_inventory, load_inventory
-from labwarden.policy import load_policy
+from labwarden.realise.live import LiveLab, apply_inventory, load_inventory
+from labwarden.declared.policy import load_policy
 from labwarden.probe import NodeAnswer, NodeJob, Observation, Probe
-from labwarden.topology import load_topology
+from labwarden.declared.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "topologies" / "homelab" / "live.example.yaml"

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from labwarden import matrix
-from labwarden.matrix import (FLAKY_NOTE, PACE_BATCH, PACED_NOTE, SYN_SHARE, Cell, ControlFailed, Controls, Reprobes,
+from labwarden.checks import matrix
+from labwarden.checks.matrix import (FLAKY_NOTE, PACE_BATCH, PACED_NOTE, SYN_SHARE, Cell, ControlFailed, Controls, Reprobes,
                               controls, crosses, matrix_flows, observe, silent_nodes)
-from labwarden.policy import load_policy
+from labwarden.declared.policy import load_policy
 from labwarden.probe import Observation
-from labwarden.topology import load_topology
+from labwarden.declared.topology import load_topology
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
 ELAPSED = contextvars.ContextVar("elapsed", default=0.0)  # simulated time, per task (waves overlap)
@@ -210,7 +210,7 @@ def test_a_failed_control_names_the_node_and_what_it_saw():
 
 
 def test_the_report_shows_what_was_rate_limited():
-    from labwarden.matrix import MatrixRun
+    from labwarden.checks.matrix import MatrixRun
     from labwarden.report import Report, render_html
     random.seed(2)
     policy = homelab()

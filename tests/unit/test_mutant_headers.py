@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from labwarden.errors import ConfigError
-from labwarden.mutants import TRACEBACK, Expected, junit_key, outcomes, read_header, suites, unmet
+from labwarden.declared.mutants import TRACEBACK, Expected, junit_key, outcomes, read_header, suites, unmet
 
 ROOT = Path(__file__).resolve().parents[2]
 MUTANTS = sorted((ROOT / "topologies").glob("*/mutants/*.nft")) + \

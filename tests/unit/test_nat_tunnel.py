@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from labwarden import nat, packets, tunnel
-from labwarden.fetch import content, fetch_for, parse_http
-from labwarden.policy import load_policy
+from labwarden.checks import nat, tunnel
+
+from labwarden.probe import packets
+from labwarden.checks.fetch import content, fetch_for, parse_http
+from labwarden.declared.policy import load_policy
 from labwarden.probe import Fetch, Fetched
-from labwarden.topology import load_topology
+from labwarden.declared.topology import load_topology
 
 HOMELAB = Path(__file__).resolve().parents[2] / "topologies" / "homelab"
 PAGE = b"<!doctype html><p>hi</p>\n"
@@ -246,7 +248,7 @@ def test_the_way_in_names_landings_then_whatever_else_arrived(openwrt):
 
 
 def test_the_public_surface_names_what_landed_even_when_it_answered_as_expected(openwrt):
-    from labwarden.matrix import Cell
+    from labwarden.checks.matrix import Cell
     from labwarden.probe import Observation
     flow = openwrt.flow("scanner", "198.51.100.2", "tcp/40404")
     closed = Cell(flow, openwrt.expect(flow), Observation("closed", IPv4Address("198.51.100.2"), "RST"))

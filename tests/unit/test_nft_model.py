@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from labwarden.fuzz_rules import RuleChecker, destinations, port_constants, probe_flows, rulesets
-from labwarden.nft_model import (EPHEMERAL, Chain, Match, NamedSet, Packet, Rule, Ruleset, World, kernel_silence,
+from labwarden.fuzz.rules import RuleChecker, destinations, port_constants, probe_flows, rulesets
+from labwarden.routers.nftables.model import (EPHEMERAL, Chain, Match, NamedSet, Packet, Rule, Ruleset, World, kernel_silence,
                                  predict)
-from labwarden.policy import load_policy
-from labwarden.topology import load_topology
+from labwarden.declared.policy import load_policy
+from labwarden.declared.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from labwarden.errors import ConfigError
-from labwarden.matrix import crosses, local_only_nodes, one_way_pairs, reachers
-from labwarden.policy import VERDICTS, Expectation, Service, SynLimit, load_policy
-from labwarden.topology import load_topology
+from labwarden.checks.matrix import crosses, local_only_nodes, one_way_pairs, reachers
+from labwarden.declared.policy import VERDICTS, Expectation, Service, SynLimit, load_policy
+from labwarden.declared.topology import load_topology
 
 HOMELAB = Path(__file__).resolve().parents[2] / "topologies" / "homelab"
 PUBLIC = "203.0.113.2"

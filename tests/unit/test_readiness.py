@@ -3,8 +3,8 @@ through the router's ruleset): which socket counts as a service listening on an 
 
 from ipaddress import IPv4Address
 
-from labwarden.lab import listens
-from labwarden.policy import Service
+from labwarden.realise.compose import listens
+from labwarden.declared.policy import Service
 
 ADDR = IPv4Address("198.18.1.1")
 

@@ -9,12 +9,12 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from labwarden.matrix import Cell, MatrixRun, matrix_flows
-from labwarden.policy import load_policy
+from labwarden.checks.matrix import Cell, MatrixRun, matrix_flows
+from labwarden.declared.policy import load_policy
 from labwarden.probe import Observation
 from labwarden.report import (LEAK, PASS, WRONG, Report, header, main, page_summary, render_html,
                               section_renderer, SECTION_RENDERERS)
-from labwarden.topology import load_topology
+from labwarden.declared.topology import load_topology
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from labwarden.errors import LabwardenError
-from labwarden.topology import load_topology
+from labwarden.declared.topology import load_topology
 
 HOMELAB = Path(__file__).resolve().parents[2] / "topologies" / "homelab"
 

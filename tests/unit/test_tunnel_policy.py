@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labwarden import tunnel
-from labwarden.policy import load_policy
-from labwarden.topology import load_topology
+from labwarden.checks import tunnel
+from labwarden.declared.policy import load_policy
+from labwarden.declared.topology import load_topology
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
 WITH_TUNNELS = [p.parent for p in sorted(TOPOLOGIES.glob("*/policy.yaml"))

@@ -25,10 +25,10 @@ of a matrix's worth of SYNs: those probes go in paced batches from the start.
 import asyncio
 from dataclasses import dataclass, field, replace
 
-from . import packets
-from .errors import LabwardenError
-from .policy import Expectation, Flow, Policy, Service
-from .probe import NodeJob, Observation, Probe
+from labwarden.probe import packets
+from labwarden.errors import LabwardenError
+from labwarden.declared.policy import Expectation, Flow, Policy, Service
+from labwarden.probe import NodeJob, Observation, Probe
 
 COMMON_TCP = (22, 53, 80, 443, 445, 3389, 8080, 9418, 11434)
 COMMON_UDP = (53, 5353)
@@ -179,7 +179,7 @@ async def observe(lab, flows: list[Flow], timeout: float = 1.0,
     """Send every flow for real, all source nodes at once, and return what each saw.
 
     On a lab with impaired links every probe waits their round trips on top of `timeout`.
-    On a lab with lossy links (labwarden.impair), a probe that heard nothing where the
+    On a lab with lossy links (labwarden.realise.impair), a probe that heard nothing where the
     policy expects an answer is sent again, up to LOSS_RETRIES times: a lost packet is
     not a filter, and a real filter stays silent every time. Then every probe whose
     observation the policy does not admit is confirmed (`_confirm`); `reprobes`, if

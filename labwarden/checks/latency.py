@@ -35,9 +35,9 @@ import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from .errors import ConfigError
-from .impair import Link, crossing_delay
-from .probe import NodeJob
+from labwarden.errors import ConfigError
+from labwarden.realise.impair import Link, crossing_delay
+from labwarden.probe import NodeJob
 
 METRICS = ("min", "p50", "p95", "p99", "max", "mean", "jitter", "loss")
 KINDS = ("icmp", "tcp", "http")
@@ -249,7 +249,7 @@ def parse_budget(f, where, path: str, raw, policy) -> Budget:
     samples = raw.get("samples", DEFAULT_SAMPLES)
     if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= 1000:
         raise ConfigError(f, f"{where}.samples", f"{samples!r} is not a number of samples (1..1000)")
-    from .impair import _UNITS, _quantity
+    from labwarden.realise.impair import _UNITS, _quantity
     interval = _quantity(f, f"{where}.interval", raw.get("interval", DEFAULT_INTERVAL_S * 1000), _UNITS, "ms")
     timeout = _quantity(f, f"{where}.timeout", raw.get("timeout", DEFAULT_TIMEOUT_S * 1000), _UNITS, "ms")
     path_part = (m.group(4) or "/") if kind == "http" else "/"

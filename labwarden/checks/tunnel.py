@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from . import nat
-from .fetch import content, fetch_for, parse_http, summary
-from .matrix import COMMON_TCP, Cell, observe
-from .policy import Policy, Service, Tunnel
-from .probe import Fetch, Fetched, NodeJob
+from labwarden.checks import nat
+from labwarden.checks.fetch import content, fetch_for, parse_http, summary
+from labwarden.checks.matrix import COMMON_TCP, Cell, observe
+from labwarden.declared.policy import Policy, Service, Tunnel
+from labwarden.probe import Fetch, Fetched, NodeJob
 
 LOOPBACK = IPv4Address("127.0.0.1")
 DOWN_WITHIN_S = {"killed": 5.0, "hung": 15.0}   # the edge must answer with an error by then

@@ -1,6 +1,6 @@
 """Rule fuzzing: random router rulesets and the flows that probe them; the kernel against the model.
 
-A ruleset is drawn from the grammar of `labwarden.nft_model` (which is also its
+A ruleset is drawn from the grammar of `labwarden.routers.nftables.model` (which is also its
 meaning: `predict` evaluates it), with the router's real interface names, the
 lab's prefixes and ports, so that rules actually meet the probes. Port
 constants stay outside the ephemeral range the probes send from (see
@@ -16,10 +16,10 @@ from ipaddress import IPv4Address, IPv4Network
 
 from hypothesis import strategies as st
 
-from .lab import run_sync
-from .nft_model import (CT_STATES, EPHEMERAL, REJECT_CODES, Chain, Match, NamedSet, Prediction, Rule, Ruleset,
+from labwarden.realise.compose import run_sync
+from labwarden.routers.nftables.model import (CT_STATES, EPHEMERAL, REJECT_CODES, Chain, Match, NamedSet, Prediction, Rule, Ruleset,
                         World, outside_ephemeral, port_constants, predict)
-from .probe import NodeJob, Probe
+from labwarden.probe import NodeJob, Probe
 
 ICMP_TYPE_NAMES = ("echo-request", "echo-reply", "destination-unreachable")
 MAX_SUB_CHAINS = 3

@@ -17,11 +17,11 @@ import sys
 
 import docker
 
-from .errors import LabwardenError
-from .lab import Lab, docker_client, down_all, kept_project, labwarden_projects, remove_project
-from .matrix import render_grid, run_matrix
-from .policy import load_policy
-from .topology import load_topology
+from labwarden.errors import LabwardenError
+from labwarden.realise.compose import Lab, docker_client, down_all, kept_project, labwarden_projects, remove_project
+from labwarden.checks.matrix import render_grid, run_matrix
+from labwarden.declared.policy import load_policy
+from labwarden.declared.topology import load_topology
 
 
 def _load(args):
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
             p.add_argument("--probe-timeout", type=float, default=1.0)
         if name == "down":
             p.add_argument("--all", action="store_true", help="remove every labwarden lab")
-    from .diff import add_parser as add_diff_parser
+    from labwarden.cli.diff import add_parser as add_diff_parser
     add_diff_parser(sub)
     args = parser.parse_args(argv)
     try:

@@ -38,8 +38,8 @@ import subprocess
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 
-from .errors import ConfigError, LabError
-from .topology import Topology, read_yaml
+from labwarden.errors import ConfigError, LabError
+from labwarden.declared.topology import Topology, read_yaml
 
 METHODS = ("auto", "netem", "delayline", "none")
 PROFILE_KEYS = ("profile", "delay", "jitter", "loss", "rate", "limit", "reorder")
@@ -186,7 +186,7 @@ def parse_profile(f, where, raw) -> Profile:
 
 
 def load_links(topology: Topology) -> list[Link]:
-    """The impaired links compose.yaml declares (x-labwarden.impair on networks and services)."""
+    """The impaired links compose.yaml declares (x-labwarden.realise.impair on networks and services)."""
     f = _shown(topology)
     doc = read_yaml(topology.compose_file, f)
     links = []
@@ -204,7 +204,7 @@ def load_links(topology: Topology) -> list[Link]:
         x = (spec or {}).get("x-labwarden") if isinstance(spec, dict) else None
         if not isinstance(x, dict) or x.get("impair") is None:
             continue
-        where = f"services.{name}.x-labwarden.impair"
+        where = f"services.{name}.x-labwarden.realise.impair"
         node = topology.nodes.get(str(name))
         if node is None:
             raise ConfigError(f, where, f"{name} shares another node's network: impair that node's links")
@@ -219,7 +219,7 @@ def load_links(topology: Topology) -> list[Link]:
 
 
 def _shown(topology: Topology) -> str:
-    from .policy import _shown as shown  # one way of shortening paths for messages
+    from labwarden.declared.policy import _shown as shown  # one way of shortening paths for messages
     return shown(topology.compose_file)
 
 
@@ -367,7 +367,7 @@ class Impairment:
 
 
 def prober_exec(lab, *argv: str, detach: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
-    from .lab import PROBER  # the realiser, only when applying
+    from labwarden.realise.compose import PROBER  # the realiser, only when applying
     container = lab.containers[PROBER].name
     return subprocess.run(["docker", "exec", *(["-d"] if detach else []), container, *argv],
                           capture_output=True, text=True, timeout=timeout)

@@ -24,7 +24,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from labwarden.errors import ConfigError
 
 _LINE = re.compile(r"^# labwarden-(suite|test|expect-fail): (.+?)\s*$")
 

@@ -26,12 +26,12 @@ from pathlib import Path
 import docker
 import testinfra
 
-from . import impair
-from .errors import LabError, ProbeError
-from .image import ensure_image
-from .probe import AGENT, DOCUMENTATION_RANGES, NodeJob, Transport, run_jobs, run_rounds
-from .policy import Service
-from .topology import Topology
+from labwarden.realise import impair
+from labwarden.errors import LabError, ProbeError
+from labwarden.realise.image import ensure_image
+from labwarden.probe import AGENT, DOCUMENTATION_RANGES, NodeJob, Transport, run_jobs, run_rounds
+from labwarden.declared.policy import Service
+from labwarden.declared.topology import Topology
 
 PROBER = "labwarden-prober"
 AGENT_DIR_IN_PROBER = "/opt/labwarden"
@@ -68,7 +68,7 @@ services:
     network_mode: none
     pid: host
     cap_add: [SYS_ADMIN, SYS_PTRACE, NET_ADMIN, NET_RAW]
-    devices: ["/dev/net/tun"]          # the delay line's TUN devices (labwarden.impair)
+    devices: ["/dev/net/tun"]          # the delay line's TUN devices (labwarden.realise.impair)
     volumes: ["{agent_dir}:{AGENT_DIR_IN_PROBER}:ro"]
     stop_grace_period: 1s
 """
@@ -80,7 +80,7 @@ class Lab:
     def __init__(self, topology: Topology, policy, *, router_config: Path | None = None,
                  keep: bool = False, log=print, impair: str = "auto"):
         self.topology = topology
-        self.impair_method = impair    # auto | netem | delayline | none (labwarden.impair)
+        self.impair_method = impair    # auto | netem | delayline | none (labwarden.realise.impair)
         self.impairment = None
         self.policy = policy
         self.router_config = Path(router_config) if router_config else None
@@ -302,7 +302,7 @@ class Lab:
     async def _wait_tunnels(self, deadline: float) -> None:
         """Each tunnel's page comes through its edge: a front-end such as pagekite's listens
         before its client has connected. One that does not come up is logged, not fatal."""
-        from . import tunnel as tunnels  # the tunnel checks build on the lab, not the reverse
+        from labwarden.checks import tunnel as tunnels  # the tunnel checks build on the lab, not the reverse
         pending = [t for t in self.policy.tunnels if tunnels.visitors(self.policy, t)]
         while pending:
             checks = [await tunnels.status(self, self.policy, t, tunnels.visitors(self.policy, t)[0])

@@ -29,11 +29,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LabwardenError, ProbeError
-from .lab import Lab
-from .matrix import MatrixRun, render_grid, run_matrix
-from .probe import NodeJob
-from .report import Report, header, nft_version
+from labwarden.errors import LabwardenError, ProbeError
+from labwarden.realise.compose import Lab
+from labwarden.checks.matrix import MatrixRun, render_grid, run_matrix
+from labwarden.probe import NodeJob
+from labwarden.report import Report, header, nft_version
 
 
 SHOWN = 200  # changed flows printed; the report has them all
@@ -209,8 +209,8 @@ def add_parser(sub) -> None:
 
 
 def cmd_diff(args) -> int:
-    from .policy import load_policy
-    from .topology import load_topology
+    from labwarden.declared.policy import load_policy
+    from labwarden.declared.topology import load_topology
     topology = load_topology(args.topology)
     policy = load_policy(topology)
     return diff(topology, policy, args.before, args.after, timeout=args.probe_timeout,

@@ -9,8 +9,8 @@ reply back as a value that can be compared byte for byte. No Docker here.
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from .policy import Service
-from .probe import Fetch, Fetched
+from labwarden.declared.policy import Service
+from labwarden.probe import Fetch, Fetched
 
 HTTP_PORTS = frozenset({80, 8000, 8080, 8888})
 TLS_PORTS = frozenset({443, 8443})

@@ -22,7 +22,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from labwarden.errors import ConfigError, LabwardenError
-from labwarden.topology import Topology, read_yaml
+from labwarden.declared.topology import Topology, read_yaml
 
 PROTOS = ("tcp", "udp", "icmp")
 VERDICTS = frozenset({"open", "closed", "filtered", "rejected"})
@@ -353,7 +353,8 @@ def load_policy(topology: Topology, path=None) -> Policy:
     tunnels = _tunnels(f, _list(f, "tunnels", doc.get("tunnels")), topology, services)
     policy = Policy(file.resolve(), topology, router, zones, blocked, services, allow, forwards,
                     public, masquerade, **flags, syn_limit=syn_limit, tunnels=tunnels)
-    from labwarden import impair, latency  # budgets name paths through the policy's labels
+    from labwarden.realise import impair
+    from labwarden.checks import latency  # budgets name paths through the policy's labels
     impair.load_links(topology)  # the lab's impaired links: a mistake stops the run here too
     policy.budgets = latency.load_budgets(f, doc.get("budgets"), policy)
     return policy

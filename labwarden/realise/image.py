@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .errors import LabError
+from labwarden.errors import LabError
 
 CONTEXT = Path(__file__).parent / "image"
 REPOSITORY = "labwarden/node"

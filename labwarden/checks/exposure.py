@@ -9,10 +9,10 @@ that "nothing seen" is evidence and not a broken sniffer.
 import secrets
 from dataclasses import dataclass, field
 
-from . import packets
-from .matrix import matrix_services
-from .policy import Policy
-from .probe import NodeJob, Probe
+from labwarden.probe import packets
+from labwarden.checks.matrix import matrix_services
+from labwarden.declared.policy import Policy
+from labwarden.probe import NodeJob, Probe
 
 CAPTURE_S = 1.5
 DISCOVERY_PORTS = (5353, 1900)

@@ -46,10 +46,10 @@ from ipaddress import IPv4Address, IPv4Network
 
 from hypothesis import strategies as st
 
-from .lab import run_sync
-from .nft_model import kernel_silence
-from .policy import Policy, Service
-from .probe import NodeJob, Probe
+from labwarden.realise.compose import run_sync
+from labwarden.routers.nftables.model import kernel_silence
+from labwarden.declared.policy import Policy, Service
+from labwarden.probe import NodeJob, Probe
 
 BOUNDARY_PORTS = (0, 1, 1023, 1024, 49151, 65535)
 # ranges that can never be real networks (RFC 2544, RFC 5737): the only places an
@@ -773,8 +773,8 @@ def replay_command(flow: FuzzFlow, topology: str, router_config=None, test: str 
 def explain(fuzzer: FlowFuzzer, flows: list[FuzzFlow]) -> dict[FuzzFlow, str]:
     """Per flow, 'was ACCEPTED by forward rule '...' (file:line)' from an nft trace of the
     router, when the router is ours (its config is known and it runs nftables)."""
-    from .errors import LabwardenError
-    from .nft_trace import explain as tell, parse_events, shown_path, stories, trace_ruleset, untrace_ruleset
+    from labwarden.errors import LabwardenError
+    from labwarden.routers.nftables.trace import explain as tell, parse_events, shown_path, stories, trace_ruleset, untrace_ruleset
 
     policy, lab = fuzzer.policy, fuzzer.lab
     config = lab.router_firewall() if hasattr(lab, "router_firewall") else None

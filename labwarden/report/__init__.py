@@ -97,7 +97,7 @@ class Report:
         return record
 
     def add_cells(self, cells, policy, group: str = "probes") -> None:
-        """Judged probes (`labwarden.matrix.Cell`s), e.g. a suite's own observations."""
+        """Judged probes (`labwarden.checks.matrix.Cell`s), e.g. a suite's own observations."""
         for cell in cells:
             self.add_probe(cell.flow, cell.expected, cell.observed, policy, group)
 
@@ -114,7 +114,7 @@ class Report:
         matrix = {"title": title, "rows": rows, "columns": nodes + router + others,
                   "failed_controls": {policy.label(src): [c.message(policy) for c in cs]
                                       for src, cs in run.failed_controls.items()},
-                  # mismatches confirmed alone (labwarden.matrix), and those then answered: rate-limited
+                  # mismatches confirmed alone (labwarden.checks.matrix), and those then answered: rate-limited
                   "reprobed": [f.label(policy) for f in run.reprobes.sent],
                   "rate_limited": [f.label(policy) for f in run.reprobes.answered]}
         self.matrices.append(matrix)

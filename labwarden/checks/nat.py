@@ -15,11 +15,13 @@ import struct
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 
-from . import nft_trace, packets
-from .fetch import content, fetch_for, summary
-from .matrix import COMMON_TCP, Cell, observe
-from .policy import Expectation, Flow, Forward, Policy, Service
-from .probe import Fetched, NodeJob, Probe
+from labwarden.routers.nftables import trace as nft_trace
+
+from labwarden.probe import packets
+from labwarden.checks.fetch import content, fetch_for, summary
+from labwarden.checks.matrix import COMMON_TCP, Cell, observe
+from labwarden.declared.policy import Expectation, Flow, Forward, Policy, Service
+from labwarden.probe import Fetched, NodeJob, Probe
 
 SCAN_BATCH = 16384         # connect() probes per agent call: within the ephemeral port range (28,232)
 SWEEP_BATCH = 8192         # raw packets per agent call: its request travels as one argument (128 KiB)
@@ -30,7 +32,7 @@ MANAGEMENT = tuple(map(Service.parse, ("tcp/22", "tcp/23", "tcp/53", "udp/53", "
                                        "tcp/8080", "tcp/8443", "udp/161", "udp/1900")))
 CAPTURE_S = 1.0
 MARK_PORT = 9              # discard: nothing listens, so the marker's answer is a port-unreachable
-MARK_COPIES = 3            # a lossy link (labwarden.impair) may drop one
+MARK_COPIES = 3            # a lossy link (labwarden.realise.impair) may drop one
 
 
 def outside_nodes(policy: Policy) -> list[str]:

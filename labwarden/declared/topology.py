@@ -11,7 +11,7 @@ fixed ``ipv4_address`` on each. ``x-labwarden`` on a service adds what Compose
 cannot say: ``gateway`` (default route), ``routes`` (prefix -> next hop),
 ``firewall`` (nftables file, relative to the lab folder) and ``interfaces``
 (segment -> interface name inside the node, default: the segment's name);
-``impair`` (segment -> link profile) is read by labwarden.impair, as is
+``impair`` (segment -> link profile) is read by labwarden.realise.impair, as is
 ``x-labwarden: {impair: PROFILE}`` on a network.
 """
 
@@ -26,9 +26,9 @@ import yaml
 from labwarden.errors import ConfigError, LabwardenError
 
 COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
-X_KEYS = ("firewall", "gateway", "impair", "interfaces", "routes")  # impair: read by labwarden.impair
+X_KEYS = ("firewall", "gateway", "impair", "interfaces", "routes")  # impair: read by labwarden.realise.impair
 # the repo's own labs, for when the suite runs from another directory
-PACKAGE_TOPOLOGIES = Path(__file__).resolve().parents[1] / "topologies"
+PACKAGE_TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
 
 
 @dataclass(frozen=True)

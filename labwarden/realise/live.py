@@ -36,9 +36,9 @@ from pathlib import Path
 
 import testinfra
 
-from .errors import ConfigError, LabError, ProbeError
-from .probe import AGENT, NodeJob, NodeAnswer, Transport, run_jobs
-from .topology import Node, Segment, Topology, _address, _valid_ifname, read_yaml
+from labwarden.errors import ConfigError, LabError, ProbeError
+from labwarden.probe import AGENT, NodeJob, NodeAnswer, Transport, run_jobs
+from labwarden.declared.topology import Node, Segment, Topology, _address, _valid_ifname, read_yaml
 
 KEYS = ("topology", "ranges", "max_pps", "ssh_config", "segments", "public", "nodes")
 NODE_KEYS = ("host", "addresses", "interfaces")

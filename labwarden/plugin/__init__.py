@@ -1,0 +1,181 @@
+"""labwarden's pytest plugin: options, and the session's topology, policy and lab.
+
+Registered through the `pytest11` entry point, so any repository with
+labwarden installed can use these fixtures. Every setting is an overridable
+fixture (`labwarden_topology`, `labwarden_policy`, `labwarden_router_config`)
+or an option:
+
+    --topology NAME|PATH   the lab to run (default: homelab)
+    --router-config PATH   load this nftables file into the router instead
+    --keep-lab             leave the lab up afterwards, and reuse it next run
+    --probe-timeout S      how long a probe waits before calling it filtered
+    --fuzz-profile NAME    hypothesis profile of suites/fuzz: ci (default) or nightly
+    --fuzz-replay FLOW     the one flow suites/fuzz/test_replay.py sends
+    --report-dir DIR       where junit.xml, labwarden.json and labwarden.html go (default: reports/)
+    --impair METHOD        impaired links: auto (netem, else the delay line), netem, delayline, none
+    --lab live --inventory PATH   run against the real hosts of an inventory, read-only
+
+Configuration is loaded and checked at collection, before anything starts:
+a mistake ends the run with the file, field and problem.
+"""
+
+import signal
+from pathlib import Path
+
+import docker
+import pytest
+import pytest_asyncio
+
+from labwarden.errors import ConfigError, LabwardenError
+from labwarden.realise.compose import Lab
+from labwarden.checks.matrix import check_controls, matrix_flows, run_matrix
+from labwarden.declared.policy import load_policy
+from labwarden.declared.topology import load_topology
+
+from labwarden.plugin import livemode, reporting
+
+_CONFIG = pytest.StashKey[tuple]()
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("labwarden")
+    group.addoption("--topology", default="homelab", help="topology name or folder (default: homelab)")
+    group.addoption("--router-config", default=None, type=Path,
+                    help="nftables file to load into the lab router instead of the topology's own")
+    group.addoption("--keep-lab", action="store_true",
+                    help="leave the lab running after the run and reuse it next time")
+    group.addoption("--probe-timeout", default=1.0, type=float,
+                    help="seconds a probe waits for an answer (default 1.0)")
+    group.addoption("--fuzz-profile", default="ci", choices=("ci", "nightly"),
+                    help="hypothesis profile of suites/fuzz: ci (fixed seed) or nightly (default ci)")
+    group.addoption("--fuzz-replay", default=None, metavar="FLOW",
+                    help="suites/fuzz/test_replay.py sends this one flow ('SRC DST PROTO[/PORT] [KIND=V]')")
+    group.addoption("--impair", default="auto", choices=("auto", "netem", "delayline", "none"),
+                    help="how the lab's impaired links are emulated: tc netem where the kernel has it, "
+                         "else the userspace delay line (auto, the default), or not at all (none)")
+    reporting.addoption(group)
+    livemode.addoption(group)
+
+
+@pytest.hookimpl(tryfirst=True)  # before junitxml's: the report folder's junit.xml is the default
+def pytest_configure(config):
+    reporting.configure(config)
+    livemode.configure(config)
+    config.addinivalue_line("markers", "lab: the test brings up (or uses) a Docker lab")
+    # Ctrl-C and SIGTERM both unwind through fixture teardown: nothing is left running.
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # a lab named on the command line is checked now, before collection: a mistake
+    # ends the run at once with file, field and problem (exit 4)
+    if config.getoption("--topology") != "homelab" or config.getoption("--router-config") \
+            or livemode.is_live(config):
+        lab_config(config)
+
+
+def lab_config(config) -> tuple:
+    """(topology, policy) of this run, loaded once; a config mistake ends the run."""
+    if _CONFIG not in config.stash:
+        try:
+            topology = load_topology(config.getoption("--topology"))
+            policy = load_policy(topology)
+            router_config = config.getoption("--router-config")
+            if router_config is not None and not router_config.is_file():
+                raise ConfigError(router_config, "--router-config", "no such file")
+            topology, policy = livemode.apply(config, topology, policy)  # live: the real addresses
+        except ConfigError as err:
+            raise pytest.UsageError(f"labwarden: {err}") from None
+        config.stash[_CONFIG] = (topology, policy)
+    return config.stash[_CONFIG]
+
+
+def pytest_generate_tests(metafunc):
+    if "matrix_flow" in metafunc.fixturenames:
+        _, policy = lab_config(metafunc.config)
+        flows = matrix_flows(policy)
+        metafunc.parametrize("matrix_flow", flows, ids=[f.label(policy) for f in flows])
+
+
+@pytest.fixture(scope="session")
+def labwarden_topology(pytestconfig):
+    return lab_config(pytestconfig)[0]
+
+
+@pytest.fixture(scope="session")
+def labwarden_policy(pytestconfig):
+    return lab_config(pytestconfig)[1]
+
+
+@pytest.fixture(scope="session")
+def labwarden_router_config(pytestconfig):
+    return pytestconfig.getoption("--router-config")
+
+
+@pytest.fixture(scope="session")
+def probe_timeout(pytestconfig) -> float:
+    return pytestconfig.getoption("--probe-timeout")
+
+
+@pytest.fixture(scope="session")
+def labwarden_report(pytestconfig):
+    """The run's report (labwarden.report.Report): suites add observations and sections to it."""
+    return reporting.report_of(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def lab(request, pytestconfig, labwarden_topology, labwarden_policy, labwarden_router_config):
+    """The running lab of this session: up once, torn down at the end (also on failure and Ctrl-C).
+
+    A lab that cannot start fails the first test that needs it, with the reason, and stops
+    the run there: every other test would only repeat the same error."""
+    keep = pytestconfig.getoption("--keep-lab")
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+
+    def log(message):
+        if reporter is not None:
+            reporter.write_line(message)
+
+    try:
+        if livemode.is_live(pytestconfig):
+            instance, keep = livemode.live_lab(pytestconfig, labwarden_topology, labwarden_policy, log), False
+        else:
+            instance = Lab(labwarden_topology, labwarden_policy, router_config=labwarden_router_config,
+                           keep=keep, log=log, impair=pytestconfig.getoption("--impair"))
+        running, failure = instance.up(), None  # up() tears down what it started when it fails
+    except (LabwardenError, docker.errors.DockerException) as err:
+        failure = f"labwarden: the lab could not start: {err}"
+    if failure:  # outside the except: the message alone, not a chain of two
+        request.session.shouldstop = "the lab could not start (the error above says why); no test ran on it"
+        pytest.fail(failure, pytrace=False)
+    try:
+        yield running
+    finally:
+        if not keep:
+            instance.down()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def matrix(lab, labwarden_policy, probe_timeout):
+    """The whole segmentation matrix, probed once per session."""
+    return await run_matrix(lab, labwarden_policy, timeout=probe_timeout)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def positive_controls(lab, labwarden_policy, probe_timeout):
+    """Every node's positive controls (labwarden.checks.matrix.Controls), probed on their own: a
+    check that judges a node's silence calls `positive_controls.require(node)` from a
+    fixture, so that it errors (never passes) when they failed."""
+    return await check_controls(lab, labwarden_policy, timeout=probe_timeout)
+
+
+@pytest.fixture
+def matrix_cell(matrix, matrix_flow):
+    """The cell of one flow; an error (never a pass) when nobody answered it and the controls
+    of its source or of the node it is sent to failed (a dead node is silent whatever the
+    router does, and a probe its node could not send proves nothing either way). Only a
+    cell with an answer from the network, or with none where one was due, is judged
+    whatever the controls say: a wrong answer, or a missing one, is no pass to withhold."""
+    cell = matrix.cells[matrix_flow]
+    missed_answer = not cell.ok and cell.observed.verdict == "filtered"
+    if cell.observed.by is None and not missed_answer:
+        matrix.controls.require(*filter(None, (matrix_flow.src, matrix_flow.dst_node)))
+    return cell
