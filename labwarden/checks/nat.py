@@ -243,7 +243,7 @@ async def nat_rules(lab, policy: Policy, src: str, flows, timeout: float = 1.0) 
     NAT rule of the router rewrote, from a trace of one bare probe per flow (the monitor
     drops events when it falls behind: a few packets a flow keep it up); {} where the
     router is not ours."""
-    config = lab.router_firewall() if hasattr(lab, "router_firewall") else None
+    config = lab.router_firewall()
     if config is None:
         return {}
     own = set(policy.topology.nodes[src].addresses.values())

@@ -9,7 +9,8 @@ home lab) or PageKite (the airplane, whose edge routes by the Host a visitor sen
 the tunnel's `host`).
 Each check is one or a few agent batches; the outcome is a value with an
 `explain()`, and suites/tunnel asserts on it. The fault helpers act on the
-client's container (Docker labs only) and always put it back.
+client's container (Docker labs only) and always put it back. `start(lab)`
+brings a lab up and waits for its tunnels: the plugin and the CLI start labs with it.
 """
 
 import asyncio
@@ -23,10 +24,12 @@ from labwarden.checks.fetch import content, fetch_for, parse_http, summary
 from labwarden.checks.matrix import COMMON_TCP, Cell, observe
 from labwarden.declared.policy import Policy, Service, Tunnel
 from labwarden.probe import Fetch, Fetched, NodeJob
+from labwarden.realise.lab import Lab, run_sync
 
 LOOPBACK = IPv4Address("127.0.0.1")
 DOWN_WITHIN_S = {"killed": 5.0, "hung": 15.0}   # the edge must answer with an error by then
 UP_WITHIN_S = 30.0                              # and serve the page again after the client is back
+TUNNELS_WITHIN_S = 30.0                         # a new lab's tunnels are up (else logged, not fatal)
 POLL_S = 0.25
 READ_S = 5.0            # for the page: a GEO satellite hop costs ~0.6 s a round trip, and an
                         # ssh -R tunnel adds two (channel open, then the request)
@@ -141,6 +144,35 @@ async def status(lab, policy: Policy, tunnel: Tunnel, src: str, timeout: float =
                  read_s: float = READ_S) -> PageCheck:
     check, = await check_pages(lab, policy, tunnel, [src], timeout, read_s)
     return check
+
+
+async def wait_up(lab: Lab, deadline: float) -> None:
+    """Until each tunnel's page comes through its edge, or the deadline (time.monotonic()):
+    a front-end such as pagekite's listens before its client has connected. One that does
+    not come up is logged, not fatal: suites/tunnel says what is wrong with it."""
+    policy = lab.policy
+    pending = [t for t in policy.tunnels if visitors(policy, t)]
+    while pending:
+        checks = [await status(lab, policy, t, visitors(policy, t)[0]) for t in pending]
+        pending = [t for t, check in zip(pending, checks) if check.state != "up"]
+        if pending and time.monotonic() > deadline:
+            lab.log(f"labwarden: lab {lab.project}: tunnels not up after {TUNNELS_WITHIN_S:.0f} s: "
+                    + "; ".join(f"{c.tunnel.name}: {c.state} ({c.why})" for c in checks if c.state != "up"))
+            return
+        if pending:
+            await asyncio.sleep(0.2)
+
+
+def start(lab: Lab) -> Lab:
+    """`lab.up()`, then wait for its tunnels (`wait_up`): how the plugin and the CLI start a
+    lab, so that no suite sees a tunnel still connecting. On failure the lab is taken down."""
+    lab.up()
+    try:
+        run_sync(wait_up(lab, time.monotonic() + TUNNELS_WITHIN_S))
+    except BaseException:
+        lab.down()
+        raise
+    return lab
 
 
 # -- reachable only through the tunnel --------------------------------------------

@@ -30,8 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labwarden.errors import LabwardenError, ProbeError
-from labwarden.realise.compose import Lab
+from labwarden.realise.compose import ComposeLab
+from labwarden.realise.lab import Lab
 from labwarden.checks.matrix import MatrixRun, render_grid, run_matrix
+from labwarden.checks.tunnel import start
+from labwarden.declared.policy import load_policy
+from labwarden.declared.topology import load_topology
 from labwarden.probe import NodeJob
 from labwarden.report import Report, header, nft_version
 
@@ -153,11 +157,14 @@ def diff(topology, policy, before_spec: str, after_spec: str | None, *, timeout:
         before = resolve_config(before_spec, topology, policy.router, scratch)
         after = resolve_config(after_spec or str(_shown(topology.nodes[policy.router].firewall)),
                                topology, policy.router, scratch)
-        with Lab(topology, policy, router_config=before.path, log=log) as lab:
+        lab = start(ComposeLab(topology, policy, router_config=before.path, log=log))
+        try:
             log(f"labwarden: lab {lab.project} up with {before.shown}; probing, then loading {after.shown}")
             first, second = asyncio.run(measure(lab, before, after, timeout))
             router = lab.transports[policy.router]
             nft = nft_version(lambda cmd: router.host.run(cmd).stdout)
+        finally:
+            lab.down()
     found = changes(first, second)
     violations = [c for c in second.cells.values() if not c.ok]
     out(f"before: {before.shown} ({first.summary()})")
@@ -209,8 +216,6 @@ def add_parser(sub) -> None:
 
 
 def cmd_diff(args) -> int:
-    from labwarden.declared.policy import load_policy
-    from labwarden.declared.topology import load_topology
     topology = load_topology(args.topology)
     policy = load_policy(topology)
     return diff(topology, policy, args.before, args.after, timeout=args.probe_timeout,

@@ -46,7 +46,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from hypothesis import strategies as st
 
-from labwarden.realise.compose import run_sync
+from labwarden.realise.lab import run_sync
 from labwarden.routers.nftables.model import kernel_silence
 from labwarden.declared.policy import Policy, Service
 from labwarden.probe import NodeJob, Probe
@@ -777,7 +777,7 @@ def explain(fuzzer: FlowFuzzer, flows: list[FuzzFlow]) -> dict[FuzzFlow, str]:
     from labwarden.routers.nftables.trace import explain as tell, parse_events, shown_path, stories, trace_ruleset, untrace_ruleset
 
     policy, lab = fuzzer.policy, fuzzer.lab
-    config = lab.router_firewall() if hasattr(lab, "router_firewall") else None
+    config = lab.router_firewall()
     if config is None or not flows:
         return {}
     topology = policy.topology

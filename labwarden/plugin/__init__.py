@@ -27,8 +27,9 @@ import pytest
 import pytest_asyncio
 
 from labwarden.errors import ConfigError, LabwardenError
-from labwarden.realise.compose import Lab
+from labwarden.realise.compose import ComposeLab
 from labwarden.checks.matrix import check_controls, matrix_flows, run_matrix
+from labwarden.checks.tunnel import start
 from labwarden.declared.policy import load_policy
 from labwarden.declared.topology import load_topology
 
@@ -123,7 +124,8 @@ def labwarden_report(pytestconfig):
 
 @pytest.fixture(scope="session")
 def lab(request, pytestconfig, labwarden_topology, labwarden_policy, labwarden_router_config):
-    """The running lab of this session: up once, torn down at the end (also on failure and Ctrl-C).
+    """The running lab of this session (a labwarden.realise.lab.Lab): up once, its tunnels
+    waited for, torn down at the end (also on failure and Ctrl-C).
 
     A lab that cannot start fails the first test that needs it, with the reason, and stops
     the run there: every other test would only repeat the same error."""
@@ -138,9 +140,9 @@ def lab(request, pytestconfig, labwarden_topology, labwarden_policy, labwarden_r
         if livemode.is_live(pytestconfig):
             instance, keep = livemode.live_lab(pytestconfig, labwarden_topology, labwarden_policy, log), False
         else:
-            instance = Lab(labwarden_topology, labwarden_policy, router_config=labwarden_router_config,
-                           keep=keep, log=log, impair=pytestconfig.getoption("--impair"))
-        running, failure = instance.up(), None  # up() tears down what it started when it fails
+            instance = ComposeLab(labwarden_topology, labwarden_policy, router_config=labwarden_router_config,
+                                  keep=keep, log=log, impair=pytestconfig.getoption("--impair"))
+        running, failure = start(instance), None  # it tears down what it started when it fails
     except (LabwardenError, docker.errors.DockerException) as err:
         failure = f"labwarden: the lab could not start: {err}"
     if failure:  # outside the except: the message alone, not a chain of two

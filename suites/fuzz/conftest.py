@@ -79,7 +79,7 @@ def fuzz_stats(pytestconfig, request):
 @pytest.fixture(scope="session")
 def router_config_text(lab):
     """The router's nftables config when the lab is ours, else None."""
-    path = lab.router_firewall() if hasattr(lab, "router_firewall") else None
+    path = lab.router_firewall()
     return path.read_text() if path else None
 
 
@@ -91,9 +91,7 @@ def aims(labwarden_policy, router_config_text):
 def link_allowance(lab) -> tuple[float, int]:
     """Seconds the lab's impaired links may add to a round trip (every link crossed, jitter
     both ways: a bound), and how often a silence is re-sent when a link loses packets."""
-    impairment = getattr(lab, "impairment", None)
-    if impairment is None:
-        return 0.0, 0
+    impairment = lab.impairment
     return impairment.round_trip_allowance_s(), LOSS_RETRIES if impairment.lossy else 0
 
 

@@ -23,7 +23,7 @@ class ModelDiffers(AssertionError):
 
 @pytest.mark.emulated_only("it loads random rulesets into the router")
 def test_kernel_agrees_with_the_model(lab, labwarden_policy, rule_checker, fuzz_settings, fuzz_stats, fuzz_profile):
-    config = lab.router_firewall() if hasattr(lab, "router_firewall") else None
+    config = lab.router_firewall()
     if config is None:
         pytest.skip("the router's config is not ours to replace (no nftables file): nothing to restore")
     world = rule_checker.world

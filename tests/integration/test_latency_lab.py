@@ -14,7 +14,7 @@ from labwarden.realise import impair
 
 from labwarden.checks import latency
 from labwarden.realise.impair import firewalled_nodes
-from labwarden.realise.compose import Lab
+from labwarden.realise.compose import ComposeLab
 from labwarden.declared.policy import load_policy
 from labwarden.declared.topology import load_topology
 
@@ -26,7 +26,7 @@ SERVER = IPv4Address("198.18.72.10")
 @pytest.fixture(scope="module")
 def lab():
     topology = load_topology(LAB)
-    instance = Lab(topology, load_policy(topology), log=lambda *a: None)
+    instance = ComposeLab(topology, load_policy(topology), log=lambda *a: None)
     with instance:
         yield instance
 
@@ -86,7 +86,7 @@ def test_a_stopped_delay_line_does_not_pass_silently(lab):
     if lab.impairment.method != "delayline":
         pytest.skip("netem carries the links here")
     check = link_check(lab)
-    impair.prober_exec(lab, "python3", impair.DELAYLINE_IN_PROBER, "stop")
+    lab.prober_exec("python3", impair.DELAYLINE_IN_PROBER, "stop")
     try:
         stats, problem = ping_across(lab, check, count=10)
         assert problem and "configured 100.00 ms" in problem and stats.p50 < 5

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from labwarden.realise.compose import Lab
+from labwarden.realise.compose import ComposeLab
 from labwarden.declared.policy import load_policy
 from labwarden.declared.topology import load_topology
 
@@ -42,7 +42,7 @@ def test_a_budget_tighter_than_the_profile_fails(tmp_path):
 
 def test_the_relay_goes_with_the_lab():
     topology = load_topology(LAB)
-    instance = Lab(topology, load_policy(topology), log=lambda *a: None)
+    instance = ComposeLab(topology, load_policy(topology), log=lambda *a: None)
     with instance:
         if instance.impairment.method != "delayline":
             pytest.skip("netem carries the links here")

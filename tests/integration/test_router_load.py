@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from labwarden.errors import ProbeError
-from labwarden.realise.compose import PROBER, Lab, run_sync
+from labwarden.realise.compose import PROBER, ComposeLab
+from labwarden.realise.lab import run_sync
 from labwarden.declared.policy import load_policy
 from labwarden.probe import NodeJob
 from labwarden.declared.topology import load_topology
@@ -24,7 +25,7 @@ FOREIGN = "table inet lwforeign {\n  chain forward {\n    type filter hook forwa
 @pytest.fixture(scope="module")
 def lab():
     topology = load_topology(ROOT / "topologies" / "openwrt-homelab")
-    with Lab(topology, load_policy(topology), log=lambda *a: None) as instance:
+    with ComposeLab(topology, load_policy(topology), log=lambda *a: None) as instance:
         yield instance
 
 

@@ -19,6 +19,7 @@ from labwarden.checks.matrix import (FLAKY_NOTE, PACE_BATCH, PACED_NOTE, SYN_SHA
                               controls, crosses, matrix_flows, observe, silent_nodes)
 from labwarden.declared.policy import load_policy
 from labwarden.probe import Observation
+from labwarden.realise.impair import Impairment
 from labwarden.declared.topology import load_topology
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
@@ -37,6 +38,7 @@ class FakeLab:
 
     def __init__(self, policy, limited, rate, burst, delay=(0.05, 0.6), blocked=(), opened=()):
         self.policy, self.limited, self.delay = policy, limited, delay
+        self.impairment = Impairment([])  # no emulated links
         self.rate, self.burst = rate, burst
         self.tokens, self.last = float(burst), 0.0
         self.blocked, self.opened = set(blocked), set(opened)
