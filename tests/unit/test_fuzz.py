@@ -176,11 +176,18 @@ def test_a_trace_names_the_deciding_rule_and_its_line():
     assert (fate, by) == ("DROPPED", "by forward policy drop (mutants/odd-port.nft:30)")
 
 
+class UntracedLab:
+    """What the fuzzer asks of a lab when explaining: a router whose config is not ours."""
+
+    def router_firewall(self):
+        return None
+
+
 class Scripted(FlowFuzzer):
     """A FlowFuzzer whose observations are scripted per flow, one per send (the last repeats)."""
 
     def __init__(self, policy, script: dict, **kw):
-        super().__init__(lab=None, policy=policy, **kw)
+        super().__init__(lab=UntracedLab(), policy=policy, **kw)
         self.script = {f: list(outcomes) for f, outcomes in script.items()}
 
     def observe(self, flows, timeout=None, trace=None):
