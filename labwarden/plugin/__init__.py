@@ -86,6 +86,7 @@ def lab_config(config) -> tuple:
         except ConfigError as err:
             raise pytest.UsageError(f"labwarden: {err}") from None
         config.stash[_CONFIG] = (topology, policy)
+        reporting.configured(config, topology, policy)
     return config.stash[_CONFIG]
 
 
