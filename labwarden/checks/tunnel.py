@@ -146,17 +146,19 @@ async def status(lab, policy: Policy, tunnel: Tunnel, src: str, timeout: float =
     return check
 
 
-async def wait_up(lab: Lab, deadline: float) -> None:
-    """Until each tunnel's page comes through its edge, or the deadline (time.monotonic()):
-    a front-end such as pagekite's listens before its client has connected. One that does
-    not come up is logged, not fatal: suites/tunnel says what is wrong with it."""
+async def wait_up(lab: Lab, within_s: float | None = None) -> None:
+    """Until each tunnel's page comes through its edge (a front-end such as pagekite's
+    listens before its client has connected), at most `within_s` (TUNNELS_WITHIN_S). One
+    that does not come up is logged, not fatal: suites/tunnel says what is wrong with it."""
+    within_s = TUNNELS_WITHIN_S if within_s is None else within_s
+    deadline = time.monotonic() + within_s
     policy = lab.policy
     pending = [t for t in policy.tunnels if visitors(policy, t)]
     while pending:
         checks = [await status(lab, policy, t, visitors(policy, t)[0]) for t in pending]
         pending = [t for t, check in zip(pending, checks) if check.state != "up"]
         if pending and time.monotonic() > deadline:
-            lab.log(f"labwarden: lab {lab.project}: tunnels not up after {TUNNELS_WITHIN_S:.0f} s: "
+            lab.log(f"labwarden: lab {lab.project}: tunnels not up after {within_s:.0f} s: "
                     + "; ".join(f"{c.tunnel.name}: {c.state} ({c.why})" for c in checks if c.state != "up"))
             return
         if pending:
@@ -168,7 +170,7 @@ def start(lab: Lab) -> Lab:
     lab, so that no suite sees a tunnel still connecting. On failure the lab is taken down."""
     lab.up()
     try:
-        run_sync(wait_up(lab, time.monotonic() + TUNNELS_WITHIN_S))
+        run_sync(wait_up(lab))
     except BaseException:
         lab.down()
         raise

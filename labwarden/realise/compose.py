@@ -200,7 +200,8 @@ class ComposeLab(Lab):
         node's network namespace), stop first: otherwise one reconnects under a foreign
         ruleset (without masquerade, say) and lingers into the next suite. Afterwards the
         router gets its own ruleset back with an empty conntrack table, the clients start
-        again, and the lab is waited for as at start, whatever happened meanwhile.
+        again, and every service is waited for as at start, whatever happened meanwhile
+        (the tunnels' pages are the caller's to wait for: labwarden.checks.tunnel.wait_up).
         """
         sidecars = [c for c in self.containers.values()
                     if c.attrs["HostConfig"].get("NetworkMode", "").startswith("container:")]
