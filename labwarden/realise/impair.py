@@ -414,7 +414,7 @@ def _apply_netem(lab, impairment: Impairment) -> None:
             raise LabError(f"impairing {node} with netem failed: {proc.stderr.strip()}")
         devs = sorted({c[4] for c in cmds})
         shown = lab.prober_exec("nsenter", f"--net={netns}", "sh", "-c",
-                            " ; ".join(f"tc -j qdisc show dev {d}" for d in devs))
+                                " ; ".join(f"tc -j qdisc show dev {d}" for d in devs))
         qdiscs = [q for line in shown.stdout.splitlines() if line.strip().startswith("[")
                   for q in json.loads(line)]
         netems = [q for q in qdiscs if q.get("kind") == "netem"]

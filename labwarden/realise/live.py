@@ -330,8 +330,8 @@ class LiveLab(Lab):
             for i, chunk in enumerate(chunks):
                 while len(rounds) <= i:
                     rounds.append({})
-                rest = {"info": False, "fetch": [], "trace": False} if i else {}
                 # every round captures its own answers; the rest goes with the first
+                rest = {"info": False, "fetch": [], "trace": False} if i else {}
                 rounds[i][name] = dataclasses.replace(job, probes=[p for k, p in chunk if k == "probe"],
                                                       send=[s for k, s in chunk if k == "send"], **rest)
         merged: dict[str, NodeAnswer] = {}
