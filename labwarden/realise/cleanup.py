@@ -53,7 +53,10 @@ def override_file(project: str) -> Path:
 
 
 def remove_project(client, project: str) -> None:
-    """Remove a project's containers, networks, volumes and override file, whatever is left."""
+    """Remove a project's containers, networks, volumes and override file, whatever is left.
+
+    What is already gone is no error; what Docker refuses to remove is tried to the end,
+    then named in one LabError (a network another run's lab still uses, say)."""
     override_file(project).unlink(missing_ok=True)
     label = {"label": f"{PROJECT_LABEL}={project}"}
     # containers that share another's network namespace (tunnel clients) go first: removing
@@ -61,21 +64,25 @@ def remove_project(client, project: str) -> None:
     # then could not be removed ("has active endpoints") until dockerd restarted
     containers = client.api.containers(all=True, filters=label)
     containers.sort(key=lambda c: not c.get("HostConfig", {}).get("NetworkMode", "").startswith("container:"))
-    for container in containers:
+    refused = []
+
+    def remove(what: str, name: str, call, *args, **kw) -> None:
         try:
-            client.api.remove_container(container["Id"], force=True)
+            call(*args, **kw)
         except docker.errors.NotFound:
             pass  # removed meanwhile (its compose down, or the namespace owner's removal)
+        except docker.errors.APIError as err:
+            refused.append(f"{what} {name}: {err.explanation or err}")
+
+    for container in containers:
+        name = (container.get("Names") or [container["Id"][:12]])[0].lstrip("/")
+        remove("container", name, client.api.remove_container, container["Id"], force=True)
     for network in client.api.networks(filters=label):
-        try:
-            client.api.remove_network(network["Id"])
-        except docker.errors.NotFound:
-            pass
+        remove("network", network.get("Name", network["Id"][:12]), client.api.remove_network, network["Id"])
     for volume in client.api.volumes(filters=label).get("Volumes") or []:  # e.g. a tunnel's keys
-        try:
-            client.api.remove_volume(volume["Name"], force=True)
-        except docker.errors.NotFound:
-            pass
+        remove("volume", volume["Name"], client.api.remove_volume, volume["Name"], force=True)
+    if refused:
+        raise LabError(f"lab {project}: Docker refused to remove " + "; ".join(refused))
 
 
 def labwarden_projects(client) -> set[str]:
@@ -95,8 +102,14 @@ def down_all() -> list[str]:
     that crashed before starting (`labwarden down --all`); the projects removed."""
     client = docker_client()
     projects = sorted(labwarden_projects(client))
+    refused = []
     for project in projects:
-        remove_project(client, project)
+        try:
+            remove_project(client, project)
+        except LabError as err:  # the others are removed all the same
+            refused.append(str(err))
     for stale in Path(tempfile.gettempdir()).glob(f"{OVERRIDE_PREFIX}{PROJECT_PREFIX}*{OVERRIDE_SUFFIX}"):
         stale.unlink(missing_ok=True)
+    if refused:
+        raise LabError("; ".join(refused))
     return projects

@@ -10,7 +10,7 @@ import pytest
 from labwarden.checks import tunnel
 from labwarden.declared.policy import load_policy
 from labwarden.declared.topology import load_topology
-from labwarden.errors import ProbeError
+from labwarden.errors import LabError, ProbeError
 from labwarden.realise import cleanup
 from labwarden.realise.compose import ComposeLab
 from labwarden.realise.impair import Impairment
@@ -99,17 +99,19 @@ def test_a_lab_whose_tunnel_check_breaks_is_taken_down(monkeypatch):
 class FakeEngine:
     """docker.APIClient's few calls clean-up makes; `gone` ids/names were removed meanwhile."""
 
-    def __init__(self, project, gone=()):
+    def __init__(self, project, gone=(), busy=()):
         label = {cleanup.PROJECT_LABEL: project}
         self.objects = {"containers": [{"Id": "tunnel", "Labels": label, "HostConfig": {"NetworkMode": "container:x"}},
                                        {"Id": "web", "Labels": label, "HostConfig": {"NetworkMode": "bridge"}}],
-                        "networks": [{"Id": "servers", "Labels": label}],
+                        "networks": [{"Id": "servers", "Name": f"{project}_servers", "Labels": label}],
                         "volumes": [{"Name": "keys", "Labels": label}]}
-        self.gone, self.removed = set(gone), []
+        self.gone, self.busy, self.removed = set(gone), set(busy), []
 
     def _remove(self, kind, key, name):
         if name in self.gone:
             raise docker.errors.NotFound(f"no such {kind}: {name}")
+        if name in self.busy:
+            raise docker.errors.APIError("409 Conflict", explanation=f"error while removing network: {name} has active endpoints")
         self.removed.append(name)
         self.objects[kind] = [o for o in self.objects[kind] if o[key] != name]
 
@@ -169,3 +171,12 @@ def test_down_all_removes_every_labwarden_project_and_stale_override_files(tmp_t
     assert engine.removed == ["tunnel", "web", "servers", "keys"]  # not someone else's container
     assert not stale.exists() and unrelated.exists()
     assert cleanup.down_all() == []  # idempotent
+
+
+def test_what_docker_refuses_to_remove_is_named_after_everything_else_is_removed(tmp_tempdir):
+    client = FakeClient(FakeEngine("lw-homelab-abc123", busy={"servers"}))
+    with pytest.raises(LabError) as err:
+        cleanup.remove_project(client, "lw-homelab-abc123")
+    assert client.api.removed == ["tunnel", "web", "keys"]
+    assert str(err.value) == ("lab lw-homelab-abc123: Docker refused to remove network lw-homelab-abc123_servers: "
+                              "error while removing network: servers has active endpoints")
