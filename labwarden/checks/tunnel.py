@@ -24,7 +24,7 @@ from labwarden.checks.fetch import content, fetch_for, parse_http, summary
 from labwarden.checks.matrix import COMMON_TCP, Cell, observe
 from labwarden.declared.policy import Policy, Service, Tunnel
 from labwarden.probe import Fetch, Fetched, NodeJob
-from labwarden.realise.lab import Lab, run_sync
+from labwarden.realise.lab import Lab
 
 LOOPBACK = IPv4Address("127.0.0.1")
 DOWN_WITHIN_S = {"killed": 5.0, "hung": 15.0}   # the edge must answer with an error by then
@@ -170,7 +170,7 @@ def start(lab: Lab) -> Lab:
     lab, so that no suite sees a tunnel still connecting. On failure the lab is taken down."""
     lab.up()
     try:
-        run_sync(wait_up(lab))
+        asyncio.run(wait_up(lab))  # where up() runs its own coroutines: in this thread, so Ctrl-C stops it
     except BaseException:
         lab.down()
         raise
