@@ -33,10 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from labwarden.realise import impair
 
 from labwarden.checks import latency  # noqa: E402
-from labwarden.realise.impair import Link, Profile  # noqa: E402
+from labwarden.declared.links import Link, Profile  # noqa: E402
 from labwarden.realise.compose import PROBER, Lab  # noqa: E402
-from labwarden.declared.policy import load_policy  # noqa: E402
-from labwarden.declared.topology import load_topology  # noqa: E402
+from labwarden.declared.lab import load_lab  # noqa: E402
 
 LAB = Path(__file__).resolve().parents[1] / "tests" / "integration" / "latency_lab"
 
@@ -105,8 +104,7 @@ print(json.dumps(out))
 
 def page(loads: int) -> dict:
     """The airplane's page loads: the suite's samples and an independent client's, alternately."""
-    topology = load_topology(Path(__file__).resolve().parents[1] / "topologies" / "airplane")
-    policy = load_policy(topology)
+    topology, policy = load_lab(Path(__file__).resolve().parents[1] / "topologies" / "airplane")
     budget = next(b for b in policy.budgets if b.kind == "http")
     budget = replace(budget, samples=loads)
     figures = {"budget": budget.label, "suite": [], "client": []}
@@ -185,8 +183,7 @@ def main() -> int:
         if args.json:
             print(json.dumps(figures))
         return 0
-    topology = load_topology(LAB)
-    lab = Lab(topology, load_policy(topology), log=lambda m: None)
+    lab = Lab(*load_lab(LAB), log=lambda m: None)
     figures = {}
     with lab:
         figures["method"] = lab.impairment.method

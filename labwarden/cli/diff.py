@@ -32,6 +32,7 @@ from pathlib import Path
 from labwarden.errors import LabwardenError, ProbeError
 from labwarden.realise.compose import Lab
 from labwarden.checks.matrix import MatrixRun, render_grid, run_matrix
+from labwarden.declared.lab import load_lab
 from labwarden.probe import NodeJob
 from labwarden.report import Report, header, nft_version
 
@@ -209,9 +210,6 @@ def add_parser(sub) -> None:
 
 
 def cmd_diff(args) -> int:
-    from labwarden.declared.policy import load_policy
-    from labwarden.declared.topology import load_topology
-    topology = load_topology(args.topology)
-    policy = load_policy(topology)
+    topology, policy = load_lab(args.topology)
     return diff(topology, policy, args.before, args.after, timeout=args.probe_timeout,
                 report_dir=args.report_dir)

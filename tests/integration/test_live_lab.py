@@ -26,8 +26,7 @@ import yaml
 
 from labwarden.realise.compose import Lab
 from labwarden.checks.matrix import run_matrix
-from labwarden.declared.policy import load_policy
-from labwarden.declared.topology import load_topology
+from labwarden.declared.lab import load_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 SSH_PORT = 2222
@@ -49,8 +48,7 @@ def start_sshd(lab: Lab, node: str, public_key: str) -> None:
 def ssh_lab(tmp_path_factory):
     """(lab, policy, the Docker mode's matrix, ssh_config), sshd running in every node."""
     tmp = tmp_path_factory.mktemp("ssh-lab")
-    topology = load_topology(ROOT / "topologies" / "homelab")
-    policy = load_policy(topology)
+    topology, policy = load_lab(ROOT / "topologies" / "homelab")
     key = tmp / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     with Lab(topology, policy, log=lambda m: None) as lab:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from labwarden.errors import ConfigError, LabwardenError
-from labwarden.declared.policy import load_policy
+from labwarden.declared.lab import load_lab
 from labwarden.declared.topology import load_topology
 
 HOMELAB = Path(__file__).resolve().parents[2] / "topologies" / "homelab"
@@ -40,7 +40,7 @@ def break_line(file, line, broken):
 
 def load_error(lab) -> ConfigError:
     with pytest.raises(ConfigError) as caught:
-        load_policy(load_topology(lab))
+        load_lab(lab)
     return caught.value
 
 
@@ -277,7 +277,7 @@ def test_policy_at_another_path(lab):
     shutil.copy(lab / "policy.yaml", lab / "strict.yaml")
     edit_yaml(lab / "strict.yaml", lambda d: d.update(blocked="bounce"))
     with pytest.raises(ConfigError) as caught:
-        load_policy(load_topology(lab), lab / "strict.yaml")
+        load_lab(lab, lab / "strict.yaml")
     assert (caught.value.file, caught.value.field) == (f"{lab}/strict.yaml", "blocked")
 
 
@@ -325,5 +325,5 @@ def test_bad_tunnel(lab, change, field, problem):
 def test_a_tunnel_host_as_loaded(lab, given, host):
     """`host:` is optional (visitors then send the edge's address) and read case-blind."""
     edit_yaml(lab / "policy.yaml", tunnel(0, host=given))
-    tunnel_, = load_policy(load_topology(lab)).tunnels
+    tunnel_, = load_lab(lab).policy.tunnels
     assert tunnel_.host == host

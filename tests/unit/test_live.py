@@ -11,10 +11,10 @@ import yaml
 
 import labwarden.realise.live as live
 from labwarden.errors import ConfigError, ProbeError
-from labwarden.realise.live import LiveLab, apply_inventory, load_inventory
-from labwarden.declared.policy import load_policy
+from labwarden.realise.live import LiveLab
+from labwarden.declared.inventory import apply_inventory, load_inventory
+from labwarden.declared.lab import load_lab
 from labwarden.probe import NodeAnswer, NodeJob, Observation, Probe
-from labwarden.declared.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "topologies" / "homelab" / "live.example.yaml"
@@ -22,8 +22,7 @@ EXAMPLE = ROOT / "topologies" / "homelab" / "live.example.yaml"
 
 @pytest.fixture(scope="module")
 def lab_files():
-    topology = load_topology(ROOT / "topologies" / "homelab")
-    return topology, load_policy(topology)
+    return load_lab(ROOT / "topologies" / "homelab")
 
 
 def write(tmp_path, doc) -> Path:
