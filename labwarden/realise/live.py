@@ -1,7 +1,7 @@
 """The live lab: the same suites against real hosts, reached over SSH (or any testinfra backend).
 
-An inventory (YAML; annotated example: topologies/homelab/live.example.yaml)
-maps every node of the topology to a testinfra host spec and may give the
+An inventory (labwarden.declared.inventory; annotated example:
+topologies/homelab/live.example.yaml) maps every node of the topology to a testinfra host spec and may give the
 real subnets, addresses and interface names; the policy is the topology's
 own. `LiveLab` offers what suites use of a `Lab` (`topology`, `policy`,
 `run`, `mac`, `transports`), but:
