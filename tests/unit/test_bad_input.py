@@ -161,6 +161,19 @@ TOPOLOGY_CASES = {
     "two segments on one interface": (
         x("router", interfaces={"wan": "eth0", "ai": "eth0"}), "services.router.x-labwarden.interfaces.ai",
         "segments wan and ai would share interface eth0"),
+    "impaired link with an unknown profile": (
+        x("web", impair={"servers": "moon"}), "services.web.x-labwarden.impair.servers",
+        "unknown profile 'moon'; known profiles: lan, fiber-isp"),
+    "impaired link on a segment not attached": (
+        x("web", impair={"wan": "lan"}), "services.web.x-labwarden.impair.wan",
+        "wan is not a segment web is attached to (attached: servers)"),
+    "impaired segment with an unknown setting": (
+        lambda d: d["networks"]["servers"].update({"x-labwarden": {"impair": {"delay": "5 ms", "lag": 1}}}),
+        "networks.servers.x-labwarden.impair.lag",
+        "unknown key; known keys: profile, delay, jitter, loss, rate, limit, reorder"),
+    "impaired segment with a delay that is no time": (
+        lambda d: d["networks"]["servers"].update({"x-labwarden": {"impair": {"delay": "5 parsecs"}}}),
+        "networks.servers.x-labwarden.impair.delay", "'5 parsecs' is not a quantity in ms, s, us"),
 }
 
 
