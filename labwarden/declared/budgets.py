@@ -187,7 +187,7 @@ def parse_budget(f, where, path: str, raw, policy) -> Budget:
 def tunnel_host(policy, dst_node: str | None, port: int) -> str | None:
     """The Host a page load must send: the tunnel's name when the path asks a tunnel's
     edge on its public port (an edge that routes by name answers 503 to anything else)."""
-    for tunnel in getattr(policy, "tunnels", ()):
+    for tunnel in policy.tunnels:
         if tunnel.edge == dst_node and tunnel.public.port == port:
             return tunnel.host
     return None

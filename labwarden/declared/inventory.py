@@ -13,7 +13,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from labwarden.errors import ConfigError
-from labwarden.declared.fields import address, check_keys, network, read_yaml, valid_ifname
+from labwarden.declared.fields import IFNAME_RULE, address, check_keys, network, read_yaml, valid_ifname
 from labwarden.declared.topology import Node, Segment, Topology
 
 KEYS = ("topology", "ranges", "max_pps", "ssh_config", "segments", "public", "nodes")
@@ -82,9 +82,12 @@ def load_inventory(path, topology: Topology) -> Inventory:
                                   f"(attached: {', '.join(node.segments)})")
             addresses.setdefault(name, {})[seg] = address(f, f"{where}.addresses.{seg}", raw)
         for seg, ifname in (spec.get("interfaces") or {}).items():
-            if seg not in node.addresses or not valid_ifname(ifname):
-                raise ConfigError(f, f"{where}.interfaces.{seg}", f"needs a segment {name} is attached to "
-                                  "and a Linux interface name")
+            if seg not in node.addresses:
+                raise ConfigError(f, f"{where}.interfaces.{seg}", f"{name} is not attached to {seg} "
+                                  f"(attached: {', '.join(node.segments)})")
+            if not valid_ifname(ifname):
+                raise ConfigError(f, f"{where}.interfaces.{seg}", f"{ifname!r} is not a valid Linux "
+                                  f"interface name ({IFNAME_RULE})")
             interfaces.setdefault(name, {})[seg] = ifname
     public = address(f, "public", doc["public"]) if doc.get("public") is not None else None
     ssh_config = str(Path(doc["ssh_config"]).expanduser()) if doc.get("ssh_config") else None

@@ -56,6 +56,11 @@ def test_the_example_inventory_is_valid_and_moves_the_lab_to_real_addresses(lab_
     (lambda d: d.update(max_pps=0), "max_pps", "not a positive number"),
     (lambda d: d.update(topology="airplane"), "topology", "the inventory is for 'airplane'"),
     (lambda d: d["nodes"]["web"].update(sudo=True), "nodes.web.sudo", "unknown key"),
+    (lambda d: d["nodes"]["web"].update(interfaces={"servers": "a" * 16}), "nodes.web.interfaces.servers",
+     "is not a valid Linux interface name (1-15 characters"),
+    (lambda d: d["nodes"]["web"].update(interfaces={"wan": "eth0"}), "nodes.web.interfaces.wan",
+     "web is not attached to wan (attached: servers)"),
+    (lambda d: d.update(ranges=["192.168.1.0/33"]), "ranges[0]", "is not an IPv4 subnet"),
 ])
 def test_inventory_mistakes_name_file_field_and_problem(lab_files, tmp_path, change, field, problem):
     doc = yaml.safe_load(EXAMPLE.read_text())
