@@ -32,7 +32,6 @@ from labwarden.errors import ConfigError
 from labwarden.declared.fields import TIMES, check_keys, quantity
 
 METRICS = ("min", "p50", "p95", "p99", "max", "mean", "jitter", "loss")
-KINDS = ("icmp", "tcp", "http")
 BUDGET_KEYS = ("limits", "samples", "interval", "timeout")
 DEFAULT_SAMPLES, DEFAULT_INTERVAL_S, DEFAULT_TIMEOUT_S = 20, 0.01, 3.0
 DEFAULT_LOSS_PCT = 5.0
@@ -158,7 +157,7 @@ def parse_budget(f, where, path: str, raw, policy) -> Budget:
     src, _ = _endpoint(f, where, src_text.strip(), policy, "src")
     dst_node, address = _endpoint(f, where, parts[0], policy, "dst")
     if address is None:
-        address = nearest_address(policy.topology, src, dst_node)
+        address = policy.topology.nearest_address(src, dst_node)
     if isinstance(raw, (str, list)):
         raw = {"limits": raw}
     if not isinstance(raw, dict):
@@ -178,7 +177,7 @@ def parse_budget(f, where, path: str, raw, policy) -> Budget:
     interval = quantity(f, f"{where}.interval", raw.get("interval", DEFAULT_INTERVAL_S * 1000), TIMES, "ms")
     timeout = quantity(f, f"{where}.timeout", raw.get("timeout", DEFAULT_TIMEOUT_S * 1000), TIMES, "ms")
     path_part = (m.group(4) or "/") if kind == "http" else "/"
-    label = f"{_label(policy, src)} -> {_dst_label(policy, dst_node, address)} {parts[1]}"
+    label = f"{policy.label(src)} -> {_dst_label(policy, dst_node, address)} {parts[1]}"
     host = tunnel_host(policy, dst_node, port) if kind == "http" else None
     return Budget(label, src, address, dst_node, kind, port, path_part, parsed, samples,
                   interval / 1000, timeout / 1000, host)
@@ -193,23 +192,12 @@ def tunnel_host(policy, dst_node: str | None, port: int) -> str | None:
     return None
 
 
-def _label(policy, node: str) -> str:
-    return policy.label(node)
-
-
 def _dst_label(policy, node: str | None, address: IPv4Address) -> str:
     if node is None:
         return str(address)
     if node == policy.router:
         return f"{node}@{policy.topology.segment_of(address).name}"
     return policy.label(node)
-
-
-def nearest_address(topology, src: str, dst: str) -> IPv4Address:
-    """dst's address on a segment shared with src, else its first (as may_initiate picks)."""
-    a, b = topology.nodes[src], topology.nodes[dst]
-    shared = [s for s in b.segments if s in a.segments]
-    return b.addresses[shared[0] if shared else b.segments[0]]
 
 
 def load_budgets(f, raw, policy) -> list[Budget]:

@@ -240,9 +240,7 @@ class Policy:
 
     def may_initiate(self, src_node: str, dst_node: str, service: Service | str) -> bool:
         """Whether src_node may open a new connection to dst_node (on-link address preferred)."""
-        src, dst = self.topology.nodes[src_node], self.topology.nodes[dst_node]
-        shared = [s for s in dst.segments if s in src.segments]
-        address = dst.addresses[shared[0] if shared else dst.segments[0]]
+        address = self.topology.nearest_address(src_node, dst_node)
         return self.expect(self.flow(src_node, address, service)).reached == dst_node
 
     def delivery(self, flow: Flow) -> tuple[str, Service] | None:

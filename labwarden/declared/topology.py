@@ -91,6 +91,12 @@ class Topology:
                 return segment
         return None
 
+    def nearest_address(self, src: str, dst: str) -> IPv4Address:
+        """dst's address on a segment it shares with src, else its first."""
+        a, b = self.nodes[src], self.nodes[dst]
+        shared = [s for s in b.segments if s in a.segments]
+        return b.addresses[shared[0] if shared else b.segments[0]]
+
     def lab_ranges(self) -> list[IPv4Network]:
         return [segment.subnet for segment in self.segments.values()]
 
