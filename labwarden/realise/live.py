@@ -8,8 +8,8 @@ own. `LiveLab` offers what suites use of a `Lab` (`topology`, `policy`,
 
 - it never changes anything: no firewall, route, service or sysctl is touched
   (a setup job is refused), nothing is brought up or down; the only trace it
-  leaves is the probe agent (one zipapp), pushed into a temporary folder on each host at
-  `up()` and removed at `down()`;
+  leaves is the probe agent (one zipapp file), pushed into a temporary folder
+  on each host at `up()` and removed at `down()`;
 - every probe and raw packet must go to an address inside the inventory's
   `ranges` (the agent refuses the whole batch otherwise, before sending);
 - it paces itself: each node starts at most `max_pps` probes and raw packets

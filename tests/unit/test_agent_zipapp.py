@@ -2,6 +2,7 @@
 on every build, runnable alone (as live mode pushes it) with latency samples, and the
 delay line behind its `delayline` argument. No Docker: the agent probes from here."""
 
+import base64
 import json
 import socket
 import subprocess
@@ -34,6 +35,8 @@ def test_the_zipapp_holds_every_agent_module_and_the_same_bytes_each_build(pyz):
     assert {"__main__.py", "agent.py", "timing.py", "delayline.py", "delayline_setup.py"} <= set(names)
     assert ship.agent_bytes() == pyz.read_bytes()
     assert pyz.read_bytes().startswith(ship.SHEBANG)
+    # live mode pushes it as one base64 argument: Linux caps one argument at 128 KiB
+    assert len(base64.b64encode(pyz.read_bytes())) < 100_000
 
 
 def test_the_agent_answers_from_the_zipapp_with_latency_samples(pyz):
