@@ -32,7 +32,7 @@ def agent_bytes() -> bytes:
         for path in sorted(SOURCE.glob("*.py")):
             info = zipfile.ZipInfo(path.name, EPOCH)
             info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
+            info.create_system, info.external_attr = 3, 0o644 << 16  # Unix, rw-r--r--, on any OS
             zf.writestr(info, path.read_bytes(), compresslevel=9)
     return buf.getvalue()
 
