@@ -22,6 +22,7 @@ SOURCE = Path(__file__).resolve().parent.parent / "agent"
 IN_PROBER = "/opt/labwarden/agent.pyz"  # where the Docker lab's prober sees it
 SHEBANG = b"#!/usr/bin/env python3\n"
 EPOCH = (1980, 1, 1, 0, 0, 0)  # the zip format's earliest time: no build time in the bytes
+CACHE = Path.home() / ".cache" / "labwarden"
 
 
 def agent_bytes() -> bytes:
@@ -38,15 +39,13 @@ def agent_bytes() -> bytes:
 
 
 def cache_dir() -> Path:
-    """$XDG_CACHE_HOME/labwarden (default ~/.cache/labwarden), made private to this user."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    folder = base / "labwarden"
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = folder.stat()
+    """CACHE, made if missing, private to this user."""
+    CACHE.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = CACHE.stat()
     if st.st_uid != os.getuid() or st.st_mode & 0o022:
-        raise LabError(f"{folder}: the agent's cache must belong to this user and be writable by "
+        raise LabError(f"{CACHE}: the agent's cache must belong to this user and be writable by "
                        f"nobody else (owner uid {st.st_uid}, mode {st.st_mode & 0o777:o})")
-    return folder
+    return CACHE
 
 
 @functools.cache

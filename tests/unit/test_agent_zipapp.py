@@ -69,7 +69,7 @@ def test_the_delay_line_runs_from_the_same_zipapp(pyz):
 
 
 def test_the_built_file_is_kept_under_its_content_hash(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(ship, "CACHE", tmp_path / "labwarden")
     ship.agent_zipapp.cache_clear()
     try:
         path = ship.agent_zipapp()
