@@ -36,6 +36,7 @@ from labwarden.checks import latency  # noqa: E402
 from labwarden.declared.links import Link, Profile  # noqa: E402
 from labwarden.realise.compose import PROBER, Lab  # noqa: E402
 from labwarden.declared.lab import load_lab  # noqa: E402
+from labwarden.probe.ship import IN_PROBER  # noqa: E402
 
 LAB = Path(__file__).resolve().parents[1] / "tests" / "integration" / "latency_lab"
 
@@ -145,7 +146,7 @@ def accuracy(lab, delays) -> list[dict]:
                      "error_pct": round(100 * (stats.p50 - 2 * delay) / (2 * delay), 3) if delay else None,
                      "within": abs(stats.p50 - 2 * delay) <= latency.tolerance_ms(2 * delay)})
     # the same echo with no delay line at all: what the lab itself costs
-    impair.prober_exec(lab, "python3", impair.DELAYLINE_IN_PROBER, "stop")
+    impair.prober_exec(lab, "python3", IN_PROBER, "delayline", "stop")
     samples = asyncio.run(latency.ping(lab, [(base_check.src, base_check.dst)], count=30, interval_s=0.01))
     stats = latency.Stats.of(samples[(base_check.src, base_check.dst)])
     rows.append({"one_way_ms": None, "configured_rtt_ms": None, "p50_ms": round(stats.p50, 3),

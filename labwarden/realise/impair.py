@@ -1,7 +1,7 @@
 """Link impairments: how a lab's declared links (labwarden.declared.links) are applied.
 
 Applying (`apply`, called by `Lab.up`): `tc netem` where the kernel has it, else the
-userspace delay line (probe/delayline.py), chosen by trying a netem qdisc in the prober's
+userspace delay line (agent/delayline.py), chosen by trying a netem qdisc in the prober's
 own namespace; the reason is kept for the run's header. Each link is cut into *legs*
 (one sender onto the segment, towards everyone there or towards one node). The delay
 line carries a leg in the sender (egress), unless the sender runs a firewall (its
@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 from labwarden.errors import LabError
 from labwarden.declared.links import Link
 from labwarden.declared.topology import Topology
+from labwarden.probe.ship import IN_PROBER
 
 METHODS = ("auto", "netem", "delayline", "none")
-DELAYLINE_IN_PROBER = "/opt/labwarden/delayline.py"
 
 
 @dataclass(frozen=True)
@@ -247,7 +247,7 @@ def _apply_delayline(lab, impairment: Impairment) -> None:
                                 "addresses": [str(a) for a in topology.nodes[node].addresses.values()],
                                 "links": entries} for node, entries in plan.items()}}
     encoded = base64.b64encode(zlib.compress(json.dumps(request).encode())).decode()
-    proc = prober_exec(lab, "python3", DELAYLINE_IN_PROBER, "start", encoded)
+    proc = prober_exec(lab, "python3", IN_PROBER, "delayline", "start", encoded)
     try:
         answer = json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -301,7 +301,7 @@ def verify_delayline(entries: list[dict], readback: dict) -> list[str]:
 
 def prober_status(lab) -> dict:
     """`delayline.py status`: each relay's liveness, counters and a fresh read-back, per node."""
-    proc = prober_exec(lab, "python3", DELAYLINE_IN_PROBER, "status")
+    proc = prober_exec(lab, "python3", IN_PROBER, "delayline", "status")
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1]).get("nodes", {})
     except (ValueError, IndexError):
@@ -310,7 +310,7 @@ def prober_status(lab) -> dict:
 
 def counters(lab) -> dict:
     """The relays' counters now (packets in, out, lost, ...), per node and direction."""
-    proc = prober_exec(lab, "python3", DELAYLINE_IN_PROBER, "status")
+    proc = prober_exec(lab, "python3", IN_PROBER, "delayline", "status")
     try:
         nodes = json.loads(proc.stdout.strip().splitlines()[-1]).get("nodes", {})
     except (ValueError, IndexError):

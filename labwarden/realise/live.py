@@ -8,8 +8,8 @@ own. `LiveLab` offers what suites use of a `Lab` (`topology`, `policy`,
 
 - it never changes anything: no firewall, route, service or sysctl is touched
   (a setup job is refused), nothing is brought up or down; the only trace it
-  leaves is the probe agent, pushed into a temporary folder on each host at
-  `up()` and removed at `down()`;
+  leaves is the probe agent (one zipapp file), pushed into a temporary folder
+  on each host at `up()` and removed at `down()`;
 - every probe and raw packet must go to an address inside the inventory's
   `ranges` (the agent refuses the whole batch otherwise, before sending);
 - it paces itself: each node starts at most `max_pps` probes and raw packets
@@ -29,21 +29,21 @@ import secrets
 import subprocess
 import tempfile
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import testinfra
 
 from labwarden.errors import LabError, ProbeError
-from labwarden.probe import AGENT, NodeJob, NodeAnswer, Transport, run_jobs
+from labwarden.probe import NodeJob, NodeAnswer, Transport, run_jobs
 from labwarden.declared.inventory import Inventory
+from labwarden.probe.ship import agent_bytes
 from labwarden.declared.topology import Topology
 
 START_LEAD_S, START_TRIES, LATE_S = 1.0, 3, 0.02  # synchronised rounds: lead time, tries, tolerance
-PUSH = ("import base64, os, sys, tempfile, zlib; d = tempfile.mkdtemp(prefix='labwarden-'); "
-        "p = os.path.join(d, 'agent.py'); open(p, 'wb').write(zlib.decompress(base64.b64decode(sys.argv[1]))); "
-        "print(p)")
+PUSH = ("import base64, os, sys, tempfile; d = tempfile.mkdtemp(prefix='labwarden-'); "
+        "p = os.path.join(d, 'agent.pyz'); open(p, 'wb').write(base64.b64decode(sys.argv[1])); "
+        "print(p)")  # the agent zipapp (labwarden.probe.ship), into a private temporary folder
 
 
 class NeedsRoot(ProbeError):
@@ -81,7 +81,7 @@ class LiveLab:
     def up(self) -> LiveLab:
         started = time.monotonic()
         try:
-            blob = base64.b64encode(zlib.compress(AGENT.read_bytes(), 9)).decode()
+            blob = base64.b64encode(agent_bytes()).decode()
             for name, spec in self.inventory.hosts.items():
                 self._connect(name, spec, blob)
             began = time.monotonic()

@@ -17,6 +17,7 @@ from labwarden.realise.impair import firewalled_nodes
 from labwarden.realise.compose import Lab
 from labwarden.declared.budgets import parse_budget
 from labwarden.declared.lab import load_lab
+from labwarden.probe.ship import IN_PROBER
 
 pytestmark = pytest.mark.lab
 LAB = Path(__file__).resolve().parent / "latency_lab"
@@ -85,7 +86,7 @@ def test_a_stopped_delay_line_does_not_pass_silently(lab):
     if lab.impairment.method != "delayline":
         pytest.skip("netem carries the links here")
     check = link_check(lab)
-    impair.prober_exec(lab, "python3", impair.DELAYLINE_IN_PROBER, "stop")
+    impair.prober_exec(lab, "python3", IN_PROBER, "delayline", "stop")
     try:
         stats, problem = ping_across(lab, check, count=10)
         assert problem and "configured 100.00 ms" in problem and stats.p50 < 5
