@@ -33,7 +33,8 @@ from labwarden.errors import LabwardenError, ProbeError
 from labwarden.realise.compose import Lab
 from labwarden.checks.matrix import MatrixRun, render_grid, run_matrix
 from labwarden.probe import NodeJob
-from labwarden.report import Report, header, nft_version
+from labwarden.report.header import header, nft_version
+from labwarden.report.model import Report
 
 
 SHOWN = 200  # changed flows printed; the report has them all

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from labwarden.declared.policy import load_policy
-from labwarden.report import LEAK, browser_dom, page_summary, screenshot
+from labwarden.report.browser import browser_dom, page_summary, screenshot
+from labwarden.report.records import LEAK
 from labwarden.declared.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,8 +12,13 @@ import pytest
 from labwarden.checks.matrix import Cell, MatrixRun, matrix_flows
 from labwarden.declared.policy import load_policy
 from labwarden.probe import Observation
-from labwarden.report import (LEAK, PASS, WRONG, Report, header, main, page_summary, render_html,
-                              section_renderer, SECTION_RENDERERS)
+from labwarden.report.__main__ import main
+from labwarden.report.browser import page_summary
+from labwarden.report.header import header
+from labwarden.report.html import render_html
+from labwarden.report.model import Report
+from labwarden.report.records import LEAK, PASS, WRONG
+from labwarden.report.sections import SECTION_RENDERERS, section_renderer
 from labwarden.declared.topology import load_topology
 
 
