@@ -49,4 +49,3 @@ def probe_record(flow, expected, observed, policy, group: str) -> dict:
     }
     record["status"] = status(record)
     return record
-
