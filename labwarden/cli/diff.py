@@ -35,7 +35,8 @@ from labwarden.checks.matrix import MatrixRun, render_grid, run_matrix
 from labwarden.declared.fields import shown
 from labwarden.declared.lab import load_lab
 from labwarden.probe import NodeJob
-from labwarden.report import Report, header, nft_version
+from labwarden.report.header import header, nft_version
+from labwarden.report.model import Report
 
 
 SHOWN = 200  # changed flows printed; the report has them all

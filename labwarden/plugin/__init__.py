@@ -115,7 +115,7 @@ def probe_timeout(pytestconfig) -> float:
 
 @pytest.fixture(scope="session")
 def labwarden_report(pytestconfig):
-    """The run's report (labwarden.report.Report): suites add observations and sections to it."""
+    """The run's report (labwarden.report.model.Report): suites add observations and sections to it."""
     return reporting.report_of(pytestconfig)
 
 

@@ -210,7 +210,8 @@ def test_a_failed_control_names_the_node_and_what_it_saw():
 
 def test_the_report_shows_what_was_rate_limited():
     from labwarden.checks.matrix import MatrixRun
-    from labwarden.report import Report, render_html
+    from labwarden.report.html import render_html
+    from labwarden.report.model import Report
     random.seed(2)
     policy = homelab()
     flows = matrix_flows(policy)
