@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from labwarden.checks import nat
+from labwarden.checks.surface import COMMON_UDP, Surface, scan
 from labwarden.checks.fetch import content, fetch_for, parse_http, summary
 from labwarden.checks.matrix import COMMON_TCP, Cell, observe
 from labwarden.declared.policy import Policy, Service, Tunnel
@@ -283,7 +283,7 @@ def socks5_connect(address: IPv4Address, port: int) -> bytes:
 @dataclass
 class Exposure:
     """What the edge exposes: a scan of its address, and the public port asked as a proxy."""
-    surface: nat.Surface
+    surface: Surface
     proxies: list              # [(probe name, how it showed a proxy)]
     through: list              # [(what was reached through the proxy, what answered)]
 
@@ -305,7 +305,7 @@ async def exposure(lab, policy: Policy, tunnel: Tunnel, timeout: float = 1.0,
                    tcp_ports=range(1, 65536)) -> Exposure:
     src = visitors(policy, tunnel)[0]
     address = edge_address(policy, tunnel)
-    surface = await nat.scan(lab, policy, src, address, tcp_ports=tcp_ports, udp_ports=nat.COMMON_UDP,
+    surface = await scan(lab, policy, src, address, tcp_ports=tcp_ports, udp_ports=COMMON_UDP,
                              timeout=timeout)
     probes = proxy_probes(tunnel)
     asks = [Fetch(address, tunnel.public.port, data, read_s=READ_S) for data in probes.values()]

@@ -23,13 +23,12 @@ from labwarden.realise.cleanup import docker_client, down_all, kept_project, lab
 from labwarden.realise.compose import ComposeLab
 from labwarden.checks.matrix import render_grid, run_matrix
 from labwarden.checks.tunnel import start
-from labwarden.declared.policy import load_policy
+from labwarden.declared.lab import load_lab
 from labwarden.declared.topology import load_topology
 
 
 def _load(args):
-    topology = load_topology(args.topology)
-    return topology, load_policy(topology)
+    return load_lab(args.topology)
 
 
 def cmd_up(args):

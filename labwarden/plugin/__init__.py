@@ -30,8 +30,7 @@ from labwarden.errors import ConfigError, LabwardenError
 from labwarden.realise.compose import ComposeLab
 from labwarden.checks.matrix import check_controls, matrix_flows, run_matrix
 from labwarden.checks.tunnel import start
-from labwarden.declared.policy import load_policy
-from labwarden.declared.topology import load_topology
+from labwarden.declared.lab import load_lab
 
 from labwarden.plugin import livemode, reporting
 
@@ -77,8 +76,7 @@ def lab_config(config) -> tuple:
     """(topology, policy) of this run, loaded once; a config mistake ends the run."""
     if _CONFIG not in config.stash:
         try:
-            topology = load_topology(config.getoption("--topology"))
-            policy = load_policy(topology)
+            topology, policy = load_lab(config.getoption("--topology"))
             router_config = config.getoption("--router-config")
             if router_config is not None and not router_config.is_file():
                 raise ConfigError(router_config, "--router-config", "no such file")
@@ -119,7 +117,7 @@ def probe_timeout(pytestconfig) -> float:
 
 @pytest.fixture(scope="session")
 def labwarden_report(pytestconfig):
-    """The run's report (labwarden.report.Report): suites add observations and sections to it."""
+    """The run's report (labwarden.report.model.Report): suites add observations and sections to it."""
     return reporting.report_of(pytestconfig)
 
 

@@ -5,7 +5,7 @@ Profiles (`--fuzz-profile`, default ci):
 - ci: a fixed seed (derandomized, so a CI run is reproducible), few examples;
 - nightly: many examples, a random seed; rule fuzzing keeps its failures in
   the hypothesis database under reports/hypothesis (the next run tries them
-  first). Flow fuzzing records its failures and goes on drawing (fuzz.hunt):
+  first). Flow fuzzing records its failures and goes on drawing (labwarden.fuzz.flows.hunt):
   each failure prints the command that replays it.
 
 Each hypothesis example is a batch of flows (or one ruleset with its flows):
@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
-from labwarden.fuzz.flows import FlowFuzzer, config_aims
+from labwarden.fuzz.flows.aims import config_aims
+from labwarden.fuzz.flows.fuzzer import FlowFuzzer
 from labwarden.fuzz.rules import RuleChecker
 from labwarden.checks.matrix import LOSS_RETRIES
 from labwarden.routers.nftables.model import World

@@ -13,9 +13,8 @@ import pytest
 from labwarden.errors import ProbeError
 from labwarden.realise.compose import PROBER, ComposeLab
 from labwarden.realise.lab import run_sync
-from labwarden.declared.policy import load_policy
+from labwarden.declared.lab import load_lab
 from labwarden.probe import NodeJob
-from labwarden.declared.topology import load_topology
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,8 +23,7 @@ FOREIGN = "table inet lwforeign {\n  chain forward {\n    type filter hook forwa
 
 @pytest.fixture(scope="module")
 def lab():
-    topology = load_topology(ROOT / "topologies" / "openwrt-homelab")
-    with ComposeLab(topology, load_policy(topology), log=lambda *a: None) as instance:
+    with ComposeLab(*load_lab(ROOT / "topologies" / "openwrt-homelab"), log=lambda *a: None) as instance:
         yield instance
 
 

@@ -8,8 +8,7 @@ import docker
 import pytest
 
 from labwarden.checks import tunnel
-from labwarden.declared.policy import load_policy
-from labwarden.declared.topology import load_topology
+from labwarden.declared.lab import load_lab
 from labwarden.errors import LabError, ProbeError
 from labwarden.realise import cleanup
 from labwarden.realise.compose import ComposeLab
@@ -29,8 +28,7 @@ class StartedLab(Lab):
     """A lab that only records being started and stopped."""
 
     def __init__(self):
-        self.topology = load_topology(ROOT / "topologies" / "homelab")
-        self.policy = load_policy(self.topology)
+        self.topology, self.policy = load_lab(ROOT / "topologies" / "homelab")
         self.project, self.transports, self.timings = "fake", {}, {}
         self.impairment = Impairment([])
         self.logged, self.events = [], []

@@ -17,10 +17,9 @@ import pytest
 from labwarden.checks import matrix
 from labwarden.checks.matrix import (FLAKY_NOTE, PACE_BATCH, PACED_NOTE, SYN_SHARE, Cell, ControlFailed, Controls, Reprobes,
                               controls, crosses, matrix_flows, observe, silent_nodes)
-from labwarden.declared.policy import load_policy
+from labwarden.declared.lab import load_lab
 from labwarden.probe import Observation
 from labwarden.realise.impair import Impairment
-from labwarden.declared.topology import load_topology
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
 ELAPSED = contextvars.ContextVar("elapsed", default=0.0)  # simulated time, per task (waves overlap)
@@ -82,11 +81,11 @@ def clock(monkeypatch):
 
 
 def openwrt():
-    return load_policy(load_topology(TOPOLOGIES / "openwrt-homelab"))
+    return load_lab(TOPOLOGIES / "openwrt-homelab").policy
 
 
 def homelab():
-    return load_policy(load_topology(TOPOLOGIES / "homelab"))
+    return load_lab(TOPOLOGIES / "homelab").policy
 
 
 def syn_lab(policy, **kw):
@@ -213,7 +212,8 @@ def test_a_failed_control_names_the_node_and_what_it_saw():
 
 def test_the_report_shows_what_was_rate_limited():
     from labwarden.checks.matrix import MatrixRun
-    from labwarden.report import Report, render_html
+    from labwarden.report.html import render_html
+    from labwarden.report.model import Report
     random.seed(2)
     policy = homelab()
     flows = matrix_flows(policy)
