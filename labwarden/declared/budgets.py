@@ -24,6 +24,7 @@ Declared data only: labwarden.checks.latency measures budgets and judges the fig
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -111,6 +112,8 @@ def parse_limit(f, where, raw, kind: str) -> Limit:
         if unit == "%":
             raise ConfigError(f, where, f"{raw!r}: {metric} is a time, e.g. '{metric} < 5 ms'")
         bound = float(value) * (1000.0 if unit == "s" else 1.0)
+    if not math.isfinite(bound):  # more digits than a float holds: a limit nothing can break
+        raise ConfigError(f, where, f"{raw!r}: {value} is not a finite number")
     return Limit(metric, bound, op == "<", "ttfb" if ttfb else "main", str(raw).strip())
 
 
@@ -126,6 +129,9 @@ def _endpoint(f, where, text: str, policy, side: str):
         holder = topology.node_at(address)
         if side == "src":
             raise ConfigError(f, where, f"the source {text} must be a node, not an address")
+        if topology.segment_of(address) is None:  # probes stay inside the lab
+            raise ConfigError(f, where, f"{address} is outside the lab: a path may only go to an address "
+                              f"of its segments ({', '.join(map(str, topology.lab_ranges()))})")
         return (holder.name if holder else None), address
     node, _, segment = name.partition("@")
     if node not in topology.nodes:
@@ -176,6 +182,9 @@ def parse_budget(f, where, path: str, raw, policy) -> Budget:
         raise ConfigError(f, f"{where}.samples", f"{samples!r} is not a number of samples (1..1000)")
     interval = quantity(f, f"{where}.interval", raw.get("interval", DEFAULT_INTERVAL_S * 1000), TIMES, "ms")
     timeout = quantity(f, f"{where}.timeout", raw.get("timeout", DEFAULT_TIMEOUT_S * 1000), TIMES, "ms")
+    if not timeout > 0:
+        raise ConfigError(f, f"{where}.timeout", f"{raw['timeout']!r} is not a positive time: a sample "
+                          "needs time to come back")
     path_part = (m.group(4) or "/") if kind == "http" else "/"
     label = f"{policy.label(src)} -> {_dst_label(policy, dst_node, address)} {parts[1]}"
     host = tunnel_host(policy, dst_node, port) if kind == "http" else None

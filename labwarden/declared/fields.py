@@ -7,6 +7,7 @@ show it (see `shown`), ``where`` the field's path in it (``services.web.x-labwar
 
 from __future__ import annotations
 
+import math
 import re
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -19,6 +20,8 @@ TIMES = {"ms": 1.0, "s": 1000.0, "us": 0.001}          # -> ms
 RATES = {"kbit": 1.0, "mbit": 1000.0, "gbit": 1e6, "bit": 0.001}  # -> kbit/s
 PERCENT = {"%": 1.0}
 IFNAME_RULE = "1-15 characters, no '/', ':' or whitespace"
+MAX_BYTES = 1024 * 1024     # a file labwarden reads (compose, policy, inventory, router config)
+MAX_NODES = 100_000         # values in a YAML document, its aliases expanded
 
 
 def shown(path: Path) -> str:
@@ -29,16 +32,94 @@ def shown(path: Path) -> str:
         return str(path)
 
 
-def read_yaml(file: Path, f: str) -> dict:
-    """The mapping in a YAML file; syntax errors become ConfigError(field='line N')."""
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, first: int, again: int):
+        super().__init__(key, first, again)
+        self.key, self.first, self.again = key, first, again
+
+
+class _TooBig(yaml.YAMLError):
+    """A document whose aliases expand it past MAX_NODES, or that refers to itself."""
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (YAML would keep the
+    last silently: a second `allow:` drops the first list) and aliases that expand the
+    document past MAX_NODES (an alias bomb) or into itself."""
+
+    def compose_mapping_node(self, anchor):
+        node = super().compose_mapping_node(anchor)
+        seen: dict[tuple, int] = {}
+        for key, _ in node.value:  # before merge keys (<<) are applied: overriding one is fine
+            if isinstance(key, yaml.ScalarNode):
+                line = key.start_mark.line + 1
+                if (key.tag, key.value) in seen:
+                    raise _DuplicateKey(key.value, seen[(key.tag, key.value)], line)
+                seen[(key.tag, key.value)] = line
+        return node
+
+    def compose_document(self):
+        node = super().compose_document()
+        _expanded_size(node, {}, set())
+        return node
+
+
+def _expanded_size(node, sizes: dict, open_: set) -> int:
+    """Nodes in the document once every alias is expanded (an alias is the same node again)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_:
+        raise _TooBig("an alias refers to a node that contains it (a document without end)")
+    open_.add(id(node))
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(item, sizes, open_) for item in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes, open_) + _expanded_size(v, sizes, open_) for k, v in node.value)
+    if size > MAX_NODES:
+        raise _TooBig(f"its aliases expand it to more than {MAX_NODES} values (an alias bomb?)")
+    open_.discard(id(node))
+    sizes[id(node)] = size
+    return size
+
+
+def read_text(file: Path, f: str, what: str = "file", limit: int = MAX_BYTES) -> str:
+    """A user's text file, read whole: one that cannot be read, is bigger than limit or is
+    not UTF-8 is a ConfigError (field: the line of the first bad byte)."""
     try:
-        doc = yaml.safe_load(Path(file).read_text())
+        with open(file, "rb") as stream:
+            data = stream.read(limit + 1)
+    except OSError as e:
+        raise ConfigError(f, what, f"cannot be read: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise ConfigError(f, what, f"is bigger than {limit // 1024} KiB: not a file labwarden reads")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError(f, f"line {line}", f"is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                          f"{e.start}): save the file as UTF-8") from None
+
+
+def read_yaml(file: Path, f: str) -> dict:
+    """The mapping in a YAML file; syntax errors, duplicate keys, alias bombs, files that are
+    too big or not UTF-8 become ConfigError(field='line N')."""
+    text = read_text(file, f)
+    try:
+        doc = yaml.load(text, Loader=_Loader)
+    except _DuplicateKey as e:
+        raise ConfigError(f, f"line {e.again}", f"duplicate key {e.key!r} (first at line {e.first}): "
+                          "YAML would silently keep only the last one; merge them") from None
+    except _TooBig as e:
+        raise ConfigError(f, "line 1", f"invalid YAML: {e}") from None
     except yaml.MarkedYAMLError as e:
         line = e.problem_mark.line + 1 if e.problem_mark else 1
         context = f"{e.context}: " if e.context else ""
         raise ConfigError(f, f"line {line}", f"invalid YAML: {context}{e.problem}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f, "line 1", f"invalid YAML: {e}") from None
+        raise ConfigError(f, "line 1", f"invalid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise ConfigError(f, "line 1", "invalid YAML: nested too deeply") from None
     if doc is None:
         return {}
     if not isinstance(doc, dict):
@@ -59,6 +140,23 @@ def check_keys(f, where: str, raw, known, required=()) -> None:
     for key in required:
         if key not in raw:
             raise ConfigError(f, f"{at}{key}", "missing: this key is required")
+
+
+def among(raw, choices) -> bool:
+    """Whether raw is one of choices (a node's name, say); a list or a mapping never is."""
+    try:
+        return raw in choices
+    except TypeError:  # unhashable: a list or mapping where a name belongs
+        return False
+
+
+def as_mapping(f, where: str, raw, form: str = "a mapping") -> dict:
+    """A mapping field; absent is empty."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f, where, f"must be {form}")
+    return raw
 
 
 def as_list(f, where: str, raw) -> list:
@@ -85,6 +183,8 @@ def quantity(f, where: str, raw, units: dict, default_unit: str) -> float:
             raise ConfigError(f, where, f"{raw!r} is not a quantity in {', '.join(units)} "
                               f"(e.g. 300 {default_unit})")
         value = float(m.group(1)) * units[unit]
+    if not math.isfinite(value):  # .nan, .inf, or more digits than a float holds
+        raise ConfigError(f, where, f"{raw!r} is not a finite quantity")
     if value < 0:
         raise ConfigError(f, where, f"{raw!r} must not be negative")
     return value

@@ -13,7 +13,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from labwarden.errors import ConfigError
-from labwarden.declared.fields import IFNAME_RULE, address, check_keys, network, read_yaml, valid_ifname
+from labwarden.declared.fields import IFNAME_RULE, address, among, as_mapping, check_keys, network, read_yaml, valid_ifname
 from labwarden.declared.topology import Node, Segment, Topology
 
 KEYS = ("topology", "ranges", "max_pps", "ssh_config", "segments", "public", "nodes")
@@ -42,7 +42,7 @@ def load_inventory(path, topology: Topology) -> Inventory:
         raise ConfigError(f, "--inventory", "no such file")
     doc = read_yaml(file, f)
     check_keys(f, "", doc, KEYS)
-    if doc.get("topology") not in (None, topology.name):
+    if not among(doc.get("topology"), (None, topology.name)):
         raise ConfigError(f, "topology", f"the inventory is for {doc['topology']!r}, the run for {topology.name!r}")
     raw_ranges = doc.get("ranges")
     if not isinstance(raw_ranges, list) or not raw_ranges:
@@ -52,7 +52,7 @@ def load_inventory(path, topology: Topology) -> Inventory:
     if isinstance(max_pps, bool) or not isinstance(max_pps, int) or max_pps < 1:
         raise ConfigError(f, "max_pps", f"{max_pps!r} is not a positive number of packets per second")
     segments = {}
-    for name, raw in (doc.get("segments") or {}).items():
+    for name, raw in as_mapping(f, "segments", doc.get("segments"), "a mapping of segments to subnets").items():
         if name not in topology.segments:
             raise ConfigError(f, f"segments.{name}", f"unknown segment; segments of {topology.name}: "
                               f"{', '.join(topology.segments)}")
@@ -76,12 +76,14 @@ def load_inventory(path, topology: Topology) -> Inventory:
         check_keys(f, where, spec, NODE_KEYS)
         hosts[name] = spec["host"]
         node = topology.nodes[name]
-        for seg, raw in (spec.get("addresses") or {}).items():
+        for seg, raw in as_mapping(f, f"{where}.addresses", spec.get("addresses"),
+                                     "a mapping of segments to addresses").items():
             if seg not in node.addresses:
                 raise ConfigError(f, f"{where}.addresses.{seg}", f"{name} is not attached to {seg} "
                                   f"(attached: {', '.join(node.segments)})")
             addresses.setdefault(name, {})[seg] = address(f, f"{where}.addresses.{seg}", raw)
-        for seg, ifname in (spec.get("interfaces") or {}).items():
+        for seg, ifname in as_mapping(f, f"{where}.interfaces", spec.get("interfaces"),
+                                        "a mapping of segments to interface names").items():
             if seg not in node.addresses:
                 raise ConfigError(f, f"{where}.interfaces.{seg}", f"{name} is not attached to {seg} "
                                   f"(attached: {', '.join(node.segments)})")

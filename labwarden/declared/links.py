@@ -27,6 +27,7 @@ from labwarden.errors import ConfigError
 from labwarden.declared.fields import PERCENT, RATES, TIMES, check_keys, quantity
 
 PROFILE_KEYS = ("profile", "delay", "jitter", "loss", "rate", "limit", "reorder")
+MAX_LIMIT = 1_000_000  # packets queued behind a rate (netem takes a 32-bit count)
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,8 @@ def parse_profile(f, where, raw) -> Profile:
         changes["rate_kbit"] = quantity(f, f"{where}.rate", raw["rate"], RATES, "kbit")
     if "limit" in raw:
         limit = raw["limit"]
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ConfigError(f, f"{where}.limit", f"{limit!r} is not a positive number of packets")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+            raise ConfigError(f, f"{where}.limit", f"{limit!r} is not a number of packets in 1..{MAX_LIMIT}")
         changes["limit"] = limit
     if "reorder" in raw:
         if not isinstance(raw["reorder"], bool):

@@ -4,13 +4,14 @@ labwarden.declared.budgets for ``budgets``)."""
 
 from __future__ import annotations
 
+import math
 import re
 from ipaddress import IPv4Address
 from pathlib import Path
 
 from labwarden.errors import ConfigError
 from labwarden.declared.budgets import load_budgets
-from labwarden.declared.fields import address, as_list, check_keys, read_yaml, shown
+from labwarden.declared.fields import address, among, as_list, check_keys, read_yaml, shown
 from labwarden.declared.policy import (BLOCKED, PORT_FORMS, ROUTER_ZONE, Forward, Policy, Rule, Service,
                                        SynLimit, Tunnel)
 from labwarden.declared.topology import Topology
@@ -34,12 +35,12 @@ def load_policy(topology: Topology, path=None) -> Policy:
     check_keys(f, "", doc, KEYS, ("router", "zones"))
     nodes = topology.nodes
     router = doc["router"]
-    if router not in nodes:
+    if not among(router, nodes):
         raise ConfigError(f, "router", f"{router!r} is not a node of {topology.name} (nodes: {', '.join(nodes)})")
     zones = _zones(f, doc["zones"], topology, router)
     known = [*zones, ROUTER_ZONE]
     blocked = doc.get("blocked", "drop")
-    if blocked not in BLOCKED:
+    if not among(blocked, BLOCKED):
         raise ConfigError(f, "blocked", f"{blocked!r} is not one of: {', '.join(BLOCKED)}")
     services = _services(f, doc.get("services") or {}, topology)
     allow = [_rule(f, f"allow[{i}]", raw, known) for i, raw in enumerate(as_list(f, "allow", doc.get("allow")))]
@@ -50,7 +51,7 @@ def load_policy(topology: Topology, path=None) -> Policy:
         raise ConfigError(f, "public", "missing: forwards need the router's public address")
     masquerade = as_list(f, "masquerade", doc.get("masquerade"))
     for i, zone in enumerate(masquerade):
-        if zone not in zones:
+        if not among(zone, zones):
             raise ConfigError(f, f"masquerade[{i}]", f"unknown zone {zone!r}; known zones: {', '.join(zones)}")
     flags = {key: doc.get(key, False) for key in ("hairpin", "antispoof")}
     for key, value in flags.items():
@@ -76,7 +77,7 @@ def _zones(f, raw, topology: Topology, router: str) -> dict[str, list[str]]:
         if not isinstance(segments, list):
             raise ConfigError(f, f"zones.{zone}", "must be a list of segments")
         for i, seg in enumerate(segments):
-            if seg not in topology.segments:
+            if not among(seg, topology.segments):
                 raise ConfigError(f, f"zones.{zone}[{i}]", f"unknown segment {seg!r}; segments of "
                                   f"{topology.name}: {', '.join(topology.segments)}")
             if seg in owner:
@@ -121,7 +122,7 @@ def _rule(f, where, raw, known: list[str]) -> Rule:
     for key in ("from", "to"):
         zones = [raw[key]] if isinstance(raw[key], str) else as_list(f, f"{where}.{key}", raw[key])
         for zone in zones:
-            if zone not in known:
+            if not among(zone, known):
                 raise ConfigError(f, f"{where}.{key}", f"unknown zone {zone!r}; known zones: {', '.join(known)}")
         ends[key] = frozenset(zones)
     name = str(raw.get("name", where))
@@ -148,14 +149,14 @@ def _forward(f, where, raw, topology: Topology) -> Forward:
     public = _port(f, f"{where}.public", raw["public"])
     if public.proto == "icmp":
         raise ConfigError(f, f"{where}.public", "icmp cannot be forwarded: use tcp/N or udp/N")
-    if raw["to"] not in topology.nodes:
+    if not among(raw["to"], topology.nodes):
         raise ConfigError(f, f"{where}.to", f"{raw['to']!r} is not a node of {topology.name} "
                           f"(nodes: {', '.join(topology.nodes)})")
     port = raw.get("port", public.port)
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise ConfigError(f, f"{where}.port", f"{port!r} is not a port number (1..65535)")
     daddr = raw.get("daddr", "public")
-    if daddr not in FORWARD_DADDRS:
+    if not among(daddr, FORWARD_DADDRS):
         raise ConfigError(f, f"{where}.daddr", f"{daddr!r} is not one of: {', '.join(FORWARD_DADDRS)} "
                           "(public: the router's public address only; any: any address the outside "
                           "zone sends through the router)")
@@ -167,7 +168,7 @@ def _syn_limit(f, raw) -> SynLimit | None:
         return None
     check_keys(f, "syn_limit", raw, SYN_LIMIT_KEYS, SYN_LIMIT_KEYS)
     rate, burst = raw["rate"], raw["burst"]
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf:
         raise ConfigError(f, "syn_limit.rate", f"{rate!r} is not a positive number of SYNs per second")
     if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
         raise ConfigError(f, "syn_limit.burst", f"{burst!r} is not a positive whole number of SYNs")
@@ -180,7 +181,7 @@ def _tunnels(f, raws: list, topology: Topology, services) -> list[Tunnel]:
         where = f"tunnels[{i}]"
         check_keys(f, where, raw, TUNNEL_KEYS, ("client", "local", "edge", "public"))
         for key in ("client", "edge"):
-            if raw[key] not in topology.nodes:
+            if not among(raw[key], topology.nodes):
                 raise ConfigError(f, f"{where}.{key}", f"{raw[key]!r} is not a node of {topology.name} "
                                   f"(nodes: {', '.join(topology.nodes)})")
         if raw["client"] == raw["edge"]:

@@ -188,6 +188,9 @@ def _node(f, folder: Path, name: str, spec, segments: dict[str, Segment]) -> Nod
     if nets is None and "network_mode" in spec:
         return None  # shares another node's network namespace: not a place of its own
     if isinstance(nets, list):
+        for i, seg in enumerate(nets):
+            if not isinstance(seg, str):
+                raise ConfigError(f, f"{where}.networks[{i}]", f"{seg!r} is not a segment's name")
         nets = {n: None for n in nets}
     if not nets or not isinstance(nets, dict):
         raise ConfigError(f, f"{where}.networks",
