@@ -23,6 +23,7 @@ from labwarden.realise.cleanup import docker_client, down_all, kept_project, lab
 from labwarden.realise.compose import ComposeLab
 from labwarden.checks.matrix import render_grid, run_matrix
 from labwarden.checks.tunnel import start
+from labwarden.declared import fields
 from labwarden.declared.lab import load_lab
 from labwarden.declared.topology import load_topology
 
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
         if name in ("up", "matrix"):
             p.add_argument("--router-config", default=None)
         if name == "matrix":
-            p.add_argument("--probe-timeout", type=float, default=1.0)
+            p.add_argument("--probe-timeout", type=fields.probe_timeout, default=1.0)
         if name == "down":
             p.add_argument("--all", action="store_true", help="remove every labwarden lab")
     diff.add_parser(sub)

@@ -34,7 +34,7 @@ from labwarden.realise.compose import ComposeLab
 from labwarden.realise.lab import Lab
 from labwarden.checks.matrix import MatrixRun, render_grid, run_matrix
 from labwarden.checks.tunnel import start
-from labwarden.declared.fields import shown
+from labwarden.declared.fields import probe_timeout, shown
 from labwarden.declared.lab import load_lab
 from labwarden.probe import NodeJob
 from labwarden.report.header import header, nft_version
@@ -204,7 +204,7 @@ def add_parser(sub) -> None:
     p.add_argument("--topology", default="homelab")
     p.add_argument("--before", required=True, help="file, git revision of the router config, or REF:path")
     p.add_argument("--after", default=None, help="file or revision (default: the topology's own config)")
-    p.add_argument("--probe-timeout", type=float, default=1.0)
+    p.add_argument("--probe-timeout", type=probe_timeout, default=1.0)
     p.add_argument("--report-dir", type=Path, default=Path("reports"))
     p.set_defaults(func=cmd_diff)
 

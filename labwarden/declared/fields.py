@@ -7,6 +7,7 @@ show it (see `shown`), ``where`` the field's path in it (``services.web.x-labwar
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 from ipaddress import IPv4Address, IPv4Network
@@ -208,3 +209,19 @@ def valid_ifname(name) -> bool:
     """The kernel's dev_valid_name(): shorter than IFNAMSIZ (16), no '/', ':' or whitespace."""
     return (isinstance(name, str) and 0 < len(name) <= 15 and name not in (".", "..")
             and not any(c in "/:" or c.isspace() for c in name))
+
+
+MAX_PROBE_TIMEOUT_S = 60.0
+
+
+def probe_timeout(text) -> float:
+    """`--probe-timeout S` (pytest and CLI alike): seconds in (0, 60]. 0, a negative number or
+    nan would let every probe come back 'filtered' at once, and test_no_leak pass vacuously."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_PROBE_TIMEOUT_S:  # also false for nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in (0, {MAX_PROBE_TIMEOUT_S:g}] "
+                                         "(how long a probe waits for an answer, e.g. 1.0)")
+    return value

@@ -30,11 +30,14 @@ from labwarden.errors import ConfigError, LabwardenError
 from labwarden.realise.compose import ComposeLab
 from labwarden.checks.matrix import check_controls, matrix_flows, run_matrix
 from labwarden.checks.tunnel import start
+from labwarden.declared import fields
 from labwarden.declared.lab import load_lab
+from labwarden.fuzz.flows.flow import FuzzFlow
 
 from labwarden.plugin import livemode, reporting
 
 _CONFIG = pytest.StashKey[tuple]()
+_REPLAY = pytest.StashKey[object]()
 
 
 def pytest_addoption(parser):
@@ -44,7 +47,7 @@ def pytest_addoption(parser):
                     help="nftables file to load into the lab router instead of the topology's own")
     group.addoption("--keep-lab", action="store_true",
                     help="leave the lab running after the run and reuse it next time")
-    group.addoption("--probe-timeout", default=1.0, type=float,
+    group.addoption("--probe-timeout", default=1.0, type=fields.probe_timeout,
                     help="seconds a probe waits for an answer (default 1.0)")
     group.addoption("--fuzz-profile", default="ci", choices=("ci", "nightly"),
                     help="hypothesis profile of suites/fuzz: ci (fixed seed) or nightly (default ci)")
@@ -68,7 +71,7 @@ def pytest_configure(config):
     # a lab named on the command line is checked now, before collection: a mistake
     # ends the run at once with file, field and problem (exit 4)
     if config.getoption("--topology") != "homelab" or config.getoption("--router-config") \
-            or livemode.is_live(config):
+            or livemode.is_live(config) or config.getoption("--fuzz-replay"):
         lab_config(config)
 
 
@@ -84,8 +87,20 @@ def lab_config(config) -> tuple:
         except ConfigError as err:
             raise pytest.UsageError(f"labwarden: {err}") from None
         config.stash[_CONFIG] = (topology, policy)
+        config.stash[_REPLAY] = _replayed(config, policy)
         reporting.configured(config, topology, policy)
     return config.stash[_CONFIG]
+
+
+def _replayed(config, policy) -> FuzzFlow | None:
+    """The flow of --fuzz-replay, checked with the lab's config: a malformed one ends the run."""
+    spec = config.getoption("--fuzz-replay")
+    if spec is None:
+        return None
+    try:
+        return FuzzFlow.parse(spec, policy)
+    except ValueError as err:
+        raise pytest.UsageError(f"labwarden: --fuzz-replay: {err}") from None
 
 
 def pytest_generate_tests(metafunc):
@@ -113,6 +128,13 @@ def labwarden_router_config(pytestconfig):
 @pytest.fixture(scope="session")
 def probe_timeout(pytestconfig) -> float:
     return pytestconfig.getoption("--probe-timeout")
+
+
+@pytest.fixture(scope="session")
+def fuzz_replay_flow(pytestconfig) -> FuzzFlow | None:
+    """The flow --fuzz-replay names (parsed and checked at start), or None."""
+    lab_config(pytestconfig)
+    return pytestconfig.stash[_REPLAY]
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,12 @@ Sends it alone (with --probe-timeout), judges it by the same oracle, and
 explains a mismatch with the rule of the router that decided it.
 """
 
-from labwarden.fuzz.flows.flow import FuzzFlow
 from labwarden.fuzz.flows.hunt import describe
 from labwarden.fuzz.flows.oracle import expect_flow
 
 
-def test_replay(flow_fuzzer, labwarden_policy, labwarden_topology, labwarden_router_config, pytestconfig):
-    flow = FuzzFlow.parse(pytestconfig.getoption("--fuzz-replay"), labwarden_policy)
+def test_replay(flow_fuzzer, labwarden_policy, labwarden_topology, labwarden_router_config, fuzz_replay_flow):
+    flow = fuzz_replay_flow  # parsed and checked before the lab started
     bad = flow_fuzzer.check([flow])
     seen = flow_fuzzer.seen[flow]
     print(f"{flow.label(labwarden_policy)}: expected {expect_flow(labwarden_policy, flow)}, "

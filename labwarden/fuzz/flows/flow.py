@@ -77,18 +77,51 @@ class FuzzFlow:
 
     @classmethod
     def parse(cls, spec: str, policy: Policy) -> FuzzFlow:
-        words = spec.split()
+        """The flow of a spec (as `spec` writes it); a malformed one is a ValueError saying
+        what is wrong, so the replay option is refused before any lab starts."""
+        words = str(spec).split()
         if len(words) not in (3, 4):
             raise ValueError(f"{spec!r}: expected 'SRC DST PROTO[/PORT] [KIND=VALUE]'")
         src, dst, what = words[:3]
-        policy.zone_of(src)  # an unknown node fails here, naming the nodes
-        proto, _, port = what.partition("/")
-        if proto not in ("tcp", "udp", "icmp") or (port and not port.isdigit()):
-            raise ValueError(f"{what!r}: expected tcp/N, udp/N or icmp")
+        if src not in policy.topology.nodes:
+            raise ValueError(f"{src!r} is not a node; nodes: {', '.join(policy.topology.nodes)}")
+        try:
+            address = IPv4Address(dst)
+        except ValueError:
+            raise ValueError(f"{dst!r} is not an IPv4 address") from None
+        ranges = list(dict.fromkeys([*policy.topology.lab_ranges(), *SAFE_RANGES]))
+        if not any(address in r for r in ranges):  # a replayed probe stays in the lab, as a drawn one
+            raise ValueError(f"{dst} is outside the lab's segments and the reserved test ranges "
+                             f"({', '.join(map(str, ranges))})")
+        proto, slash, port = what.partition("/")
+        if proto not in ("tcp", "udp", "icmp") or (proto == "icmp") == bool(slash) \
+                or (port and not (port.isascii() and port.isdigit() and int(port) <= 65535)):
+            raise ValueError(f"{what!r}: expected tcp/N, udp/N (N in 0..65535) or icmp")
         odd = tuple(words[3].split("=", 1)) if len(words) == 4 else None
-        if odd and (len(odd) != 2 or odd[0] not in ("flags", "frag", "opt", "spoof", "ttl", "icmp")):
-            raise ValueError(f"{words[3]!r}: expected flags=, frag=, opt=, spoof=, ttl= or icmp=")
-        return cls(src, IPv4Address(dst), proto, int(port) if port else None, odd)
+        if odd and (len(odd) != 2 or not _odd_value_ok(*odd)):
+            raise ValueError(f"{words[3]!r}: expected flags=F (letters of {TCP_FLAG_LETTERS}), "
+                             f"frag={'|'.join(FRAGMENTS)}, opt={'|'.join(OPTIONS)}, spoof=ADDRESS, "
+                             "ttl=0..255 or icmp=TYPE/CODE (0..255 each)")
+        return cls(src, address, proto, int(port) if port else None, odd)
 
     def __repr__(self):
         return f"FuzzFlow({self.spec()!r})"
+
+
+TCP_FLAG_LETTERS = "FSRPAUEC"
+
+
+def _odd_value_ok(kind: str, value: str) -> bool:
+    def byte(text):
+        return text.isascii() and text.isdigit() and int(text) <= 255
+    if kind == "flags":
+        return all(c in TCP_FLAG_LETTERS for c in value)
+    if kind == "spoof":
+        try:
+            IPv4Address(value)
+        except ValueError:
+            return False
+        return True
+    if kind == "icmp":
+        return value.count("/") == 1 and all(byte(v) for v in value.split("/"))
+    return {"frag": value in FRAGMENTS, "opt": value in OPTIONS, "ttl": byte(value)}.get(kind, False)
