@@ -14,11 +14,12 @@
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
 import docker
 
 from labwarden.cli import diff
-from labwarden.errors import LabwardenError
+from labwarden.errors import ConfigError, LabwardenError
 from labwarden.realise.cleanup import docker_client, down_all, kept_project, labwarden_projects, remove_project
 from labwarden.realise.compose import ComposeLab
 from labwarden.checks.matrix import render_grid, run_matrix
@@ -29,6 +30,10 @@ from labwarden.declared.topology import load_topology
 
 
 def _load(args):
+    if getattr(args, "router_config", None) is not None:  # checked before anything starts
+        if not Path(args.router_config).is_file():
+            raise ConfigError(args.router_config, "--router-config", "no such file")
+        fields.read_text(args.router_config, args.router_config, "--router-config")
     return load_lab(args.topology)
 
 

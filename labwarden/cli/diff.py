@@ -34,9 +34,10 @@ from labwarden.realise.compose import ComposeLab
 from labwarden.realise.lab import Lab
 from labwarden.checks.matrix import MatrixRun, render_grid, run_matrix
 from labwarden.checks.tunnel import start
-from labwarden.declared.fields import probe_timeout, shown
+from labwarden.declared.fields import probe_timeout, read_text, shown
 from labwarden.declared.lab import load_lab
 from labwarden.probe import NodeJob
+from labwarden.routers.nftables.trace import stdin_as
 from labwarden.report.header import header, nft_version
 from labwarden.report.model import Report
 
@@ -60,7 +61,7 @@ def resolve_config(spec: str, topology, router: str, scratch: Path) -> Config:
     """A file path, a git revision of the topology's router config, or REF:path."""
     given = Path(spec)
     if given.is_file():
-        return Config(str(spec), given.read_text(), given)
+        return Config(str(spec), read_text(given, str(spec), "config"), given)
     default = topology.nodes[router].firewall
     if ":" in spec:
         ref, _, rel = spec.partition(":")
@@ -124,7 +125,8 @@ async def load_config(lab: Lab, config: Config) -> None:
     try:
         await lab.run({router: NodeJob(setup={"nft": config.text})})
     except ProbeError as err:
-        raise LabwardenError(f"loading {config.shown} into {router} failed: {err}") from None
+        raise LabwardenError(f"loading {config.shown} into {router} failed: "
+                             f"{stdin_as(str(err), config.shown)}") from None
 
 
 async def measure(lab: Lab, before: Config, after: Config, timeout: float):

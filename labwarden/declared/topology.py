@@ -22,7 +22,8 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from labwarden.errors import ConfigError, LabwardenError
-from labwarden.declared.fields import IFNAME_RULE, address, check_keys, network, read_yaml, valid_ifname
+from labwarden.declared.fields import (IFNAME_RULE, address, check_keys, network, read_text, read_yaml,
+                                      valid_ifname)
 from labwarden.declared.links import Link, parse_links
 
 COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
@@ -240,6 +241,7 @@ def _extras(f, folder, name, x, addresses, segments) -> Node:
         firewall = (folder / str(x["firewall"])).resolve()
         if not firewall.is_file():
             raise ConfigError(f, f"{where}.firewall", f"no such file: {folder / str(x['firewall'])}")
+        read_text(firewall, str(folder / str(x["firewall"])))  # UTF-8, not huge: checked before it is loaded
     interfaces = _interfaces(f, f"{where}.interfaces", name, x.get("interfaces"), addresses)
     return Node(name, addresses, gateway, routes, firewall, interfaces)
 

@@ -83,6 +83,8 @@ def lab_config(config) -> tuple:
             router_config = config.getoption("--router-config")
             if router_config is not None and not router_config.is_file():
                 raise ConfigError(router_config, "--router-config", "no such file")
+            if router_config is not None:
+                fields.read_text(router_config, str(router_config), "--router-config")
             topology, policy = livemode.apply(config, topology, policy)  # live: the real addresses
         except ConfigError as err:
             raise pytest.UsageError(f"labwarden: {err}") from None

@@ -31,6 +31,7 @@ from labwarden.realise.cleanup import (PROJECT_PREFIX, docker_client, kept_proje
 from labwarden.realise.image import REPOSITORY, ensure_image
 from labwarden.realise.impair import Impairment
 from labwarden.realise.lab import Lab, run_sync
+from labwarden.routers.nftables.trace import shown_path, stdin_as
 from labwarden.probe import DOCUMENTATION_RANGES, NodeJob, Transport, run_jobs, run_rounds
 from labwarden.probe.ship import IN_PROBER, agent_zipapp
 from labwarden.declared.policy import Service
@@ -246,7 +247,9 @@ class ComposeLab(Lab):
         try:
             await self.run_rounds([r for r in rounds if r])
         except ProbeError as err:
-            raise LabError(f"plumbing lab {self.project} failed: {err}") from None
+            config = self.router_firewall()  # nft names the config it read /dev/stdin: name the file
+            said = stdin_as(str(err), shown_path(config, self.topology)) if config else str(err)
+            raise LabError(f"plumbing lab {self.project} failed: {said}") from None
 
     async def _wait_ready(self) -> None:
         """Every listed service listens inside its own node (a check, not a sleep).

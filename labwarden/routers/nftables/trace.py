@@ -306,3 +306,20 @@ def shown_path(path, topology) -> str:
         except ValueError:
             pass
     return str(path)
+
+
+# the agent loads a config as "flush ruleset; " + its text (agent.py load_ruleset): nft reads
+# it from /dev/stdin, with the file's own line numbers, and line 1's columns shifted by this
+LOAD_PREFIX = len("flush ruleset; ")
+_STDIN = re.compile(r"/dev/stdin:(\d+):(\d+)(?:-(\d+))?")
+
+
+def stdin_as(message: str, shown: str) -> str:
+    """An nft error about a config it read from stdin, with the config's own name and, on its
+    first line, its own columns: '/dev/stdin:5:39-45: Error' -> 'router/nftables.conf:5:39-45: Error'."""
+    def named(m: re.Match) -> str:
+        line, cols = int(m[1]), [int(c) for c in m.groups()[1:] if c]
+        if line == 1:
+            cols = [max(1, c - LOAD_PREFIX) for c in cols]
+        return f"{shown}:{line}:" + "-".join(map(str, cols))
+    return _STDIN.sub(named, message)
