@@ -112,12 +112,17 @@ def test_mutated_lab_files_load_or_say_what_is_wrong(labs, data):
         write(folder, file, docs[lab][file])
 
 
+@pytest.fixture(scope="module")
+def homelab():
+    return load_lab(TOPOLOGIES / "homelab").topology, yaml.safe_load((TOPOLOGIES / "homelab" /
+                                                                      "live.example.yaml").read_text())
+
+
 @FUZZ
 @given(data=st.data())
-def test_mutated_inventories_load_or_say_what_is_wrong(labs, data, tmp_path_factory):
+def test_mutated_inventories_load_or_say_what_is_wrong(labs, homelab, data):
     root, _ = labs
-    example = yaml.safe_load((TOPOLOGIES / "homelab" / "live.example.yaml").read_text())
-    topology = load_lab(root / "homelab").topology
+    topology, example = homelab
     inventory = root / "live.yaml"
     write(root, "live.yaml", mutated(example, data))
     loads_or_refuses(lambda: load_inventory(inventory, topology))
