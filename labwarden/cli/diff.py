@@ -82,10 +82,14 @@ def resolve_config(spec: str, topology, router: str, scratch: Path) -> Config:
 
 
 def _git(cwd, *args, what: str) -> str:
-    proc = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True)
+    proc = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True)
     if proc.returncode != 0:
-        raise LabwardenError(f"{what} ({proc.stderr.strip()})")
-    return proc.stdout
+        raise LabwardenError(f"{what} ({proc.stderr.decode(errors='replace').strip()})")
+    try:
+        return proc.stdout.decode()
+    except UnicodeDecodeError as e:
+        raise LabwardenError(f"`git {' '.join(args)}` gave bytes that are not UTF-8 text "
+                             f"(offset {e.start}): not a router config") from None
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labwarden.cli.diff import Config, load_config
+from labwarden.cli.diff import Config, load_config, resolve_config
 from labwarden.declared.fields import MAX_BYTES, probe_timeout
 from labwarden.declared.inventory import load_inventory
 from labwarden.declared.lab import load_lab
-from labwarden.errors import ConfigError, LabError, ProbeError
+from labwarden.errors import ConfigError, LabError, LabwardenError, ProbeError
 from labwarden.fuzz.flows.flow import FuzzFlow
 from labwarden.realise.compose import ComposeLab
 from labwarden.routers.nftables.trace import stdin_as
@@ -305,3 +305,15 @@ def test_diff_names_the_after_config_not_dev_stdin():
     with pytest.raises(Exception) as caught:
         asyncio.run(load_config(Lab(), Config("HEAD~1:topologies/homelab/router/nftables.conf", "", Path("x"))))
     assert "HEAD~1:topologies/homelab/router/nftables.conf:5:39-45: Error" in str(caught.value)
+
+
+def test_a_git_revision_that_is_not_text_is_refused(tmp_path, monkeypatch):
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "rules.nft").write_bytes(b"\xff\xfe\x00binary")
+    subprocess.run([*git, "add", "rules.nft"], check=True)
+    subprocess.run([*git, "commit", "-qm", "binary"], check=True)
+    monkeypatch.chdir(tmp_path)
+    topology, policy = load_lab(HOMELAB)
+    with pytest.raises(LabwardenError, match="not UTF-8 text"):
+        resolve_config("HEAD:rules.nft", topology, policy.router, tmp_path)
