@@ -92,6 +92,8 @@ def load_inventory(path, topology: Topology) -> Inventory:
                                   f"interface name ({IFNAME_RULE})")
             interfaces.setdefault(name, {})[seg] = ifname
     public = address(f, "public", doc["public"]) if doc.get("public") is not None else None
+    if doc.get("ssh_config") is not None and not isinstance(doc["ssh_config"], str):
+        raise ConfigError(f, "ssh_config", f"{doc['ssh_config']!r} is not a path to an ssh_config file")
     ssh_config = str(Path(doc["ssh_config"]).expanduser()) if doc.get("ssh_config") else None
     inventory = Inventory(file.resolve(), hosts, ranges, max_pps, ssh_config, segments, addresses,
                           interfaces, public)

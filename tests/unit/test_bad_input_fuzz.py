@@ -128,6 +128,31 @@ def test_mutated_inventories_load_or_say_what_is_wrong(labs, homelab, data):
     loads_or_refuses(lambda: load_inventory(inventory, topology))
 
 
+ENDS = ["laptop", "personal/laptop", "servers/web", "web", "router@wan", "router@nowhere", "nobody",
+        "198.18.10.10", "8.8.8.8", "10.0.0.1/8", "wan/web", "", "->"]
+MEASURES = ["icmp", "tcp/22", "tcp/0", "tcp/70000", "http/80", "http/80/index.html", "udp/53", "http/x", ""]
+LIMITS = st.sampled_from(["p95 < 5 ms", "loss < 2%", "ttfb p95 < 1 s", "p95 < 5 %", "loss < 2 ms",
+                          "jitter <= 0", "p95 < " + "9" * 400, "mean < .5 s", "p42 < 1 ms", "p95"]) | scalars
+budget_paths = (st.tuples(st.sampled_from(ENDS), st.sampled_from(ENDS), st.sampled_from(MEASURES))
+                .map(lambda t: f"{t[0]} -> {t[1]} {t[2]}") | st.text(max_size=20))
+budget_values = (LIMITS | st.lists(LIMITS, max_size=3)
+                 | st.fixed_dictionaries({}, optional={"limits": LIMITS | st.lists(LIMITS, max_size=3),
+                                                       "samples": junk, "interval": junk, "timeout": junk,
+                                                       "unknown": junk}))
+
+
+@FUZZ
+@given(data=st.data(), budgets=st.dictionaries(budget_paths, budget_values, min_size=1, max_size=3))
+def test_drawn_budgets_load_or_say_what_is_wrong(labs, data, budgets):
+    root, docs = labs
+    folder = root / "homelab"
+    try:
+        write(folder, "policy.yaml", {**docs["homelab"]["policy.yaml"], "budgets": budgets})
+        loads_or_refuses(lambda: load_lab(folder))
+    finally:
+        write(folder, "policy.yaml", docs["homelab"]["policy.yaml"])
+
+
 def bombs():
     """A billion laughs: nine levels of nine aliases each."""
     lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]

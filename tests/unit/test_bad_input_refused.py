@@ -128,6 +128,7 @@ def test_wrong_types_are_config_errors(lab, file, change, field, problem):
     (lambda d: d["nodes"]["web"].update(addresses=["192.168.10.10"]), "nodes.web.addresses"),
     (lambda d: d["nodes"]["web"].update(interfaces=True), "nodes.web.interfaces"),
     (lambda d: d.update(topology=["homelab"]), "topology"),
+    (lambda d: d.update(ssh_config=["~/.ssh/config"]), "ssh_config"),
 ])
 def test_wrong_types_in_an_inventory_are_config_errors(tmp_path, change, field):
     inventory = tmp_path / "live.yaml"
