@@ -15,7 +15,7 @@ or an option:
     --impair METHOD        impaired links: auto (netem, else the delay line), netem, delayline, none
     --lab live --inventory PATH   run against the real hosts of an inventory, read-only
 
-Configuration is loaded and checked at collection, before anything starts:
+Configuration is loaded and checked at configure time, before collection and before anything starts:
 a mistake ends the run with the file, field and problem.
 """
 
@@ -68,11 +68,10 @@ def pytest_configure(config):
     # Ctrl-C and SIGTERM both unwind through fixture teardown: nothing is left running.
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
-    # a lab named on the command line is checked now, before collection: a mistake
-    # ends the run at once with file, field and problem (exit 4)
-    if config.getoption("--topology") != "homelab" or config.getoption("--router-config") \
-            or livemode.is_live(config) or config.getoption("--fuzz-replay"):
-        lab_config(config)
+    # the lab (the default one too) is checked now, before collection: a mistake ends
+    # the run at once with one line naming file, field and problem (exit 4), not with
+    # one collection error per suite file
+    lab_config(config)
 
 
 def lab_config(config) -> tuple:

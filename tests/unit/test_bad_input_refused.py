@@ -318,3 +318,14 @@ def test_a_git_revision_that_is_not_text_is_refused(tmp_path, monkeypatch):
     topology, policy = load_lab(HOMELAB)
     with pytest.raises(LabwardenError, match="not UTF-8 text"):
         resolve_config("HEAD:rules.nft", topology, policy.router, tmp_path)
+
+
+def test_a_broken_default_lab_is_one_usage_error_not_an_error_per_suite_file(tmp_path):
+    """The default lab (no --topology) is checked at configure time like a named one."""
+    shutil.copytree(HOMELAB, tmp_path / "topologies" / "homelab")
+    policy = tmp_path / "topologies" / "homelab" / "policy.yaml"
+    policy.write_text(policy.read_text() + "antispoof: false\n")
+    proc = run("-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q", str(ROOT / "suites" / "isolation"),
+               cwd=tmp_path)
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
+    assert proc.stderr.count("duplicate key 'antispoof'") == 1, proc.stderr
