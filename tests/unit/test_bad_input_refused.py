@@ -329,3 +329,10 @@ def test_a_broken_default_lab_is_one_usage_error_not_an_error_per_suite_file(tmp
                cwd=tmp_path)
     assert proc.returncode == pytest.ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
     assert proc.stderr.count("duplicate key 'antispoof'") == 1, proc.stderr
+
+
+def test_nfts_own_words_are_renamed():
+    """As the node image's nft says it for `flush ruleset; tabel inet x {}` on stdin."""
+    said = ("/dev/stdin:1:22-25: Error: syntax error, unexpected inet, expecting string\n"
+            "flush ruleset; tabel inet x {}\n                     ^^^^")
+    assert stdin_as(said, "rules.nft").startswith("rules.nft:1:7-10: Error: syntax error, unexpected inet")
