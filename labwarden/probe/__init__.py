@@ -3,7 +3,8 @@
 The agent (labwarden/agent/, standard library only, shipped as one zipapp: see
 `ship`) is the program that runs in the nodes' network namespaces. This module
 encodes a request for it, sends each transport (a pytest-testinfra host) its
-share, all transports at once, and turns the answers into `Observation` values.
+share, all transports at once (each call within a bound derived from its batch: `bound`),
+and turns the answers into `Observation` values.
 
 A transport is where the agent runs: in the Docker lab one prober container
 enters every node's namespace, so one call carries all nodes; in a live lab
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from labwarden.errors import CaptureIncomplete, ProbeError
+from labwarden.probe.bound import agent_bound, run_bounded
 
 DOCUMENTATION_RANGES = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
 
@@ -164,9 +166,13 @@ def _observation(item: dict) -> Observation:
 
 
 def _call_agent(transport: Transport, request: dict) -> dict:
-    result = transport.host.run("python3 %s %s", transport.agent_path, encode(request))
+    parts = request["rounds"] if "rounds" in request else [request]
+    nodes = sorted({n for part in parts for n in part.get("nodes", {})})
+    where = f"{transport.host.backend.get_pytest_id()} (node{'s' if len(nodes) != 1 else ''} {', '.join(nodes)})"
+    result = run_bounded(transport.host, agent_bound(request), where,
+                         "python3 %s %s", transport.agent_path, encode(request))
     if result.rc != 0:
-        raise ProbeError(f"the probe agent failed on {transport.host.backend.get_pytest_id()} "
+        raise ProbeError(f"the probe agent failed on {where} "
                          f"(exit {result.rc}): {result.stderr.strip()[-2000:]}")
     try:
         answer = json.loads(result.stdout.strip().splitlines()[-1])
