@@ -9,11 +9,20 @@
     labwarden diff --topology homelab --before REF_OR_FILE [--after FILE]
                      probe the matrix under both router configs (one lab), print the flows
                      whose verdict changed; exit 1 when the after config violates the policy
+
+Exit status: 0 ok, 1 the policy is violated (matrix, diff), 2 could not run (a bad
+option or input, Docker unreachable, a lab that cannot start, a probe that failed or
+outlived its bound), 130 interrupted (Ctrl-C or SIGTERM). An interrupted or killed
+(SIGTERM) command removes the lab it started before it exits (not a kept lab that
+`up` had finished starting, nor one it only used).
 """
 
 import argparse
 import asyncio
+import signal
+import subprocess
 import sys
+import traceback
 
 import docker
 
@@ -66,10 +75,10 @@ def cmd_status(args):
 def cmd_matrix(args):
     topology, policy = _load(args)
     keep = kept_project(topology) in labwarden_projects(docker_client())
-    lab = start(ComposeLab(topology, policy, router_config=args.router_config, keep=keep,
-                           log=lambda m: print(m, file=sys.stderr)))
+    lab = ComposeLab(topology, policy, router_config=args.router_config, keep=keep,
+                     log=lambda m: print(m, file=sys.stderr))
     try:
-        run = asyncio.run(run_matrix(lab, policy, timeout=args.probe_timeout))
+        run = asyncio.run(run_matrix(start(lab), policy, timeout=args.probe_timeout))
     finally:
         if not keep:
             lab.down()
@@ -84,6 +93,9 @@ def cmd_matrix(args):
 
 
 def main(argv=None) -> int:
+    # SIGTERM unwinds like Ctrl-C: every lab this command started is removed on the way out
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     parser = argparse.ArgumentParser(prog="labwarden", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func in (("up", cmd_up), ("down", cmd_down), ("status", cmd_status), ("matrix", cmd_matrix)):
@@ -101,9 +113,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (LabwardenError, docker.errors.DockerException) as err:  # one line, no traceback
+    except (LabwardenError, docker.errors.DockerException, OSError,
+            subprocess.SubprocessError) as err:  # one line, no traceback
         print("labwarden: " + " ".join(str(err).split()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print("labwarden: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug: its traceback, but never the exit status of a violated policy
+        traceback.print_exc()
+        return 2
 

@@ -13,7 +13,8 @@ A config is a file, or a git revision of the topology's own router config
 (`HEAD~1`, `main`: ``git show REF:topologies/homelab/router/nftables.conf``),
 or an explicit ``REF:path``. Exit status: 0 when the after config keeps the
 policy, 1 when it violates it (any mismatch), 2 when the diff could not be
-made. Both matrices and the changes also go into DIR/diff.{json,html}.
+made, 130 when interrupted (Ctrl-C, SIGTERM: the lab is removed first). Both
+matrices and the changes also go into DIR/diff.{json,html}.
 
 Probes use fresh source ports and ICMP ids, so connection tracking entries
 left by the first matrix do not let the second one's flows in.
@@ -151,8 +152,9 @@ def diff(topology, policy, before_spec: str, after_spec: str | None, *, timeout:
         before = resolve_config(before_spec, topology, policy.router, scratch)
         after = resolve_config(after_spec or shown(topology.nodes[policy.router].firewall),
                                topology, policy.router, scratch)
-        lab = start(ComposeLab(topology, policy, router_config=before.path, log=log))
+        lab = ComposeLab(topology, policy, router_config=before.path, log=log)
         try:
+            start(lab)
             log(f"labwarden: lab {lab.project} up with {before.shown}; probing, then loading {after.shown}")
             first, second = asyncio.run(measure(lab, before, after, timeout))
             router = lab.transports[policy.router]

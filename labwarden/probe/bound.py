@@ -2,7 +2,7 @@
 
 The bound is derived from the request itself: the agent runs a request's rounds one
 after the other and, within a round, every node at once, so a call may take the sum
-over rounds of its slowest node, plus `MARGIN_S` for starting the agent (`docker exec`
+over rounds of its slowest node, plus `MARGIN_S` (60 s) for starting the agent (`docker exec`
 or ssh, Python, the zipapp) on a loaded machine. A node costs what the agent may spend
 on it (labwarden/agent/agent.py, timing.py): its setup, waiting for `start_at`, its
 capture window, its probes (the batch's timeout after the last one left, then the
@@ -25,7 +25,7 @@ import time
 
 from labwarden.errors import ProbeError
 
-MARGIN_S = 30.0        # agent start (docker exec/ssh, python) on a loaded 2-core machine
+MARGIN_S = 60.0        # agent start (docker exec/ssh, python): 1-2 s measured, far more on a loaded machine
 SETUP_S = 30.0         # a node's setup: the agent bounds each command it runs at 30 s
 LOCAL_BACKENDS = ("docker", "ssh", "safe-ssh", "local")  # testinfra backends that run a local command
 TRACE_S = 10.0         # stopping `nft monitor trace` (the agent waits at most 10 s)

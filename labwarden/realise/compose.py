@@ -26,8 +26,8 @@ import testinfra
 
 from labwarden.realise import impair
 from labwarden.errors import LabError, ProbeError
-from labwarden.realise.cleanup import (PROJECT_PREFIX, docker_client, kept_project, labwarden_projects,
-                                       override_file, remove_project, topology_lock_path)
+from labwarden.realise.cleanup import (PROJECT_PREFIX, docker_client, interrupts_deferred, kept_project,
+                                       labwarden_projects, override_file, remove_project, topology_lock_path)
 from labwarden.realise.image import REPOSITORY, ensure_image
 from labwarden.realise.impair import Impairment
 from labwarden.realise.lab import Lab, run_sync
@@ -39,6 +39,7 @@ from labwarden.declared.topology import Topology
 PROBER = "labwarden-prober"
 READY_TIMEOUT_S = 30.0
 LOCK_WAIT_S = 900.0
+SETTLE_S = 1.0  # after a `compose up` killed midway, before the last look for what it created
 
 
 @functools.cache
@@ -92,6 +93,7 @@ class ComposeLab(Lab):
         self._client = docker_client()
         self._override = override_file(self.project)
         self._lock = None
+        self._interrupted_compose = False
 
     # ---- lifecycle -------------------------------------------------------
     def up(self) -> "ComposeLab":
@@ -101,7 +103,9 @@ class ComposeLab(Lab):
             self.timings["image_s"] = time.monotonic() - started
             self._take_topology_lock()
             self._refuse_twin()
+            self._interrupted_compose = True  # until it returns: what it had in flight may land late
             self._compose("up", "-d", "--no-build", "--quiet-pull", "--remove-orphans")
+            self._interrupted_compose = False
             self.timings["compose_s"] = time.monotonic() - started - self.timings["image_s"]
             self._find_containers()
             asyncio.run(self._plumb())
@@ -116,11 +120,19 @@ class ComposeLab(Lab):
         return self
 
     def down(self) -> None:
-        """Remove everything of this run; safe to call twice or on a half-started lab."""
-        if self._override.exists():
-            self._compose("down", "--volumes", "--remove-orphans", "--timeout", "1", check=False)
-        remove_project(self._client, self.project)  # and the override file
-        self._release_topology_lock()
+        """Remove everything of this run; safe to call twice or on a half-started lab, and not
+        interrupted by Ctrl-C or SIGTERM (they take effect once everything is removed)."""
+        with interrupts_deferred():
+            try:
+                if self._override.exists():
+                    self._compose("down", "--volumes", "--remove-orphans", "--timeout", "1", check=False)
+                remove_project(self._client, self.project)  # and the override file
+                if self._interrupted_compose:  # a create it had sent may land after that pass
+                    time.sleep(SETTLE_S)
+                    remove_project(self._client, self.project)
+                    self._interrupted_compose = False
+            finally:
+                self._release_topology_lock()
 
     def _take_topology_lock(self) -> None:
         """Runs of one topology on one machine take turns (their subnets would clash)."""

@@ -1,0 +1,70 @@
+"""Interrupts: teardown runs to its end, late creations are swept, the CLI's exit codes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from labwarden.realise import cleanup
+from labwarden.realise.cleanup import interrupts_deferred, remove_project
+
+
+def test_a_signal_during_teardown_waits_for_its_end():
+    old = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    done = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.1)  # a handler would have raised here
+                done.append("all of it")
+        assert done == ["all of it"]
+        assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+class LateEngine:
+    """A Docker API whose container from a killed `compose up` appears after the first listing."""
+
+    def __init__(self):
+        self.listings, self.removed = 0, []
+        self.api = self
+
+    def containers(self, all, filters):
+        self.listings += 1
+        return [{"Id": "late", "Names": ["/late"]}] if self.listings == 2 else []
+
+    def networks(self, filters):
+        return [{"Id": "n1", "Name": "net"}] if self.listings == 1 else []
+
+    def volumes(self, filters):
+        return {"Volumes": None}
+
+    def remove_container(self, cid, force):
+        self.removed.append(cid)
+
+    def remove_network(self, nid):
+        self.removed.append(nid)
+
+
+def test_what_lands_after_a_pass_is_removed_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(cleanup.tempfile, "gettempdir", lambda: str(tmp_path))
+    engine = LateEngine()
+    remove_project(engine, "lw-x-abcdef")
+    assert engine.removed == ["n1", "late"]
+    assert engine.listings == 3  # the last listing found nothing: done
+
+
+@pytest.mark.parametrize("command", ["matrix --topology airplane", "diff --topology airplane --before HEAD",
+                                     "up --topology airplane", "status"])
+def test_docker_unreachable_is_exit_2_in_one_line(command):
+    proc = subprocess.run([sys.executable, "-m", "labwarden.cli", *command.split()], capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ, DOCKER_HOST="unix:///nonexistent"))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("labwarden: cannot reach the Docker engine")
