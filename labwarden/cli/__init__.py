@@ -19,7 +19,6 @@ outlived its bound), 130 interrupted (Ctrl-C or SIGTERM). An interrupted or kill
 
 import argparse
 import asyncio
-import signal
 import subprocess
 import sys
 import traceback
@@ -28,7 +27,8 @@ import docker
 
 from labwarden.cli import diff
 from labwarden.errors import LabwardenError
-from labwarden.realise.cleanup import docker_client, down_all, kept_project, labwarden_projects, remove_project
+from labwarden.realise.cleanup import (docker_client, down_all, kept_project, labwarden_projects, remove_project,
+                                       sigterm_interrupts)
 from labwarden.realise.compose import ComposeLab
 from labwarden.checks.matrix import render_grid, run_matrix
 from labwarden.checks.tunnel import start
@@ -93,9 +93,7 @@ def cmd_matrix(args):
 
 
 def main(argv=None) -> int:
-    # SIGTERM unwinds like Ctrl-C: every lab this command started is removed on the way out
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    sigterm_interrupts()  # every lab this command started is removed on the way out
     parser = argparse.ArgumentParser(prog="labwarden", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func in (("up", cmd_up), ("down", cmd_down), ("status", cmd_status), ("matrix", cmd_matrix)):

@@ -38,6 +38,7 @@ from labwarden.checks.tunnel import start
 from labwarden.declared.fields import shown
 from labwarden.declared.lab import load_lab
 from labwarden.probe import NodeJob
+from labwarden.probe.bound import SHORT_S, run_bounded
 from labwarden.report.header import header, nft_version
 from labwarden.report.model import Report
 
@@ -158,7 +159,7 @@ def diff(topology, policy, before_spec: str, after_spec: str | None, *, timeout:
             log(f"labwarden: lab {lab.project} up with {before.shown}; probing, then loading {after.shown}")
             first, second = asyncio.run(measure(lab, before, after, timeout))
             router = lab.transports[policy.router]
-            nft = nft_version(lambda cmd: router.host.run(cmd).stdout)
+            nft = nft_version(lambda cmd: run_bounded(router.host, SHORT_S, "the router", cmd).stdout)
         finally:
             lab.down()
     found = changes(first, second)

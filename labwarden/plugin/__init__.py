@@ -19,7 +19,6 @@ Configuration is loaded and checked at collection, before anything starts:
 a mistake ends the run with the file, field and problem.
 """
 
-import signal
 from pathlib import Path
 
 import docker
@@ -27,6 +26,7 @@ import pytest
 import pytest_asyncio
 
 from labwarden.errors import ConfigError, LabwardenError
+from labwarden.realise.cleanup import sigterm_interrupts
 from labwarden.realise.compose import ComposeLab
 from labwarden.checks.matrix import check_controls, matrix_flows, run_matrix
 from labwarden.checks.tunnel import start
@@ -63,8 +63,7 @@ def pytest_configure(config):
     livemode.configure(config)
     config.addinivalue_line("markers", "lab: the test brings up (or uses) a Docker lab")
     # Ctrl-C and SIGTERM both unwind through fixture teardown: nothing is left running.
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    sigterm_interrupts()
     # a lab named on the command line is checked now, before collection: a mistake
     # ends the run at once with file, field and problem (exit 4)
     if config.getoption("--topology") != "homelab" or config.getoption("--router-config") \

@@ -10,15 +10,13 @@ sniffer's catch-up: at most max(2, timeout) more), its fetches (connect, then re
 its latency samples and traceroutes, and, where the request sets a pace (`max_pps`),
 the time its packets take at that pace.
 
-A call over its bound is killed (its whole process group: `docker exec`, ssh) and is a
+A call over its bound is killed (the `docker exec` or ssh that carries it) and is a
 ProbeError naming the transport, the nodes and the bound: a hung Docker daemon or host
 ends the run with a message, not never.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import threading
 import time
@@ -28,6 +26,7 @@ from labwarden.errors import ProbeError
 MARGIN_S = 60.0        # agent start (docker exec/ssh, python): 1-2 s measured, far more on a loaded machine
 SETUP_S = 30.0         # a node's setup: the agent bounds each command it runs at 30 s
 LOCAL_BACKENDS = ("docker", "ssh", "safe-ssh", "local")  # testinfra backends that run a local command
+SHORT_S = 30.0         # a short command beside the agent (`nft --version` for the report)
 TRACE_S = 10.0         # stopping `nft monitor trace` (the agent waits at most 10 s)
 
 
@@ -78,24 +77,36 @@ class _Bounded(threading.local):
 
 
 _BOUND = _Bounded()
+_RUNNING: set[subprocess.Popen] = set()  # the calls in flight, for stop_calls()
 
 
 def _run_local(backend, command: str, *args: str):
-    """testinfra's `run_local` with the calling thread's bound: the command gets a process
-    group of its own, killed whole when the bound passes."""
-    cmd = backend.encode(backend.quote(command, *args))
+    """testinfra's `run_local` with the calling thread's bound: the shell execs the command
+    (`docker exec`, `ssh`), so killing the process at the bound kills the call itself. It
+    stays in this process group: a Ctrl-C at the terminal reaches it as before."""
+    cmd = backend.encode("exec " + backend.quote(command, *args))
     proc = subprocess.Popen(cmd, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            stderr=subprocess.PIPE)
+    _RUNNING.add(proc)
     try:
         stdout, stderr = proc.communicate(timeout=_BOUND.seconds)
     except BaseException:  # the bound passed, or an interrupt: nothing of it outlives the call
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        proc.kill()
         proc.wait()
         raise
+    finally:
+        _RUNNING.discard(proc)
     return backend.result(proc.returncode, cmd, stdout, stderr)
+
+
+def stop_calls() -> None:
+    """Kill every agent call in flight (on SIGTERM: the run is ending, their answers are not
+    waited for)."""
+    for proc in list(_RUNNING):
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
 
 
 def run_bounded(host, seconds: float, what: str, command: str, *args: str):

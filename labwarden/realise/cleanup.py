@@ -24,6 +24,7 @@ import docker
 
 from labwarden.declared.topology import Topology
 from labwarden.errors import LabError
+from labwarden.probe.bound import stop_calls
 
 PROJECT_PREFIX = "lw-"
 OVERRIDE_PREFIX = "labwarden-"
@@ -55,6 +56,18 @@ def topology_lock_path(name: str) -> Path:
 def override_file(project: str) -> Path:
     """The generated compose file (the prober) of a project: removed with the project."""
     return Path(tempfile.gettempdir()) / f"{OVERRIDE_PREFIX}{project}{OVERRIDE_SUFFIX}"
+
+
+def _on_sigterm(signum, frame):
+    stop_calls()  # as a Ctrl-C at a terminal reaches the `docker exec`s too: no batch is waited for
+    raise KeyboardInterrupt
+
+
+def sigterm_interrupts() -> None:
+    """SIGTERM unwinds like Ctrl-C (KeyboardInterrupt: every lab started is removed on the
+    way out), unless the program has a SIGTERM handler of its own."""
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """Every agent call is bounded by its batch (labwarden.probe.bound), and killed at the bound."""
 
 import subprocess
+import threading
 import time
 from ipaddress import IPv4Address
 
@@ -9,7 +10,7 @@ import testinfra
 
 from labwarden.errors import ProbeError
 from labwarden.probe import NodeJob, Probe, Transport, _call_agent
-from labwarden.probe.bound import MARGIN_S, SETUP_S, agent_bound, node_seconds, run_bounded
+from labwarden.probe.bound import MARGIN_S, SETUP_S, agent_bound, node_seconds, run_bounded, stop_calls
 
 
 def test_probes_cost_the_timeout_and_the_catch_up():
@@ -67,3 +68,15 @@ def test_a_stalled_agent_is_a_probe_error(monkeypatch, tmp_path):
     with pytest.raises(ProbeError, match=r"node lab-node\) did not answer within 1 s"):
         _call_agent(transport, {"timeout": 1.0, "nodes": {"lab-node": job.request(None)}})
     assert time.monotonic() - started < 5
+
+
+def test_sigterm_stops_the_calls_in_flight():
+    """On SIGTERM (labwarden.realise.cleanup.sigterm_interrupts) no batch is waited for."""
+    host, box = testinfra.get_host("local://"), {}
+    worker = threading.Thread(target=lambda: box.update(r=run_bounded(host, 60.0, "x", "sleep 38.5")))
+    worker.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    stop_calls()
+    worker.join(10)
+    assert time.monotonic() - started < 5 and box["r"].rc != 0
