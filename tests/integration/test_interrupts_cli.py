@@ -5,6 +5,7 @@ The airplane lab under a name of its own (`intr`: other runs of airplane on this
 are not it), holding airplane's lock meanwhile (their subnets are the same)."""
 
 import fcntl
+import os
 import shutil
 import signal
 import subprocess
@@ -58,20 +59,22 @@ def lab(tmp_path_factory):
         yield folder
 
 
-@pytest.mark.parametrize("command,sig,moment,delay", [
-    ("matrix", signal.SIGTERM, "start", 0.3),      # image check, lock, or compose up
-    ("matrix", signal.SIGINT, "compose", 0.0),     # compose up has created something, not all
-    ("matrix", signal.SIGTERM, "compose", 0.3),
-    ("matrix", signal.SIGINT, "prober", 1.5),      # plumbing, readiness, tunnels or the matrix
-    ("diff", signal.SIGTERM, "prober", 4.0),       # probing or loading the after config
+@pytest.mark.parametrize("command,sig,moment,delay,how", [
+    ("matrix", signal.SIGTERM, "start", 0.3, "pid"),      # image check, lock, or compose up
+    ("matrix", signal.SIGINT, "compose", 0.0, "pid"),     # compose up has created something, not all
+    ("matrix", signal.SIGINT, "compose", 0.2, "group"),   # a terminal's Ctrl-C: compose gets it too
+    ("matrix", signal.SIGTERM, "compose", 0.3, "pid"),
+    ("matrix", signal.SIGINT, "prober", 1.5, "twice"),    # and again 0.5 s later, during teardown
+    ("diff", signal.SIGTERM, "prober", 4.0, "pid"),       # probing or loading the after config
 ])
-def test_an_interrupted_run_leaves_nothing(lab, command, sig, moment, delay, tmp_path):
+def test_an_interrupted_run_leaves_nothing(lab, command, sig, moment, delay, how, tmp_path):
     client = docker.from_env()
     assert not leftovers(client), "an earlier run left something"
     extra = ["--before", str(lab / "gateway" / "nftables.conf"), "--report-dir", str(tmp_path)] \
         if command == "diff" else []
     proc = subprocess.Popen([sys.executable, "-m", "labwarden.cli", command, "--topology", str(lab), *extra],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # a group of its own, as a terminal's job
     try:
         deadline = time.monotonic() + 180
         while not handles_sigterm(proc.pid) or moment != "start" and not started(client, moment):
@@ -80,7 +83,10 @@ def test_an_interrupted_run_leaves_nothing(lab, command, sig, moment, delay, tmp
             time.sleep(0.05)
         time.sleep(delay)
         assert proc.poll() is None, f"the run ended before the signal: {proc.communicate()}"
-        proc.send_signal(sig)
+        (os.killpg if how == "group" else os.kill)(proc.pid, sig)
+        if how == "twice":
+            time.sleep(0.5)
+            proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:

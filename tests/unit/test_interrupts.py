@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from labwarden import cli
 from labwarden.realise import cleanup
 from labwarden.realise.cleanup import interrupts_deferred, remove_project
 
@@ -68,3 +69,18 @@ def test_docker_unreachable_is_exit_2_in_one_line(command):
                           text=True, timeout=60, env=dict(os.environ, DOCKER_HOST="unix:///nonexistent"))
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("labwarden: cannot reach the Docker engine")
+
+
+@pytest.mark.parametrize("error,code,one_line", [
+    (subprocess.TimeoutExpired(["docker", "compose", "up"], 300), 2, True),  # a hung engine
+    (FileNotFoundError(2, "No such file or directory", "docker"), 2, True),  # no docker CLI
+    (RuntimeError("a bug"), 2, False),    # its traceback, but never "the policy is violated" (1)
+    (KeyboardInterrupt(), 130, True),
+])
+def test_exit_codes(monkeypatch, capsys, error, code, one_line):
+    def fail(args):
+        raise error
+    monkeypatch.setattr(cli, "cmd_status", fail)
+    assert cli.main(["status"]) == code
+    err = capsys.readouterr().err
+    assert err.startswith("labwarden: ") == one_line and (err.count("\n") == 1) == one_line, err
