@@ -9,8 +9,10 @@ temporary folder. Runs of one topology take turns on
 
 Removing is idempotent: a project already gone, or removed meanwhile by another
 run, is no error. It is not interrupted: Ctrl-C or SIGTERM arriving meanwhile waits
-until everything is removed (`interrupts_deferred`), then takes effect. `ComposeLab.down()` removes its own project; `labwarden down
---all` (`down_all`) removes every labwarden project, like Mininet's `mn -c`.
+until everything is removed (`interrupts_deferred`), then takes effect.
+`ComposeLab.down()` removes its own project; `labwarden down --all` (`down_all`)
+removes every labwarden project, like Mininet's `mn -c`. SIGTERM unwinds like
+Ctrl-C in the CLI and the pytest plugin (`sigterm_interrupts`).
 """
 
 import contextlib

@@ -94,6 +94,7 @@ class ComposeLab(Lab):
         self._override = override_file(self.project)
         self._lock = None
         self._interrupted_compose = False
+        self._attached = False  # up() found this kept lab running: down() leaves it
 
     # ---- lifecycle -------------------------------------------------------
     def up(self) -> "ComposeLab":
@@ -103,6 +104,7 @@ class ComposeLab(Lab):
             self.timings["image_s"] = time.monotonic() - started
             self._take_topology_lock()
             self._refuse_twin()
+            self._attached = self.keep and self.project in labwarden_projects(self._client)
             self._interrupted_compose = True  # until it returns: what it had in flight may land late
             self._compose("up", "-d", "--no-build", "--quiet-pull", "--remove-orphans")
             self._interrupted_compose = False
@@ -121,9 +123,12 @@ class ComposeLab(Lab):
 
     def down(self) -> None:
         """Remove everything of this run; safe to call twice or on a half-started lab, and not
-        interrupted by Ctrl-C or SIGTERM (they take effect once everything is removed)."""
+        interrupted by Ctrl-C or SIGTERM (they take effect once everything is removed). A
+        kept lab that was already running when up() attached to it is left alone."""
         with interrupts_deferred():
             try:
+                if self._attached:  # a kept lab that was running before: not this run's to remove
+                    return
                 if self._override.exists():
                     self._compose("down", "--volumes", "--remove-orphans", "--timeout", "1", check=False)
                 remove_project(self._client, self.project)  # and the override file

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from labwarden import cli
-from labwarden.realise import cleanup
+from labwarden.realise import cleanup, compose
 from labwarden.realise.cleanup import interrupts_deferred, remove_project
 
 
@@ -84,3 +84,17 @@ def test_exit_codes(monkeypatch, capsys, error, code, one_line):
     assert cli.main(["status"]) == code
     err = capsys.readouterr().err
     assert err.startswith("labwarden: ") == one_line and (err.count("\n") == 1) == one_line, err
+
+
+def test_a_kept_lab_found_running_is_not_removed_by_a_run_that_used_it(monkeypatch, tmp_path):
+    """`labwarden matrix` on a kept lab, interrupted while attaching to it: the lab stays."""
+    removed = []
+    monkeypatch.setattr(compose, "remove_project", lambda client, project: removed.append(project))
+    lab = object.__new__(compose.ComposeLab)
+    lab.__dict__.update(_attached=True, _interrupted_compose=False, _lock=None, _client=None,
+                        project="lw-homelab-kept", _override=tmp_path / "none.yaml")
+    lab.down()
+    assert removed == []
+    lab._attached = False
+    lab.down()
+    assert removed == ["lw-homelab-kept"]
