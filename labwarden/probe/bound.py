@@ -17,6 +17,8 @@ ends the run with a message, not never.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -77,36 +79,46 @@ class _Bounded(threading.local):
 
 
 _BOUND = _Bounded()
-_RUNNING: set[subprocess.Popen] = set()  # the calls in flight, for stop_calls()
+_RUNNING: dict[subprocess.Popen, bool] = {}  # the calls in flight (and whether each has its own group)
 
 
 def _run_local(backend, command: str, *args: str):
-    """testinfra's `run_local` with the calling thread's bound: the shell execs the command
-    (`docker exec`, `ssh`), so killing the process at the bound kills the call itself. It
-    stays in this process group: a Ctrl-C at the terminal reaches it as before."""
-    cmd = backend.encode("exec " + backend.quote(command, *args))
+    """testinfra's `run_local` with the calling thread's bound. The shell execs a remote
+    backend's one command (`docker exec`, `ssh`), so killing the process at the bound kills
+    the call itself, and it stays in this process group: a Ctrl-C at the terminal reaches it
+    as before. A local:// command may be a whole shell line: it gets a process group of its
+    own, killed whole."""
+    local = backend.NAME == "local"
+    cmd = backend.encode(("" if local else "exec ") + backend.quote(command, *args))
     proc = subprocess.Popen(cmd, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    _RUNNING.add(proc)
+                            stderr=subprocess.PIPE, process_group=0 if local else None)
+    _RUNNING[proc] = local
     try:
         stdout, stderr = proc.communicate(timeout=_BOUND.seconds)
     except BaseException:  # the bound passed, or an interrupt: nothing of it outlives the call
-        proc.kill()
+        _kill(proc, local)
         proc.wait()
         raise
     finally:
-        _RUNNING.discard(proc)
+        _RUNNING.pop(proc, None)
     return backend.result(proc.returncode, cmd, stdout, stderr)
+
+
+def _kill(proc: subprocess.Popen, group: bool) -> None:
+    try:
+        if group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+    except ProcessLookupError:
+        pass
 
 
 def stop_calls() -> None:
     """Kill every agent call in flight (on SIGTERM: the run is ending, their answers are not
     waited for)."""
-    for proc in list(_RUNNING):
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
+    for proc, group in list(_RUNNING.items()):
+        _kill(proc, group)
 
 
 def run_bounded(host, seconds: float, what: str, command: str, *args: str):
