@@ -19,6 +19,7 @@ TIMES = {"ms": 1.0, "s": 1000.0, "us": 0.001}          # -> ms
 RATES = {"kbit": 1.0, "mbit": 1000.0, "gbit": 1e6, "bit": 0.001}  # -> kbit/s
 PERCENT = {"%": 1.0}
 IFNAME_RULE = "1-15 characters, no '/', ':' or whitespace"
+COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 
 
 def shown(path: Path) -> str:
@@ -27,6 +28,36 @@ def shown(path: Path) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def lab_root(folder: Path) -> Path:
+    """The folder a lab's files must lie in: the lab folder itself, or for a mutant
+    (LAB/mutants/NAME/, whose links point at its lab's files) the folder of its lab."""
+    folder = Path(folder).resolve()
+    lab = folder.parent.parent
+    if folder.parent.name == "mutants" and any((lab / n).is_file() for n in COMPOSE_NAMES):
+        return lab
+    return folder
+
+
+def is_inside(root: Path, path: Path) -> bool:
+    root, path = Path(root).resolve(), Path(path).resolve()
+    return path == root or root in path.parents
+
+
+def lab_file(f, where: str, folder: Path, raw) -> Path:
+    """A file a lab's own file names (relative to the lab folder), resolved: it must exist
+    and lie inside the lab folder (lab_root), symlinks followed: a topology cannot have
+    labwarden read /etc/passwd or ../../anything for it."""
+    given = Path(folder) / str(raw)
+    path = given.resolve()
+    if not is_inside(lab_root(folder), path):
+        raise ConfigError(f, where, f"{raw!r} is outside the lab folder {lab_root(folder)}"
+                          + (f" (it leads to {path})" if path != given else "")
+                          + ": a lab may only name its own files")
+    if not path.is_file():
+        raise ConfigError(f, where, f"no such file: {given}")
+    return path
 
 
 def read_yaml(file: Path, f: str) -> dict:
