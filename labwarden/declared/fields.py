@@ -18,7 +18,11 @@ from labwarden.errors import ConfigError
 TIMES = {"ms": 1.0, "s": 1000.0, "us": 0.001}          # -> ms
 RATES = {"kbit": 1.0, "mbit": 1000.0, "gbit": 1e6, "bit": 0.001}  # -> kbit/s
 PERCENT = {"%": 1.0}
-IFNAME_RULE = "1-15 characters, no '/', ':' or whitespace"
+IFNAME_RULE = "1-15 characters among letters, digits, '-', '_' and '.', the first a letter or digit"
+# The kernel's dev_valid_name() allows any byte but '/', ':' and whitespace; names also reach
+# argv (`tc ... dev NAME`), nftables rules (`iifname "NAME"`) and `ip -batch` lines, where
+# quotes, '#', ';', '*' or a leading '-' would change what is said. Real names fit this.
+_IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
 COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 
 
@@ -136,6 +140,6 @@ def network(f, where: str, raw, strict: bool = True) -> IPv4Network:
 
 
 def valid_ifname(name) -> bool:
-    """The kernel's dev_valid_name(): shorter than IFNAMSIZ (16), no '/', ':' or whitespace."""
-    return (isinstance(name, str) and 0 < len(name) <= 15 and name not in (".", "..")
-            and not any(c in "/:" or c.isspace() for c in name))
+    """A name the kernel accepts (dev_valid_name(): shorter than IFNAMSIZ, 16) made of
+    characters that mean nothing in a command line or a ruleset (IFNAME_RULE)."""
+    return isinstance(name, str) and _IFNAME.fullmatch(name) is not None
