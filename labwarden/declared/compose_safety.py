@@ -11,7 +11,8 @@ anything starts, with a ConfigError naming file, field and problem:
   (``cap_add: [ALL]``, SYS_ADMIN, SYS_MODULE, ...), ``devices`` other than /dev/net/tun,
   ``device_cgroup_rules``, GPUs, ``security_opt`` other than no-new-privileges, labels
   and named AppArmor profiles (``*unconfined``, ``label=disable``, ``seccomp=...``),
-  ``cgroup_parent``, another ``runtime``;
+  ``cgroup_parent``, another ``runtime``, ``use_api_socket``, ``provider``, privileged
+  ``post_start``/``pre_stop`` hooks;
 - host paths outside the lab folder (symlinks followed): bind mounts, ``env_file``,
   ``configs``/``secrets`` files, local volumes backed by a host ``device``; named
   volumes are fine. ``include``, ``extends: {file: ...}``, ``volumes_from: container:X``
@@ -47,6 +48,8 @@ REFUSED_KEYS = {"privileged": "gives the container every capability and every ho
                 "device_cgroup_rules": "lets the container use host devices",
                 "gpus": "gives the container host devices",
                 "runtime": "runs the container under another runtime than Docker's default",
+                "use_api_socket": "hands the container the Docker engine's socket: root on the host",
+                "provider": "runs a program of the file's choosing on the host",
                 "include": "brings in another compose file, which this check does not read"}
 INTERPOLATED = re.compile(r"(?<!\$)\$(?!\$)")  # $VAR, ${VAR}; $$ is a literal $
 
@@ -156,6 +159,10 @@ def _service(f, folder: _Paths, where: str, spec: dict, services: dict) -> None:
     for i, env in enumerate(_as_list(env_files)):
         path = env.get("path") if isinstance(env, dict) else env
         _inside(f, folder, f"{where}.env_file" + (f"[{i}]" if isinstance(env_files, list) else ""), path)
+    for hook in ("post_start", "pre_stop"):
+        for i, step in enumerate(_as_list(spec.get(hook))):
+            if isinstance(step, dict) and step.get("privileged") not in (None, False):
+                _refuse(f, f"{where}.{hook}[{i}].privileged", "runs the hook with every capability")
     extends = spec.get("extends")
     if isinstance(extends, dict) and extends.get("file") is not None:
         _refuse(f, f"{where}.extends.file", "brings in another compose file, which this check does not read")
