@@ -119,21 +119,22 @@ def _service(f, folder: _Paths, where: str, spec: dict, services: dict) -> None:
     checked = {k: spec[k] for k in (*NAMESPACE_KEYS, "cap_add", "devices", "security_opt", "volumes",
                                     "volumes_from", "env_file", "extends", "deploy") if k in spec}
     _no_interpolation(f, where, checked)
-    mine = set(services) | {s.get("container_name") for s in services.values() if isinstance(s, dict)}
+    names = {"service": set(services),  # container:X is a container's own name, not a service's
+             "container": {s.get("container_name") for s in services.values() if isinstance(s, dict)} - {None}}
     for key in NAMESPACE_KEYS:
         mode = spec.get(key)
         if mode is None:
             continue
         kind, _, other = str(mode).partition(":")
-        if key == "network_mode" and kind == "none" and not other:
+        if (key == "network_mode" and str(mode) == "none") or other in names.get(kind, ()):
             continue
-        if kind in ("service", "container") and other in mine and other:
-            continue
-        if kind in ("service", "container"):
-            _refuse(f, f"{where}.{key}", f"{mode!r} is not one of this lab's services")
-        if kind == "host" or key == "network_mode":
-            _refuse(f, f"{where}.{key}", f"{mode!r} puts the container in the host's namespace"
-                    if kind == "host" else f"{mode!r} is not a lab network (use the file's networks, "
+        if kind in names:
+            _refuse(f, f"{where}.{key}", f"{mode!r} is not one of this lab's "
+                    + ("services" if kind == "service" else "containers (container_name)"))
+        if kind == "host":
+            _refuse(f, f"{where}.{key}", f"{mode!r} puts the container in the host's namespace")
+        if key == "network_mode":
+            _refuse(f, f"{where}.{key}", f"{mode!r} is not a lab network (use the file's networks, "
                     "none, or service:NAME)")
     for i, cap in enumerate(_as_list(spec.get("cap_add"))):
         name = str(cap).upper().removeprefix("CAP_")

@@ -73,9 +73,13 @@ UNSAFE = {
     "host uts": (service("web", uts="host"), "services.web.uts", "host's namespace"),
     "default bridge": (service("web", network_mode="bridge"), "services.web.network_mode", "not a lab network"),
     "a foreign container's network": (service("web", network_mode="container:some-host-service"),
-                                      "services.web.network_mode", "not one of this lab's services"),
+                                      "services.web.network_mode", "not one of this lab's containers"),
+    "a host container named like a service": (service("web", network_mode="container:router"),
+                                               "services.web.network_mode", "not one of this lab's containers"),
     "a foreign container's pids": (service("web", pid="container:labwarden-prober"),
-                                   "services.web.pid", "not one of this lab's services"),
+                                   "services.web.pid", "not one of this lab's containers"),
+    "an unknown service's network": (service("web", network_mode="service:nowhere"),
+                                     "services.web.network_mode", "not one of this lab's services"),
     "root bind": (service("web", volumes=["/:/host"]), "services.web.volumes[0]", "'/' is a host path outside"),
     "docker socket": (service("web", volumes=["/var/run/docker.sock:/var/run/docker.sock"]),
                       "services.web.volumes[0]", "outside the lab folder"),
@@ -151,6 +155,9 @@ SAFE = {
     "no new privileges": service("web", security_opt=["no-new-privileges:true"]),
     "a sidecar in a lab service": lambda d: d["services"].update(side={"image": "x",
                                                                        "network_mode": "service:web"}),
+    "a sidecar in a lab container": lambda d: d["services"].update(
+        side={"image": "x", "network_mode": "container:lab-web"}) or d["services"]["web"].update(
+        container_name="lab-web"),
     "privileged: false": service("web", privileged=False),
     "an escaped dollar": service("web", volumes=["data$$x:/d"]),
 }
