@@ -32,7 +32,7 @@ import re
 from pathlib import Path
 
 from labwarden.errors import ConfigError
-from labwarden.declared.fields import is_inside, lab_root
+from labwarden.declared.fields import is_inside, lab_root, resolve
 
 ALLOW_OPTION = "--allow-unsafe-compose"
 ALLOW_HELP = ("run a compose file that reaches the host (privileged, host namespaces, host mounts, "
@@ -65,26 +65,22 @@ class _Paths:
 def check_compose(f, compose: Path, doc: dict) -> None:
     """Refuse whatever in a parsed compose file reaches the host (see the module's docstring)."""
     folder = _Paths(compose)
-    services = doc.get("services") if isinstance(doc.get("services"), dict) else {}
+    services = _mappings(doc.get("services"))
     if doc.get("include") is not None:
         _refuse(f, "include", REFUSED_KEYS["include"])
     for name, spec in services.items():
-        if isinstance(spec, dict):
-            _service(f, folder, f"services.{name}", spec, services)
-    for name, spec in (doc.get("networks") or {}).items():
-        if isinstance(spec, dict):
-            _network(f, f"networks.{name}", spec)
-    for name, spec in (doc.get("volumes") or {}).items():
-        if isinstance(spec, dict):
-            _volume(f, folder, f"volumes.{name}", spec)
+        _service(f, folder, f"services.{name}", spec, services)
+    for name, spec in _mappings(doc.get("networks")).items():
+        _network(f, f"networks.{name}", spec)
+    for name, spec in _mappings(doc.get("volumes")).items():
+        _volume(f, folder, f"volumes.{name}", spec)
     for kind in ("configs", "secrets"):
-        for name, spec in (doc.get(kind) or {}).items():
-            if isinstance(spec, dict):
-                _no_interpolation(f, f"{kind}.{name}", spec)
-                if spec.get("external"):
-                    _refuse(f, f"{kind}.{name}.external", "is not part of the lab")
-                if spec.get("file") is not None:
-                    _inside(f, folder, f"{kind}.{name}.file", spec["file"])
+        for name, spec in _mappings(doc.get(kind)).items():
+            _no_interpolation(f, f"{kind}.{name}", spec)
+            if spec.get("external"):
+                _refuse(f, f"{kind}.{name}.external", "is not part of the lab")
+            if spec.get("file") is not None:
+                _inside(f, folder, f"{kind}.{name}.file", spec["file"])
 
 
 def _refuse(f, where: str, why: str):
@@ -106,8 +102,8 @@ def _no_interpolation(f, where: str, raw) -> None:
 
 def _inside(f, folder: _Paths, where: str, raw) -> None:
     """A host path named by the file must lie inside the lab folder (symlinks followed)."""
-    resolved = (folder.base / Path(str(raw)).expanduser()).resolve()
-    if not is_inside(folder.root, resolved):
+    resolved = resolve(folder.base, raw)
+    if resolved is None or not is_inside(folder.root, resolved):
         _refuse(f, where, f"{raw!r} is a host path outside the lab folder {folder.root}"
                 + (f" (it leads to {resolved})" if str(resolved) != str(raw) else ""))
 
@@ -120,7 +116,7 @@ def _service(f, folder: _Paths, where: str, spec: dict, services: dict) -> None:
                                     "volumes_from", "env_file", "extends", "deploy") if k in spec}
     _no_interpolation(f, where, checked)
     names = {"service": set(services),  # container:X is a container's own name, not a service's
-             "container": {s.get("container_name") for s in services.values() if isinstance(s, dict)} - {None}}
+             "container": {str(s["container_name"]) for s in services.values() if s.get("container_name")}}
     for key in NAMESPACE_KEYS:
         mode = spec.get(key)
         if mode is None:
@@ -167,6 +163,11 @@ def _service(f, folder: _Paths, where: str, spec: dict, services: dict) -> None:
     extends = spec.get("extends")
     if isinstance(extends, dict) and extends.get("file") is not None:
         _refuse(f, f"{where}.extends.file", "brings in another compose file, which this check does not read")
+
+
+def _mappings(raw) -> dict:
+    """The entries of a section that are mappings (the loaders judge the section's shape)."""
+    return {k: v for k, v in raw.items() if isinstance(v, dict)} if isinstance(raw, dict) else {}
 
 
 def _dig(raw, *keys):

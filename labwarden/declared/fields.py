@@ -44,6 +44,15 @@ def lab_root(folder: Path) -> Path:
     return folder
 
 
+def resolve(folder: Path, raw) -> Path | None:
+    """raw (~ expanded) relative to folder, symlinks followed; None when no path could be
+    (a NUL byte, a name too long, a loop of links)."""
+    try:
+        return (Path(folder) / Path(str(raw)).expanduser()).resolve()
+    except (ValueError, OSError, RuntimeError):
+        return None
+
+
 def is_inside(root: Path, path: Path) -> bool:
     root, path = Path(root).resolve(), Path(path).resolve()
     return path == root or root in path.parents
@@ -54,7 +63,9 @@ def lab_file(f, where: str, folder: Path, raw) -> Path:
     and lie inside the lab folder (lab_root), symlinks followed: a topology cannot have
     labwarden read /etc/passwd or ../../anything for it."""
     given = Path(folder) / str(raw)
-    path = given.resolve()
+    path = resolve(folder, raw)
+    if path is None:
+        raise ConfigError(f, where, f"{raw!r} is not a usable path")
     if not is_inside(lab_root(folder), path):
         raise ConfigError(f, where, f"{raw!r} is outside the lab folder {lab_root(folder)}"
                           + (f" (it leads to {path})" if path != given else "")

@@ -14,9 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from labwarden.cli import main as cli_main
-from labwarden.declared.compose_safety import SAFE_CAPS
+from labwarden.declared.compose_safety import SAFE_CAPS, check_compose
 from labwarden.declared.fields import valid_ifname
 from labwarden.declared.inventory import load_inventory
 from labwarden.declared.lab import load_lab
@@ -319,3 +320,24 @@ def test_pytest_refuses_it_before_anything_starts_and_takes_the_option(lab):
     assert "services.web.privileged" in refused.stderr and OPTION in refused.stderr
     allowed = subprocess.run([*run, OPTION], capture_output=True, text=True, cwd=ROOT)
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+
+
+VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+                      | st.sampled_from(["host", "/", "../..", "ALL", "service:web", "container:x", "$X", "\0"]),
+                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                   max_size=3),
+                      max_leaves=8)
+KEYS = st.sampled_from(["privileged", "network_mode", "pid", "ipc", "cap_add", "devices", "security_opt",
+                        "volumes", "volumes_from", "env_file", "extends", "deploy", "post_start",
+                        "container_name", "runtime", "cgroup_parent"])
+SECTIONS = st.sampled_from(["networks", "volumes", "configs", "secrets", "services", "include"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(service_keys=st.dictionaries(KEYS, VALUES, max_size=4), sections=st.dictionaries(SECTIONS, VALUES, max_size=2))
+def test_only_config_errors_come_out_whatever_the_file_says(tmp_path, service_keys, sections):
+    doc = {"services": {"web": service_keys, "odd": service_keys.get("deploy")}, **sections}
+    try:
+        check_compose("compose.yaml", tmp_path / "compose.yaml", doc)
+    except ConfigError:
+        pass
