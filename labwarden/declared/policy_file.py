@@ -30,6 +30,8 @@ def load_policy(topology: Topology, path=None) -> Policy:
     if not file.is_file():
         raise ConfigError(shown(file.parent), file.name, "no such file: a lab needs a policy file")
     f = shown(file)
+    if path is None:  # the lab's own: inside its folder (a file given by the caller is theirs)
+        lab_file(f, "policy.yaml", topology.path, file.name)
     doc = read_yaml(file, f)
     check_keys(f, "", doc, KEYS, ("router", "zones"))
     nodes = topology.nodes

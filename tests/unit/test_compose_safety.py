@@ -227,6 +227,15 @@ def test_a_mutant_may_use_its_labs_files_and_no_others(tmp_path):
         load_lab(mutant)
 
 
+def test_a_policy_linked_from_outside_the_folder_is_refused(lab, tmp_path):
+    outside = tmp_path / "policy.yaml"
+    shutil.move(lab / "policy.yaml", outside)
+    (lab / "policy.yaml").symlink_to(outside)
+    with pytest.raises(ConfigError) as caught:
+        load_lab(lab)
+    assert caught.value.field == "policy.yaml" and "outside the lab folder" in caught.value.problem
+
+
 # -- interface names ------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["s;id>&2", "$(id)", "a b", "eth/0", "a" * 16, "-x", "a\"b", "e#", "e*", "", ".."])
