@@ -27,7 +27,7 @@ import testinfra
 from labwarden.realise import impair
 from labwarden.errors import LabError, ProbeError
 from labwarden.realise.cleanup import (PROJECT_PREFIX, docker_client, kept_project, labwarden_projects,
-                                       override_file, remove_project, topology_lock_path)
+                                       override_file, remove_project, topology_lock, write_override)
 from labwarden.realise.image import REPOSITORY, ensure_image
 from labwarden.realise.impair import Impairment
 from labwarden.realise.lab import Lab, run_sync
@@ -126,7 +126,7 @@ class ComposeLab(Lab):
         """Runs of one topology on one machine take turns (their subnets would clash)."""
         if self.keep:
             return  # a kept lab outlives this process; _refuse_twin guards it instead
-        self._lock = open(topology_lock_path(self.topology.name), "w")
+        self._lock = topology_lock(self.topology.name)
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
@@ -160,7 +160,7 @@ class ComposeLab(Lab):
                            "--keep-lab reuses a kept lab)")
 
     def _compose(self, *args, check=True):
-        self._override.write_text(prober_override(agent_zipapp()))
+        write_override(self.project, prober_override(agent_zipapp()))
         env = dict(os.environ, LABWARDEN_IMAGE=self.image)
         cmd = [*compose_command(), "--project-name", self.project,
                "--file", str(self.topology.compose_file), "--file", str(self._override), *args]
