@@ -215,14 +215,12 @@ def apply(lab, method: str = "auto", links: list[Link] | None = None) -> Impairm
 def _apply_netem(lab, impairment: Impairment) -> None:
     plan = netem_plan(lab.topology, impairment.links)
     for node, cmds in plan.items():
-        netns = lab.transports[node].netns
         script = " && ".join(" ".join(c) for c in cmds)
-        proc = lab.prober_exec("nsenter", f"--net={netns}", "sh", "-c", script)
+        proc = lab.netns_exec(node, "sh", "-c", script)
         if proc.returncode != 0:
             raise LabError(f"impairing {node} with netem failed: {proc.stderr.strip()}")
         devs = sorted({c[4] for c in cmds})
-        shown = lab.prober_exec("nsenter", f"--net={netns}", "sh", "-c",
-                                " ; ".join(f"tc -j qdisc show dev {d}" for d in devs))
+        shown = lab.netns_exec(node, "sh", "-c", " ; ".join(f"tc -j qdisc show dev {d}" for d in devs))
         qdiscs = [q for line in shown.stdout.splitlines() if line.strip().startswith("[")
                   for q in json.loads(line)]
         netems = [q for q in qdiscs if q.get("kind") == "netem"]
@@ -237,7 +235,7 @@ def _apply_delayline(lab, impairment: Impairment) -> None:
     topology = lab.topology
     macs = {(n, s): lab.mac(n, s) for n, node in topology.nodes.items() for s in node.addresses}
     plan = delayline_plan(topology, impairment.links, firewalled_nodes(lab), macs)
-    request = {"nodes": {node: {"netns": lab.transports[node].netns,
+    request = {"nodes": {node: {**lab.transports[node].namespace(),
                                 "addresses": [str(a) for a in topology.nodes[node].addresses.values()],
                                 "links": entries} for node, entries in plan.items()}}
     encoded = base64.b64encode(zlib.compress(json.dumps(request).encode())).decode()
