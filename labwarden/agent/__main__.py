@@ -2,7 +2,7 @@
 
     python3 agent.pyz REQUEST|-              # the probe agent (agent.py)
     python3 agent.pyz delayline COMMAND ...  # the userspace delay line (delayline.py)
-    python3 agent.pyz enter --node N --netns P --container ID [--netns-inode I] -- COMMAND...
+    python3 agent.pyz enter --node N --netns P --container ID [--pid-start T] -- COMMAND...
                                              # COMMAND in a node's namespace, checked (netns.py)
 """
 

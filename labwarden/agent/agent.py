@@ -8,7 +8,7 @@ base64(zlib(JSON)); prints one line of JSON. Request (every node key optional)::
     {"timeout": 1.0, "allowed": ["198.18.0.0/15", ...],
      "nodes": {"laptop": {
         "netns": "/proc/1234/ns/net",        # null: stay where the agent runs (live lab)
-        "container": ID, "netns_inode": N,   # what that pid must still be: see netns.py
+        "container": ID, "pid_start": N,     # what that pid must still be: see netns.py
         "setup": {"rename": {MAC: NAME}, "routes": [[PREFIX|"default", NEXTHOP]],
                   "sysctls": {KEY: VALUE}, "nft": RULESET, "nft_add": TEXT,
                   "flush_conntrack": true},
@@ -27,8 +27,8 @@ the other in this one process (a router's ruleset per round, say); the response 
 
 One thread per node enters the node's namespace with setns(2) (sockets and subprocesses
 made afterwards live there; only after netns.py has checked that the pid still is the
-node's container's and the namespace the one plumbed, and the node's answer gets its
-"netns_inode"), then: setup -> info -> sniffer (and capture) starts -> a
+node's container's process, the one plumbed; the node's answer gets its "pid_start"),
+then: setup -> info -> sniffer (and capture) starts -> a
 barrier shared by all nodes, so every capture runs before anyone sends -> raw sends ->
 all probes at once -> answers, for at most `timeout` after the last probe left -> end of
 the capture window. A whole batch costs about one timeout, not the sum.
@@ -923,11 +923,11 @@ class NodeRun:
     def enter(self, spec: dict):
         """Into the node's namespace, only while it still is the node's (netns.py)."""
         try:
-            inode = netns.enter(spec)
+            started = netns.enter(spec)
         except netns.Refused as e:
             raise AgentError(f"node {self.name}: {e}") from None
-        if inode is not None:
-            self.out["netns_inode"] = inode  # the engine sends it back with every later request
+        if started is not None:
+            self.out["pid_start"] = started  # the engine sends it back with every later request
 
     def sh(self, *argv: str, stdin: str | None = None) -> str:
         try:

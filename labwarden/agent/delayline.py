@@ -11,7 +11,7 @@ node's network namespace (setns), plumbs it, reports what it reads back, then re
 until SIGTERM, when it undoes its plumbing (the TUN devices vanish with it). Request::
 
     {"run_dir": "/run/labwarden-delayline",
-     "nodes": {"sat": {"netns": "/proc/1234/ns/net", "container": ID, "netns_inode": N,  # netns.py
+     "nodes": {"sat": {"netns": "/proc/1234/ns/net", "container": ID, "pid_start": N,  # netns.py
        "addresses": ["198.18.71.2", ...],
        "links": [{"id": 0, "name": "sky",
                   "profile": {"delay_ms": 300, "jitter_ms": 10, "loss_pct": 0.5,
@@ -218,7 +218,7 @@ def daemon(name: str, node: dict, run_dir: str, report_fd: int):
         relay = Relay(node["links"], plumbing.fds)
         status_file = f"{run_dir}/{name}.json"
         status = {"node": name, "pid": os.getpid(), "links": node["links"],
-                  **{k: node.get(k) for k in ("netns", "container", "netns_inode")},
+                  **{k: node.get(k) for k in ("netns", "container", "pid_start")},
                   "readback": readback(node), "started": time.time(), "counters": relay.counters()}
         with open(status_file, "w") as f:
             json.dump(status, f)

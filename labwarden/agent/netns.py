@@ -10,16 +10,19 @@ the lab starts (`/proc/PID/ns/net`). If the container stops or restarts, that pi
 come back as any host process, and entering "its" namespace would put the prober in
 the host's network (where loading a router's ruleset flushes the host's firewall). So
 a node's spec names, beside the path, the container (`container`: its full id, as
-Docker reports it) and, once the lab is plumbed, the namespace's inode
-(`netns_inode`: the one entered then). Before setns(2):
+Docker reports it) and, once the lab is plumbed, the process's start time (`pid_start`:
+clock ticks after boot, /proc/PID/stat's 22nd field, as read then). Before setns(2):
 
 - /proc/PID is opened once, and everything below is read through that descriptor: it
   stays bound to that one process, so a pid reused meanwhile fails the reads instead
   of answering for another process;
-- the namespace is opened (pinned), then the process must still be in the container's
-  cgroup (the container's id is a component of its /proc/PID/cgroup paths);
-- the namespace's inode must be `netns_inode`, when given (a restarted container has a
-  new namespace, without the lab's interfaces, routes and rules).
+- the process must be in the container's cgroup (the container's id is a component of
+  its /proc/PID/cgroup paths): a host process, or another container's, is refused;
+- it must have started when the one plumbed did, when `pid_start` is given: a pid
+  reused inside a restarted container is refused too (its namespace is a new one,
+  without the lab's interfaces, routes and rules). The namespace's inode would not
+  tell: the kernel hands a freed namespace's inode number to the next one (seen on a
+  container restart).
 
 A spec with a path but no container is refused. Refusals say why, and nothing was
 entered.
@@ -27,6 +30,7 @@ entered.
 
 import argparse
 import ctypes
+import errno
 import os
 import re
 import sys
@@ -50,9 +54,9 @@ def in_container(cgroup: str, container: str) -> bool:
     return False
 
 
-def open_checked(spec: dict) -> int | None:
-    """A descriptor of the node's namespace, after the checks above; None when the spec has
-    no namespace (a live lab: the agent already runs on the node)."""
+def open_checked(spec: dict) -> tuple[int, int] | None:
+    """A descriptor of the node's namespace and its process's start time, after the checks
+    above; None when the spec has no namespace (a live lab: the agent runs on the node)."""
     path = spec.get("netns")
     if not path:
         return None
@@ -71,31 +75,31 @@ def open_checked(spec: dict) -> int | None:
     except OSError:
         raise Refused(f"cannot enter {what}: no such process (has the container stopped?); "
                       "nothing was entered") from None
-    fd = None
     try:
-        fd = os.open("ns/net", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
         cgroup = _read(proc, "cgroup")
         if not in_container(cgroup, container):
             first = cgroup.splitlines()[0].split(":", 2)[-1] if cgroup else "none"
             raise Refused(f"refusing to enter {what}: that process is not in container {container[:12]} "
                           f"(its cgroup is {first}): the container stopped or restarted and the pid now "
                           "belongs to another process; nothing was entered")
-        inode, expected = os.fstat(fd).st_ino, spec.get("netns_inode")
-        if expected is not None and inode != int(expected):
-            raise Refused(f"refusing to enter {what}: it is namespace {inode}, not {expected}, the one "
-                          "plumbed at start (the container restarted: its interfaces, routes and rules "
-                          "are gone); nothing was entered")
+        started, expected = start_time(_read(proc, "stat")), spec.get("pid_start")
+        if expected is not None and started != int(expected):
+            raise Refused(f"refusing to enter {what}: that process started {started} ticks after boot, not "
+                          f"{expected} as the one plumbed at start (the container restarted: its interfaces, "
+                          "routes and rules are gone); nothing was entered")
+        return os.open("ns/net", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc), started
     except OSError as err:
-        if fd is not None:
-            os.close(fd)
-        raise Refused(f"cannot enter {what}: {err.strerror} (the process ended meanwhile?); "
+        gone = err.errno in (errno.ESRCH, errno.ENOENT)
+        raise Refused(f"cannot enter {what}: {err.strerror}{' (the process ended meanwhile)' if gone else ''}; "
                       "nothing was entered") from None
-    except Refused:
-        os.close(fd)
-        raise
     finally:
         os.close(proc)
-    return fd
+
+
+def start_time(stat: str) -> int:
+    """A process's start (clock ticks after boot) from /proc/PID/stat: its 22nd field, counted
+    after the command name, which may hold spaces and parentheses."""
+    return int(stat.rpartition(")")[2].split()[19])
 
 
 def _read(dir_fd: int, name: str) -> str:
@@ -105,32 +109,33 @@ def _read(dir_fd: int, name: str) -> str:
 
 
 def enter(spec: dict) -> int | None:
-    """Move the calling thread into the node's namespace (checked); the namespace's inode,
-    or None when the spec has none."""
-    fd = open_checked(spec)
-    if fd is None:
+    """Move the calling thread into the node's namespace (checked); its process's start time
+    (to send back as `pid_start`), or None when the spec has no namespace."""
+    opened = open_checked(spec)
+    if opened is None:
         return None
+    fd, started = opened
     try:
         if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
             raise Refused(f"setns into the network namespace of {spec['netns']} failed: "
                           f"{os.strerror(ctypes.get_errno())} (the prober needs --pid host and CAP_SYS_ADMIN)")
-        return os.fstat(fd).st_ino
+        return started
     finally:
         os.close(fd)
 
 
 def main(argv: list[str]) -> int:
-    """`enter --node NAME --netns PATH --container ID [--netns-inode N] -- COMMAND...`: run
+    """`enter --node NAME --netns PATH --container ID [--pid-start N] -- COMMAND...`: run
     COMMAND in the node's namespace (exit 125 and a line on stderr when refused)."""
     parser = argparse.ArgumentParser(prog="agent.pyz enter")
     parser.add_argument("--node", required=True)
     parser.add_argument("--netns", required=True)
     parser.add_argument("--container", required=True)
-    parser.add_argument("--netns-inode", type=int)
+    parser.add_argument("--pid-start", type=int)
     parser.add_argument("command", nargs="+")
     args = parser.parse_args(argv[1:])
     try:
-        enter({"netns": args.netns, "container": args.container, "netns_inode": args.netns_inode})
+        enter({"netns": args.netns, "container": args.container, "pid_start": args.pid_start})
     except Refused as err:
         print(f"node {args.node}: {err}", file=sys.stderr)
         return 125

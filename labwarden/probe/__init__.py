@@ -152,13 +152,13 @@ class Transport:
     agent_path: str            # the agent's path on that host
     near: tuple = ()           # addresses of the node's next-hop routers: 0 hops away, even off-link
     container: str | None = None    # the full id of the container netns belongs to
-    netns_inode: int | None = None  # the namespace's inode, once the lab is plumbed
+    pid_start: int | None = None    # when netns's process started, once the lab is plumbed
 
     def namespace(self) -> dict:
         """How the agent enters the node: the path, and what it checks before every entry
-        (the pid is still the container's, the namespace the one plumbed: agent/netns.py)."""
+        (the pid is still the container's process plumbed: agent/netns.py)."""
         return {k: v for k, v in (("netns", self.netns), ("container", self.container),
-                                  ("netns_inode", self.netns_inode)) if v is not None}
+                                  ("pid_start", self.pid_start)) if v is not None}
 
 
 def encode(request: dict) -> str:

@@ -189,10 +189,10 @@ class ComposeLab(Lab):
                            for name in self.topology.nodes}
 
     def _record_namespaces(self, answers: list[dict]) -> None:
-        """Each node's namespace as plumbed: the agent refuses any other from now on (a
-        restarted container's, or whatever process has its pid then)."""
-        inodes = {node: answer.raw.get("netns_inode") for batch in answers for node, answer in batch.items()}
-        self.transports = {n: dataclasses.replace(t, netns_inode=inodes[n]) for n, t in self.transports.items()}
+        """Each node's process as plumbed (its start time): the agent refuses any other from
+        now on (a restarted container's, or whatever process has its pid then)."""
+        started = {node: answer.raw.get("pid_start") for batch in answers for node, answer in batch.items()}
+        self.transports = {n: dataclasses.replace(t, pid_start=started[n]) for n, t in self.transports.items()}
 
     @contextlib.contextmanager
     def _restarts_named(self):

@@ -49,13 +49,20 @@ def test_a_namespace_that_cannot_be_tied_to_the_container_is_refused(spec, why):
         netns.enter(spec)
 
 
-def test_a_namespace_other_than_the_one_plumbed_is_refused(monkeypatch):
+def test_a_process_other_than_the_one_plumbed_is_refused(monkeypatch):
     monkeypatch.setattr(netns, "in_container", lambda cgroup, container: True)  # as if this were the node
-    plumbed = os.stat(HERE).st_ino
-    os.close(netns.open_checked({"netns": HERE, "container": CONTAINER, "netns_inode": plumbed}))
-    with pytest.raises(netns.Refused, match=rf"it is namespace {plumbed}, not {plumbed + 1}, the one plumbed "
-                                            r"at start \(the container restarted"):
-        netns.open_checked({"netns": HERE, "container": CONTAINER, "netns_inode": plumbed + 1})
+    plumbed = netns.start_time(Path(f"/proc/{os.getpid()}/stat").read_text())
+    fd, started = netns.open_checked({"netns": HERE, "container": CONTAINER, "pid_start": plumbed})
+    os.close(fd)
+    assert started == plumbed
+    with pytest.raises(netns.Refused, match=rf"that process started {plumbed} ticks after boot, not {plumbed - 1} "
+                                            r"as the one plumbed at start \(the container restarted"):
+        netns.open_checked({"netns": HERE, "container": CONTAINER, "pid_start": plumbed - 1})
+
+
+def test_the_start_time_is_read_past_a_command_name_with_spaces_and_parentheses():
+    stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100"
+    assert netns.start_time(stat) == 987654
 
 
 @pytest.fixture()
@@ -74,7 +81,7 @@ def test_the_agent_refuses_the_node_and_enters_nothing(pyz):
     done = subprocess.run([sys.executable, str(pyz), encode(request)], capture_output=True, text=True, timeout=30)
     nodes = json.loads(done.stdout.strip().splitlines()[-1])["nodes"]
     assert nodes["web"]["error"].startswith(f"node web: refusing to enter the network namespace of pid {os.getpid()}")
-    assert "info" not in nodes["web"] and "netns_inode" not in nodes["web"]
+    assert "info" not in nodes["web"] and "pid_start" not in nodes["web"]
     assert nodes["here"]["error"] is None and nodes["here"]["info"]["interfaces"]
 
 
