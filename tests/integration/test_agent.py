@@ -134,7 +134,8 @@ class Lab:
         return json.loads(lines[0])
 
     def in_node(self, name: str, *argv: str) -> str:
-        return docker("exec", self.prober, "nsenter", f"--net={self.netns(name)}", *argv)
+        return docker("exec", self.prober, "python3", IN_PROBER, "enter", "--node", name, "--netns", self.netns(name),
+                      "--container", self.ids[name], "--", *argv)
 
 
 @pytest.fixture(scope="module")
