@@ -8,6 +8,7 @@ base64(zlib(JSON)); prints one line of JSON. Request (every node key optional)::
     {"timeout": 1.0, "allowed": ["198.18.0.0/15", ...],
      "nodes": {"laptop": {
         "netns": "/proc/1234/ns/net",        # null: stay where the agent runs (live lab)
+        "container": ID, "pid_start": N,     # what that pid must still be: see netns.py
         "setup": {"rename": {MAC: NAME}, "routes": [[PREFIX|"default", NEXTHOP]],
                   "sysctls": {KEY: VALUE}, "nft": RULESET, "nft_add": TEXT,
                   "flush_conntrack": true},
@@ -25,7 +26,9 @@ the other in this one process (a router's ruleset per round, say); the response 
 {"rounds": [RESPONSE, ...]}, each as below.
 
 One thread per node enters the node's namespace with setns(2) (sockets and subprocesses
-made afterwards live there), then: setup -> info -> sniffer (and capture) starts -> a
+made afterwards live there; only after netns.py has checked that the pid still is the
+node's container's process, the one plumbed; the node's answer gets its "pid_start"),
+then: setup -> info -> sniffer (and capture) starts -> a
 barrier shared by all nodes, so every capture runs before anyone sends -> raw sends ->
 all probes at once -> answers, for at most `timeout` after the last probe left -> end of
 the capture window. A whole batch costs about one timeout, not the sum.
@@ -95,8 +98,9 @@ info also lists the node's TCP and UDP sockets: "tcp": [{"local": "IP:PORT", "re
 "state": "LISTEN"|"ESTABLISHED"|...}], "udp": [the same; a bound, unconnected one is "CLOSE"],
 and "tcp6", "udp6" (endpoints "[IP]:PORT").
 
-A node whose setns, setup command or raw send fails has an `error` naming the node, the
-pid or command, and why; the other nodes go on. A request the agent cannot read or
+A node whose setns, setup command or raw send fails, or whose namespace is refused (its pid
+is no longer its container's), has an `error` naming the node, the pid or command, and why;
+the other nodes go on. A request the agent cannot read or
 accept gets {"error": "bad request: ..."}.
 
 nft: the node's whole ruleset is replaced by RULESET in one transaction (`flush ruleset`
@@ -128,9 +132,9 @@ import threading
 import time
 import zlib
 
+import netns  # beside this file, as timing is: entering a node's namespace, checked
 import timing  # beside this file (the zipapp's root): latency samples and traceroutes
 
-CLONE_NEWNET = 0x40000000
 ETH_P_ALL, ETH_P_IP, ETH_P_ARP, ETH_P_8021Q = 0x0003, 0x0800, 0x0806, 0x8100
 PACKET_OUTGOING = 4
 SOL_PACKET, PACKET_STATISTICS, SO_ATTACH_FILTER = 263, 6, 26
@@ -845,8 +849,6 @@ def sockets(proto: str) -> list[dict]:
 # ---------------------------------------------------------------- one node
 
 class NodeRun:
-    libc = ctypes.CDLL(None, use_errno=True)
-
     def __init__(self, name: str, spec: dict, timeout: float, barrier: threading.Barrier):
         self.name, self.spec, self.timeout, self.barrier = name, spec, timeout, barrier
         self.probes = [Probe(p, timeout) for p in spec.get("probes", [])]
@@ -858,7 +860,7 @@ class NodeRun:
         sel, (wake_r, wake_w) = selectors.DefaultSelector(), os.pipe()
         try:
             try:
-                self.enter(spec.get("netns"))
+                self.enter(spec)
                 self.setup(spec.get("setup") or {})
                 if spec.get("info"):
                     self.out["info"] = self.info()
@@ -918,22 +920,14 @@ class NodeRun:
                             error="; ".join(self.errors) or None,
                             elapsed_s=round(time.monotonic() - started, 3))
 
-    def enter(self, path: str | None):
-        if not path:
-            return  # live lab: the agent already runs on the node
-        pid = path.split("/")[2] if path.startswith("/proc/") else "?"
+    def enter(self, spec: dict):
+        """Into the node's namespace, only while it still is the node's (netns.py)."""
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as e:
-            raise AgentError(f"node {self.name}: cannot open the network namespace of pid {pid} "
-                             f"({path}): {e.strerror} (has the container stopped?)") from None
-        try:
-            if self.libc.setns(fd, CLONE_NEWNET) != 0:
-                raise AgentError(f"node {self.name}: setns into the network namespace of pid {pid} "
-                                 f"({path}) failed: {os.strerror(ctypes.get_errno())} "
-                                 "(the prober needs --pid host and CAP_SYS_ADMIN)")
-        finally:
-            os.close(fd)
+            started = netns.enter(spec)
+        except netns.Refused as e:
+            raise AgentError(f"node {self.name}: {e}") from None
+        if started is not None:
+            self.out["pid_start"] = started  # the engine sends it back with every later request
 
     def sh(self, *argv: str, stdin: str | None = None) -> str:
         try:

@@ -217,13 +217,12 @@ def _apply_netem(lab, impairment: Impairment) -> None:
     """One argv per `tc` command, never a shell: interface names come from the lab's files."""
     plan = netem_plan(lab.topology, impairment.links)
     for node, cmds in plan.items():
-        netns = lab.transports[node].netns
         for cmd in cmds:
-            proc = lab.prober_exec("nsenter", f"--net={netns}", *cmd)
+            proc = lab.netns_exec(node, *cmd)
             if proc.returncode != 0:
                 raise LabError(f"impairing {node} with netem failed: `{' '.join(cmd)}`: {proc.stderr.strip()}")
         devs = sorted({c[4] for c in cmds})
-        shown = lab.prober_exec("nsenter", f"--net={netns}", "tc", "-j", "qdisc", "show")
+        shown = lab.netns_exec(node, "tc", "-j", "qdisc", "show")
         try:
             qdiscs = [q for q in json.loads(shown.stdout or "[]") if q.get("dev") in devs]
         except ValueError:
@@ -241,7 +240,7 @@ def _apply_delayline(lab, impairment: Impairment) -> None:
     topology = lab.topology
     macs = {(n, s): lab.mac(n, s) for n, node in topology.nodes.items() for s in node.addresses}
     plan = delayline_plan(topology, impairment.links, firewalled_nodes(lab), macs)
-    request = {"nodes": {node: {"netns": lab.transports[node].netns,
+    request = {"nodes": {node: {**lab.transports[node].namespace(),
                                 "addresses": [str(a) for a in topology.nodes[node].addresses.values()],
                                 "links": entries} for node, entries in plan.items()}}
     encoded = base64.b64encode(zlib.compress(json.dumps(request).encode())).decode()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from labwarden.realise.cleanup import topology_lock_path
+from labwarden.realise.cleanup import topology_lock
 from labwarden.declared.mutants import TRACEBACK, outcomes, read_header, suites, unmet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def lab_lock(mutant: Path):
     if mutant.name != "compose.yaml":
         yield
         return
-    with open(topology_lock_path(mutant.parents[2].name), "w") as lock:
+    with topology_lock(mutant.parents[2].name) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -270,17 +269,20 @@ def test_a_hostile_interface_name_in_an_inventory_is_a_clear_error(tmp_path):
 
 
 class FakeProber:
-    """Records what the netem path asks the prober to run; answers like tc would."""
+    """Records what the netem path asks to run (in the prober, in a node); answers like tc would."""
 
     def __init__(self, topology):
         self.topology, self.calls = topology, []
-        self.transports = {n: SimpleNamespace(netns=f"/proc/{i + 100}/ns/net") for i, n in enumerate(topology.nodes)}
 
     def prober_exec(self, *argv, **_):
         self.calls.append(list(argv))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    def netns_exec(self, node, *argv, **_):
+        self.calls.append([node, *argv])
         out = ""
         if "qdisc show" in " ".join(argv):  # the netem qdiscs set in this namespace so far
-            words = [" ".join(c).split() for c in self.calls if c[1] == argv[1] and "netem" in " ".join(c)]
+            words = [" ".join(c).split() for c in self.calls if c[0] == node and "netem" in " ".join(c)]
             devs = sorted({w[w.index("dev") + 1] for w in words if "show" not in w})
             out = "[" + ",".join(f'{{"kind": "netem", "dev": "{d}"}}' for d in devs) + "]"
         return subprocess.CompletedProcess(argv, 0, out, "")
