@@ -774,12 +774,15 @@ def explain(fuzzer: FlowFuzzer, flows: list[FuzzFlow]) -> dict[FuzzFlow, str]:
     """Per flow, 'was ACCEPTED by forward rule '...' (file:line)' from an nft trace of the
     router, when the router is ours (its config is known and it runs nftables)."""
     from labwarden.errors import LabwardenError
-    from labwarden.routers.nftables.trace import explain as tell, parse_events, shown_path, stories, trace_ruleset, untrace_ruleset
+    from labwarden.routers.nftables.trace import explain as tell, parse_events, shown_path, stories
 
     policy, lab = fuzzer.policy, fuzzer.lab
     config = lab.router_firewall() if hasattr(lab, "router_firewall") else None
     if config is None or not flows:
         return {}
+    kind = lab.router_kind()
+    if not kind.can_trace:
+        return {f: f"(not traced: a router of kind {kind.name} cannot tell which rule decided)" for f in flows}
     topology = policy.topology
     keys, addresses = {}, set()
     for flow in flows:
@@ -790,13 +793,13 @@ def explain(fuzzer: FlowFuzzer, flows: list[FuzzFlow]) -> dict[FuzzFlow, str]:
                                   for f in policy.forwards if flow.dst == policy.public}
         keys[flow] = (srcs, flow.dst, flow.proto, flow.port, answerers)
         addresses |= srcs | answerers
-    trace = {"setup": {"nft_add": trace_ruleset(addresses)}}
+    trace = {"setup": kind.trace_setup(addresses)}
     try:
         fuzzer.observe(flows, fuzzer.confirm_timeout, trace=trace)
     except LabwardenError as err:
         return {f: f"(could not trace the router: {err})" for f in flows}
     finally:
-        run_sync(lab.run({policy.router: NodeJob(setup={"nft_add": untrace_ruleset()})}))
+        run_sync(lab.run({policy.router: NodeJob(setup=kind.untrace_setup())}))
     raw = (trace.get("answer").raw if trace.get("answer") else {}).get("trace") or {}
     told = stories(parse_events(raw.get("events", [])), keys)
     out = {}

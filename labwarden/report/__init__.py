@@ -164,11 +164,12 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def nft_version(run: Callable[[str], str] | None = None) -> str | None:
-    """`nft --version` where the router's rules are loaded from (run), else on this machine."""
+def tool_version(command: str, run: Callable[[str], str] | None = None) -> str | None:
+    """A router tool's version (`nft --version`, the kind's version_command) where the router's
+    rules are loaded from (run), else on this machine."""
     try:
-        out = run("nft --version") if run else subprocess.run(
-            ["nft", "--version"], capture_output=True, text=True, timeout=10).stdout
+        out = run(command) if run else subprocess.run(
+            command.split(), capture_output=True, text=True, timeout=10).stdout
     except Exception:  # a version string is decoration: never fail a run for it
         return None
     return out.strip() or None
@@ -296,6 +297,7 @@ MISMATCH_ROWS = 200
 SEVERITY = (LEAK, WRONG, PASS, BLOCKED)  # a cell takes the first status any of its probes has
 HEAD_KEYS = (("topology", "topology"), ("topology_path", "lab folder"), ("policy", "policy"),
              ("router_config", "router config"), ("router_config_sha256", "router config sha256"),
+             ("router_kind", "router kind"),
              ("before", "before (diff)"), ("before_sha256", "before sha256"),
              ("mode", "mode"), ("delay_mode", "delay mode"), ("probe_timeout_s", "probe timeout (s)"),
              ("date", "date"), ("command", "command"), ("outcome", "tests"))
