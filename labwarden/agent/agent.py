@@ -103,7 +103,8 @@ first, whatever the file flushes itself), then `nft list tables` must name exact
 the file declares, else the node fails. nft_add: TEXT is loaded on top of what is there (a
 table of the engine's own, such as a trace's), after `nft`.
 
-iptables: the node's whole firewall is replaced by an iptables-restore file: the nft ruleset
+iptables: the node's whole firewall is replaced by an iptables-restore file: once
+`iptables-restore --test` has parsed it (a broken file changes nothing), the nft ruleset
 is flushed (iptables-nft tables are nft tables), `iptables-restore` commits every table of the
 file in one transaction, then `nft list tables` must name exactly the file's tables (`ip
 filter`, ...) and `iptables-save` as many rules per table as the file appends, else the node
@@ -1000,8 +1001,10 @@ class NodeRun:
     def load_xtables(self, text: str, tool: str = "iptables", family: str = "ip"):
         """Replace the whole firewall with an iptables-restore file (iptables-nft), and read it back.
 
+        The file is parsed first (`--test`), so a broken one leaves the old rules in place.
         Between the flush and the restore the node has no rules for a moment: a loader that
         cares empties conntrack afterwards (flush_conntrack runs after this)."""
+        self.sh(f"{tool}-restore", "--test", stdin=text)
         self.sh("nft", "flush", "ruleset")
         self.sh(f"{tool}-restore", stdin=text)
         want, rules = set(), {}

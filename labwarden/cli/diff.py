@@ -3,10 +3,11 @@
     labwarden diff --topology homelab --before REF_OR_FILE [--after FILE]
 
 Brings the lab up once with the `before` config, probes the whole
-segmentation matrix, loads the `after` config into the running router (the
-router kind's `load` setup replaces the whole ruleset; each config's kind is detected
-from its content, so the two may differ: nftables before, iptables after), probes again, re-probes
-every flow whose verdict changed to confirm it, and prints the changes::
+segmentation matrix, loads the `after` config into the running router (its
+router kind's `load` replaces the whole ruleset; each config's kind is detected
+from its content, so the two may differ: nftables before, iptables after),
+probes again, re-probes every flow whose verdict changed to confirm it, and
+prints the changes::
 
     servers/web -> personal/laptop tcp/22: filtered -> open  VIOLATES the policy (expected filtered, default deny)
 
