@@ -65,8 +65,11 @@ def test_a_load_replaces_nft_tables_and_the_loan_gives_the_iptables_config_back(
 
 
 def test_a_file_iptables_restore_refuses_changes_nothing(lab):
-    broken = RULES.read_text().replace("-A FORWARD -i ai -o wan -j ACCEPT", "-A FORWARD -i ai --no-such-option")
-    with pytest.raises(ProbeError, match=r"node router: `iptables-restore --test` failed .*line \d+"):
+    rule = "-A FORWARD -i ai -o wan -j ACCEPT"
+    line = RULES.read_text().splitlines().index(rule) + 1
+    broken = RULES.read_text().replace(rule, "-A FORWARD -i ai --no-such-option")
+    with pytest.raises(ProbeError, match=rf"(?s)node router: `iptables-restore --test` failed .*unknown option "
+                                         rf"\"--no-such-option\".*line: {line}\b"):
         asyncio.run(lab.run({lab.policy.router: NodeJob(setup=lab.router_kind().load(broken))}))
     assert tables(lab) == OWN
     assert in_router(lab, "iptables-save").count("\n-A ") == RULES.read_text().count("\n-A ")
