@@ -22,8 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from labwarden.realise.image import ensure_image  # noqa: E402
 from labwarden.realise.compose import Lab  # noqa: E402
 from labwarden.checks.matrix import matrix_flows, run_matrix  # noqa: E402
-from labwarden.declared.policy import load_policy  # noqa: E402
-from labwarden.declared.topology import load_topology  # noqa: E402
+from labwarden.declared.lab import load_lab  # noqa: E402
 
 
 def naive_probe(lab, flow) -> None:
@@ -39,8 +38,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    topology = load_topology(args.topology)
-    policy = load_policy(topology)
+    topology, policy = load_lab(args.topology)
     ensure_image()
     figures = {"topology": topology.name}
     started = time.monotonic()

@@ -1,7 +1,8 @@
 """labwarden probe agent: a batch of probes, run from inside nodes' network namespaces.
 
 Standard library only (Python >= 3.11): raw packets are crafted by the engine and come
-as hex. Usage: ``python3 agent.py REQUEST`` (``-``: read it from stdin), REQUEST being
+as hex. Usage: ``python3 agent.pyz REQUEST`` (the zipapp of this folder, see __main__.py;
+``python3 agent.py REQUEST`` here works too; ``-``: read it from stdin), REQUEST being
 base64(zlib(JSON)); prints one line of JSON. Request (every node key optional)::
 
     {"timeout": 1.0, "allowed": ["198.18.0.0/15", ...],
@@ -133,6 +134,8 @@ import sys
 import threading
 import time
 import zlib
+
+import timing  # beside this file (the zipapp's root): latency samples and traceroutes
 
 CLONE_NEWNET = 0x40000000
 ETH_P_ALL, ETH_P_IP, ETH_P_ARP, ETH_P_8021Q = 0x0003, 0x0800, 0x0806, 0x8100
@@ -892,7 +895,6 @@ class NodeRun:
             if spec.get("fetch"):
                 self.out["fetched"] = fetch_all(spec["fetch"], self.timeout)
             if spec.get("latency") or spec.get("traceroute"):
-                import timing  # beside this file: latency samples and traceroutes (timing.py)
                 self.out.update(timing.measure(spec.get("latency"), spec.get("traceroute")))
             time.sleep(max(0.0, capture_end - time.time()))
         except AgentError as e:

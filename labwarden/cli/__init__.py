@@ -20,13 +20,12 @@ import docker
 from labwarden.errors import LabwardenError
 from labwarden.realise.compose import Lab, docker_client, down_all, kept_project, labwarden_projects, remove_project
 from labwarden.checks.matrix import render_grid, run_matrix
-from labwarden.declared.policy import load_policy
+from labwarden.declared.lab import load_lab
 from labwarden.declared.topology import load_topology
 
 
 def _load(args):
-    topology = load_topology(args.topology)
-    return topology, load_policy(topology)
+    return load_lab(args.topology)
 
 
 def cmd_up(args):

@@ -34,6 +34,8 @@ from pathlib import Path
 from labwarden.errors import LabwardenError, ProbeError
 from labwarden.realise.compose import Lab
 from labwarden.checks.matrix import MatrixRun, render_grid, run_matrix
+from labwarden.declared.fields import shown
+from labwarden.declared.lab import load_lab
 from labwarden.probe import NodeJob
 from labwarden import routers
 from labwarden.report import Report, header, tool_version
@@ -76,13 +78,6 @@ def resolve_config(spec: str, topology, router: str, scratch: Path) -> Config:
     path = scratch / f"{ref.replace('/', '_').replace('~', '-')}.nft"
     path.write_text(text)
     return Config(f"{ref}:{rel}", text, path)
-
-
-def _shown(path: Path) -> Path:
-    try:
-        return path.resolve().relative_to(Path.cwd())
-    except ValueError:
-        return path
 
 
 def _git(cwd, *args, what: str) -> str:
@@ -154,7 +149,7 @@ def diff(topology, policy, before_spec: str, after_spec: str | None, *, timeout:
     with tempfile.TemporaryDirectory(prefix="labwarden-diff-") as scratch:
         scratch = Path(scratch)
         before = resolve_config(before_spec, topology, policy.router, scratch)
-        after = resolve_config(after_spec or str(_shown(topology.nodes[policy.router].firewall)),
+        after = resolve_config(after_spec or shown(topology.nodes[policy.router].firewall),
                                topology, policy.router, scratch)
         with Lab(topology, policy, router_config=before.path, log=log) as lab:
             log(f"labwarden: lab {lab.project} up with {before.shown}; probing, then loading {after.shown}")
@@ -215,9 +210,6 @@ def add_parser(sub) -> None:
 
 
 def cmd_diff(args) -> int:
-    from labwarden.declared.policy import load_policy
-    from labwarden.declared.topology import load_topology
-    topology = load_topology(args.topology)
-    policy = load_policy(topology)
+    topology, policy = load_lab(args.topology)
     return diff(topology, policy, args.before, args.after, timeout=args.probe_timeout,
                 report_dir=args.report_dir)

@@ -1,6 +1,7 @@
-"""A lab's intent, read from policy.yaml, and the oracle: the expected verdict of any flow.
+"""A lab's intent (the value types of policy.yaml) and the oracle: the expected verdict of any flow.
 
-Pure logic over a Topology: no Docker, no packets. ``Policy.expect(flow)``
+Pure logic over a Topology: no Docker, no packets; labwarden.declared.policy_file reads
+policy.yaml into a Policy. ``Policy.expect(flow)``
 says what a black-box probe must observe (open, closed, rejected, filtered),
 which node the flow reaches, and which part of the policy decided it.
 
@@ -16,26 +17,18 @@ no observer can tell from a closed port: such flows are expected "closed".
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from labwarden.errors import ConfigError, LabwardenError
-from labwarden.declared.topology import Topology, read_yaml
+from labwarden.errors import LabwardenError
+from labwarden.declared.budgets import Budget
+from labwarden.declared.topology import Topology
 
-PROTOS = ("tcp", "udp", "icmp")
 VERDICTS = frozenset({"open", "closed", "filtered", "rejected"})
 BLOCKED = {"drop": frozenset({"filtered"}), "reject": frozenset({"rejected"}),
            "any": frozenset({"filtered", "rejected"})}
 ROUTER_ZONE = "router"
-KEYS = ("router", "zones", "blocked", "services", "allow", "forwards",
-        "public", "masquerade", "hairpin", "antispoof", "syn_limit", "tunnels", "budgets")
-RULE_KEYS = ("name", "from", "to", "ports")
-FORWARD_KEYS = ("name", "public", "to", "port", "daddr")
-FORWARD_DADDRS = ("public", "any")
-SYN_LIMIT_KEYS = ("rate", "burst")
-TUNNEL_KEYS = ("name", "client", "local", "edge", "public", "page", "host")
 PORT_FORMS = "tcp/N or udp/N (N in 1..65535), or icmp"
 
 
@@ -174,7 +167,7 @@ class Policy:
     antispoof: bool = False
     syn_limit: SynLimit | None = None
     tunnels: list[Tunnel] = field(default_factory=list)
-    budgets: list = field(default_factory=list)  # latency.Budget: per path, what latency must hold
+    budgets: list[Budget] = field(default_factory=list)  # per path, what latency must hold
 
     def zone_of(self, node: str) -> str:
         if node == self.router:
@@ -247,9 +240,7 @@ class Policy:
 
     def may_initiate(self, src_node: str, dst_node: str, service: Service | str) -> bool:
         """Whether src_node may open a new connection to dst_node (on-link address preferred)."""
-        src, dst = self.topology.nodes[src_node], self.topology.nodes[dst_node]
-        shared = [s for s in dst.segments if s in src.segments]
-        address = dst.addresses[shared[0] if shared else dst.segments[0]]
+        address = self.topology.nearest_address(src_node, dst_node)
         return self.expect(self.flow(src_node, address, service)).reached == dst_node
 
     def delivery(self, flow: Flow) -> tuple[str, Service] | None:
@@ -308,241 +299,3 @@ class Policy:
 
     def _blocked(self) -> Expectation:
         return Expectation(BLOCKED[self.blocked], None, "default deny")
-
-
-# -- loading -----------------------------------------------------------------
-
-def load_policy(topology: Topology, path=None) -> Policy:
-    """Load and validate policy.yaml (default: the one in the topology's folder)."""
-    file = Path(path) if path is not None else topology.path / "policy.yaml"
-    if not file.is_file():
-        raise ConfigError(_shown(file.parent), file.name, "no such file: a lab needs a policy file")
-    f = _shown(file)
-    doc = read_yaml(file, f)
-    for key in doc:
-        if key not in KEYS:
-            raise ConfigError(f, str(key), f"unknown key; known keys: {', '.join(KEYS)}")
-    for key in ("router", "zones"):
-        if key not in doc:
-            raise ConfigError(f, key, "missing: this key is required")
-    nodes = topology.nodes
-    router = doc["router"]
-    if router not in nodes:
-        raise ConfigError(f, "router", f"{router!r} is not a node of {topology.name} (nodes: {', '.join(nodes)})")
-    zones = _zones(f, doc["zones"], topology, router)
-    known = [*zones, ROUTER_ZONE]
-    blocked = doc.get("blocked", "drop")
-    if blocked not in BLOCKED:
-        raise ConfigError(f, "blocked", f"{blocked!r} is not one of: {', '.join(BLOCKED)}")
-    services = _services(f, doc.get("services") or {}, topology)
-    allow = [_rule(f, f"allow[{i}]", raw, known) for i, raw in enumerate(_list(f, "allow", doc.get("allow")))]
-    public = _public(f, doc, topology, router)
-    forwards = [_forward(f, f"forwards[{i}]", raw, topology)
-                for i, raw in enumerate(_list(f, "forwards", doc.get("forwards")))]
-    if forwards and public is None:
-        raise ConfigError(f, "public", "missing: forwards need the router's public address")
-    masquerade = _list(f, "masquerade", doc.get("masquerade"))
-    for i, zone in enumerate(masquerade):
-        if zone not in zones:
-            raise ConfigError(f, f"masquerade[{i}]", f"unknown zone {zone!r}; known zones: {', '.join(zones)}")
-    flags = {key: doc.get(key, False) for key in ("hairpin", "antispoof")}
-    for key, value in flags.items():
-        if not isinstance(value, bool):
-            raise ConfigError(f, key, f"{value!r} must be true or false")
-    syn_limit = _syn_limit(f, doc.get("syn_limit"))
-    tunnels = _tunnels(f, _list(f, "tunnels", doc.get("tunnels")), topology, services)
-    policy = Policy(file.resolve(), topology, router, zones, blocked, services, allow, forwards,
-                    public, masquerade, **flags, syn_limit=syn_limit, tunnels=tunnels)
-    from labwarden.realise import impair
-    from labwarden.checks import latency  # budgets name paths through the policy's labels
-    impair.load_links(topology)  # the lab's impaired links: a mistake stops the run here too
-    policy.budgets = latency.load_budgets(f, doc.get("budgets"), policy)
-    return policy
-
-
-def _shown(path: Path) -> str:
-    # relative to the working directory when under it: messages stay short
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-def _list(f, where, raw) -> list:
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise ConfigError(f, where, "must be a list")
-    return raw
-
-
-def _zones(f, raw, topology: Topology, router: str) -> dict[str, list[str]]:
-    if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f, "zones", "must map each zone's name to its segments, e.g. {servers: [servers]}")
-    zones: dict[str, list[str]] = {}
-    owner: dict[str, str] = {}
-    for zone, segments in raw.items():
-        if zone == ROUTER_ZONE:
-            raise ConfigError(f, f"zones.{zone}", f"'{ROUTER_ZONE}' is reserved: it names the router itself")
-        segments = [segments] if isinstance(segments, str) else segments
-        if not isinstance(segments, list):
-            raise ConfigError(f, f"zones.{zone}", "must be a list of segments")
-        for i, seg in enumerate(segments):
-            if seg not in topology.segments:
-                raise ConfigError(f, f"zones.{zone}[{i}]", f"unknown segment {seg!r}; segments of "
-                                  f"{topology.name}: {', '.join(topology.segments)}")
-            if seg in owner:
-                raise ConfigError(f, f"zones.{zone}[{i}]", f"segment {seg} is already in zone {owner[seg]}")
-            owner[seg] = str(zone)
-        zones[str(zone)] = list(segments)
-    for seg in topology.segments:
-        if seg not in owner:
-            raise ConfigError(f, "zones", f"segment {seg} is in no zone; every segment needs exactly one")
-    for node in topology.nodes.values():
-        spanned = sorted({owner[s] for s in node.segments})
-        if node.name != router and len(spanned) > 1:
-            raise ConfigError(f, "zones", f"node {node.name} is attached to zones {' and '.join(spanned)}; "
-                              "only the router may span zones")
-    return zones
-
-
-def _port(f, where, raw, allow_any=False) -> Service:
-    try:
-        return Service.parse(raw)
-    except ValueError:
-        forms = f"{PORT_FORMS}{' (or the whole list: any)' if allow_any else ''}"
-        raise ConfigError(f, where, f"{raw!r} is not a port: use {forms}") from None
-
-
-def _services(f, raw, topology: Topology) -> dict[str, frozenset[Service]]:
-    if not isinstance(raw, dict):
-        raise ConfigError(f, "services", "must map node names to lists of ports")
-    services = {}
-    for node, ports in raw.items():
-        if node not in topology.nodes:
-            raise ConfigError(f, f"services.{node}", f"{node!r} is not a node of {topology.name} "
-                              f"(nodes: {', '.join(topology.nodes)})")
-        ports = _list(f, f"services.{node}", ports)
-        services[node] = frozenset(_port(f, f"services.{node}[{i}]", p) for i, p in enumerate(ports))
-    return services
-
-
-def _check_keys(f, where, raw, keys, required):
-    if not isinstance(raw, dict):
-        raise ConfigError(f, where, f"must be a mapping with keys among: {', '.join(keys)}")
-    for key in raw:
-        if key not in keys:
-            raise ConfigError(f, f"{where}.{key}", f"unknown key; known keys: {', '.join(keys)}")
-    for key in required:
-        if key not in raw:
-            raise ConfigError(f, f"{where}.{key}", "missing: this key is required")
-
-
-def _rule(f, where, raw, known: list[str]) -> Rule:
-    _check_keys(f, where, raw, RULE_KEYS, ("from", "to", "ports"))
-    ends = {}
-    for key in ("from", "to"):
-        zones = [raw[key]] if isinstance(raw[key], str) else _list(f, f"{where}.{key}", raw[key])
-        for zone in zones:
-            if zone not in known:
-                raise ConfigError(f, f"{where}.{key}", f"unknown zone {zone!r}; known zones: {', '.join(known)}")
-        ends[key] = frozenset(zones)
-    name = str(raw.get("name", where))
-    if raw["ports"] == "any":
-        return Rule(name, ends["from"], ends["to"], frozenset(), any=True)
-    ports = _list(f, f"{where}.ports", raw["ports"])
-    services = frozenset(_port(f, f"{where}.ports[{i}]", p, allow_any=True) for i, p in enumerate(ports))
-    return Rule(name, ends["from"], ends["to"], services)
-
-
-def _public(f, doc, topology: Topology, router: str) -> IPv4Address | None:
-    if doc.get("public") is None:
-        return None
-    try:
-        public = IPv4Address(str(doc["public"]))
-    except ValueError:
-        raise ConfigError(f, "public", f"{doc['public']!r} is not an IPv4 address") from None
-    held = topology.nodes[router].addresses.values()
-    if public not in held:
-        raise ConfigError(f, "public", f"{public} is not an address of the router {router} "
-                          f"(its addresses: {', '.join(map(str, held))})")
-    return public
-
-
-def _forward(f, where, raw, topology: Topology) -> Forward:
-    _check_keys(f, where, raw, FORWARD_KEYS, ("public", "to"))
-    public = _port(f, f"{where}.public", raw["public"])
-    if public.proto == "icmp":
-        raise ConfigError(f, f"{where}.public", "icmp cannot be forwarded: use tcp/N or udp/N")
-    if raw["to"] not in topology.nodes:
-        raise ConfigError(f, f"{where}.to", f"{raw['to']!r} is not a node of {topology.name} "
-                          f"(nodes: {', '.join(topology.nodes)})")
-    port = raw.get("port", public.port)
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ConfigError(f, f"{where}.port", f"{port!r} is not a port number (1..65535)")
-    daddr = raw.get("daddr", "public")
-    if daddr not in FORWARD_DADDRS:
-        raise ConfigError(f, f"{where}.daddr", f"{daddr!r} is not one of: {', '.join(FORWARD_DADDRS)} "
-                          "(public: the router's public address only; any: any address the outside "
-                          "zone sends through the router)")
-    return Forward(str(raw.get("name", where)), public, raw["to"], port, daddr)
-
-
-def _syn_limit(f, raw) -> SynLimit | None:
-    if raw is None:
-        return None
-    _check_keys(f, "syn_limit", raw, SYN_LIMIT_KEYS, SYN_LIMIT_KEYS)
-    rate, burst = raw["rate"], raw["burst"]
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
-        raise ConfigError(f, "syn_limit.rate", f"{rate!r} is not a positive number of SYNs per second")
-    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-        raise ConfigError(f, "syn_limit.burst", f"{burst!r} is not a positive whole number of SYNs")
-    return SynLimit(float(rate), burst)
-
-
-def _tunnels(f, raws: list, topology: Topology, services) -> list[Tunnel]:
-    tunnels: list[Tunnel] = []
-    for i, raw in enumerate(raws):
-        where = f"tunnels[{i}]"
-        _check_keys(f, where, raw, TUNNEL_KEYS, ("client", "local", "edge", "public"))
-        for key in ("client", "edge"):
-            if raw[key] not in topology.nodes:
-                raise ConfigError(f, f"{where}.{key}", f"{raw[key]!r} is not a node of {topology.name} "
-                                  f"(nodes: {', '.join(topology.nodes)})")
-        if raw["client"] == raw["edge"]:
-            raise ConfigError(f, f"{where}.edge", "the edge must be another node than the client")
-        ports = {}
-        for key in ("local", "public"):
-            ports[key] = _port(f, f"{where}.{key}", raw[key])
-            if ports[key].proto != "tcp":
-                raise ConfigError(f, f"{where}.{key}", f"{raw[key]!r}: a tunnel carries tcp/N only")
-        edge, public = raw["edge"], ports["public"]
-        if public in services.get(edge, ()):
-            raise ConfigError(f, f"{where}.public", f"{public} is already a service of {edge}: "
-                              "the tunnel's public side needs a port of its own")
-        for other in tunnels:
-            if (other.edge, other.public) == (edge, public):
-                raise ConfigError(f, f"{where}.public", f"tunnel '{other.name}' already publishes "
-                                  f"{public} on {edge}")
-        page = None
-        if raw.get("page") is not None:
-            page = (topology.path / str(raw["page"])).resolve()
-            if not page.is_file():
-                raise ConfigError(f, f"{where}.page", f"no such file: {topology.path / str(raw['page'])}")
-        host = _host(f, f"{where}.host", raw.get("host"))
-        tunnels.append(Tunnel(str(raw.get("name", where)), raw["client"], ports["local"], edge,
-                              public, page, host))
-    return tunnels
-
-
-_HOST = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
-
-
-def _host(f, where, raw) -> str | None:
-    """A tunnel's host name, as visitors send it in Host: (e.g. laptop.tunnel.test)."""
-    if raw is None:
-        return None
-    if not isinstance(raw, str) or not _HOST.match(raw.lower()):
-        raise ConfigError(f, where, f"{raw!r} is not a host name: give the name visitors ask the edge for, "
-                          "e.g. laptop.tunnel.test (letters, digits, '-' and dots; no scheme, port or path)")
-    return raw.lower()

@@ -13,8 +13,8 @@ cannot say: ``gateway`` (default route), ``routes`` (prefix -> next hop),
 ``router_kind`` (one of ROUTER_KINDS; default: detected from the firewall file's
 content, see labwarden.routers) and ``interfaces``
 (segment -> interface name inside the node, default: the segment's name);
-``impair`` (segment -> link profile) is read by labwarden.realise.impair, as is
-``x-labwarden: {impair: PROFILE}`` on a network.
+``impair`` (segment -> link profile), as is ``x-labwarden: {impair: PROFILE}`` on a
+network: both become the topology's ``links`` (labwarden.declared.links).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-import yaml
-
 from labwarden.errors import ConfigError, LabwardenError
+from labwarden.declared.fields import IFNAME_RULE, address, check_keys, network, read_yaml, valid_ifname
+from labwarden.declared.links import Link, parse_links
 
 COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
-X_KEYS = ("firewall", "gateway", "impair", "interfaces", "routes", "router_kind")  # impair: read by labwarden.realise.impair
+X_KEYS = ("firewall", "gateway", "impair", "interfaces", "routes", "router_kind")  # impair: see declared/links.py
 # the router kinds a topology may name: labwarden.routers.KINDS says where each lives
 ROUTER_KINDS = ("nftables", "iptables")
 # the repo's own labs, for when the suite runs from another directory
@@ -78,6 +78,7 @@ class Topology:
     compose_file: Path
     segments: dict[str, Segment] = field(hash=False)
     nodes: dict[str, Node] = field(hash=False)
+    links: list[Link] = field(default_factory=list, hash=False)  # the impaired ones
 
     def node_at(self, address) -> Node | None:
         """The node holding this address, if any."""
@@ -95,6 +96,12 @@ class Topology:
                 return segment
         return None
 
+    def nearest_address(self, src: str, dst: str) -> IPv4Address:
+        """dst's address on a segment it shares with src, else its first."""
+        a, b = self.nodes[src], self.nodes[dst]
+        shared = [s for s in b.segments if s in a.segments]
+        return b.addresses[shared[0] if shared else b.segments[0]]
+
     def lab_ranges(self) -> list[IPv4Network]:
         return [segment.subnet for segment in self.segments.values()]
 
@@ -105,25 +112,9 @@ class Topology:
         return any(b_address in self.segments[s].subnet for s in node.segments)
 
 
-def read_yaml(file: Path, shown: str) -> dict:
-    """The mapping in a YAML file; syntax errors become ConfigError(field='line N')."""
-    try:
-        doc = yaml.safe_load(file.read_text())
-    except yaml.MarkedYAMLError as e:
-        line = e.problem_mark.line + 1 if e.problem_mark else 1
-        context = f"{e.context}: " if e.context else ""
-        raise ConfigError(shown, f"line {line}", f"invalid YAML: {context}{e.problem}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(shown, "line 1", f"invalid YAML: {e}") from None
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
-        raise ConfigError(shown, "line 1", "the file must hold a mapping of keys to settings")
-    return doc
-
-
 def load_topology(path_or_name, search=(Path("topologies"),)) -> Topology:
-    """Load and validate a lab folder, given as a path or as a lab name to look up."""
+    """Load and validate a lab folder's compose.yaml (read once: nodes, segments, links),
+    the folder given as a path or as a lab name to look up."""
     folder, shown = _find_folder(path_or_name, search)
     compose = next((folder / n for n in COMPOSE_NAMES if (folder / n).is_file()), None)
     if compose is None:
@@ -140,14 +131,14 @@ def load_topology(path_or_name, search=(Path("topologies"),)) -> Topology:
         node = _node(f, folder, str(name), spec, segments)
         if node is None:
             continue
-        for seg, address in node.addresses.items():
-            if address in holders:
+        for seg, held in node.addresses.items():
+            if held in holders:
                 raise ConfigError(f, f"services.{name}.networks.{seg}.ipv4_address",
-                                  f"{address} is already the address of {holders[address]}")
-            holders[address] = node.name
+                                  f"{held} is already the address of {holders[held]}")
+            holders[held] = node.name
         nodes[node.name] = node
-    return Topology(name=folder.resolve().name, path=folder.resolve(),
-                    compose_file=compose.resolve(), segments=segments, nodes=nodes)
+    return Topology(name=folder.resolve().name, path=folder.resolve(), compose_file=compose.resolve(),
+                    segments=segments, nodes=nodes, links=parse_links(f, doc, segments, nodes))
 
 
 def _find_folder(path_or_name, search) -> tuple[Path, str]:
@@ -166,20 +157,6 @@ def _find_folder(path_or_name, search) -> tuple[Path, str]:
                       f"no such lab folder (looked in: {looked}; known labs: {', '.join(known) or 'none'})")
 
 
-def _network(f, where, raw) -> IPv4Network:
-    try:
-        return IPv4Network(str(raw), strict=True)
-    except ValueError as e:
-        raise ConfigError(f, where, f"{raw!r} is not an IPv4 subnet such as 198.18.10.0/24 ({e})") from None
-
-
-def _address(f, where, raw) -> IPv4Address:
-    try:
-        return IPv4Address(str(raw))
-    except ValueError:
-        raise ConfigError(f, where, f"{raw!r} is not an IPv4 address") from None
-
-
 def _segments(f, networks) -> dict[str, Segment]:
     if networks is None:
         networks = {}
@@ -194,10 +171,10 @@ def _segments(f, networks) -> dict[str, Segment]:
         except (KeyError, IndexError, TypeError):
             raise ConfigError(f, f"{where}.subnet", "missing: every segment needs an explicit subnet "
                               "(ipam: {config: [{subnet: ...}]})") from None
-        subnet = _network(f, f"{where}.subnet", raw)
+        subnet = network(f, f"{where}.subnet", raw)
         gateway = None
         if config.get("gateway") is not None:
-            gateway = _address(f, f"{where}.gateway", config["gateway"])
+            gateway = address(f, f"{where}.gateway", config["gateway"])
             if gateway not in subnet:
                 raise ConfigError(f, f"{where}.gateway", f"{gateway} is not in the segment's subnet {subnet}")
         for other in segments.values():
@@ -230,28 +207,24 @@ def _node(f, folder: Path, name: str, spec, segments: dict[str, Segment]) -> Nod
         if raw is None:
             raise ConfigError(f, at, "missing: every attachment needs a fixed address, "
                               "so that policy and probes can name it")
-        address, segment = _address(f, at, raw), segments[seg]
-        if address not in segment.subnet:
-            raise ConfigError(f, at, f"{address} is not in segment {seg} ({segment.subnet})")
-        if address in (segment.subnet.network_address, segment.subnet.broadcast_address):
-            raise ConfigError(f, at, f"{address} is not a host address of segment {seg} ({segment.subnet})")
-        if address == segment.gateway:
-            raise ConfigError(f, at, f"{address} is segment {seg}'s ipam gateway (the bridge's own address)")
-        addresses[str(seg)] = address
+        held, segment = address(f, at, raw), segments[seg]
+        if held not in segment.subnet:
+            raise ConfigError(f, at, f"{held} is not in segment {seg} ({segment.subnet})")
+        if held in (segment.subnet.network_address, segment.subnet.broadcast_address):
+            raise ConfigError(f, at, f"{held} is not a host address of segment {seg} ({segment.subnet})")
+        if held == segment.gateway:
+            raise ConfigError(f, at, f"{held} is segment {seg}'s ipam gateway (the bridge's own address)")
+        addresses[str(seg)] = held
     return _extras(f, folder, name, spec.get("x-labwarden"), addresses, segments)
 
 
 def _extras(f, folder, name, x, addresses, segments) -> Node:
     where = f"services.{name}.x-labwarden"
     x = {} if x is None else x
-    if not isinstance(x, dict):
-        raise ConfigError(f, where, f"must be a mapping with keys among: {', '.join(X_KEYS)}")
-    for key in x:
-        if key not in X_KEYS:
-            raise ConfigError(f, f"{where}.{key}", f"unknown key; known keys: {', '.join(X_KEYS)}")
+    check_keys(f, where, x, X_KEYS)
 
     def on_link(at, raw) -> IPv4Address:
-        hop = _address(f, at, raw)
+        hop = address(f, at, raw)
         if not any(hop in segments[s].subnet for s in addresses):
             attached = ", ".join(f"{s} {segments[s].subnet}" for s in addresses)
             raise ConfigError(f, at, f"{hop} is not on a segment {name} is attached to "
@@ -262,7 +235,7 @@ def _extras(f, folder, name, x, addresses, segments) -> Node:
     raw_routes = x.get("routes") or {}
     if not isinstance(raw_routes, dict):
         raise ConfigError(f, f"{where}.routes", "must map prefixes to next hops, e.g. {198.18.0.0/15: 203.0.113.2}")
-    routes = {_network(f, f"{where}.routes[{p}]", p): on_link(f"{where}.routes[{p}]", hop)
+    routes = {network(f, f"{where}.routes[{p}]", p): on_link(f"{where}.routes[{p}]", hop)
               for p, hop in raw_routes.items()}
     firewall = None
     if x.get("firewall") is not None:
@@ -277,12 +250,6 @@ def _extras(f, folder, name, x, addresses, segments) -> Node:
     return Node(name, addresses, gateway, routes, firewall, interfaces, kind)
 
 
-def _valid_ifname(name) -> bool:
-    # the kernel's dev_valid_name(): shorter than IFNAMSIZ (16), no '/', ':' or whitespace
-    return (isinstance(name, str) and 0 < len(name) <= 15 and name not in (".", "..")
-            and not any(c in "/:" or c.isspace() for c in name))
-
-
 def _interfaces(f, where, name, raw, addresses) -> dict[str, str]:
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
@@ -291,14 +258,14 @@ def _interfaces(f, where, name, raw, addresses) -> dict[str, str]:
         if seg not in addresses:
             raise ConfigError(f, f"{where}.{seg}", f"{seg} is not a segment {name} is attached to "
                               f"(attached: {', '.join(addresses)})")
-        if not _valid_ifname(ifname):
+        if not valid_ifname(ifname):
             raise ConfigError(f, f"{where}.{seg}", f"{ifname!r} is not a valid Linux interface name "
-                              "(1-15 characters, no '/', ':' or whitespace)")
+                              f"({IFNAME_RULE})")
     interfaces = {seg: raw.get(seg, seg) for seg in addresses}
     for seg, ifname in interfaces.items():
-        if not _valid_ifname(ifname):
+        if not valid_ifname(ifname):
             raise ConfigError(f, where, f"segment {seg}'s name is not a valid Linux interface name "
-                              f"(1-15 characters, no '/', ':' or whitespace): set {where}.{seg}")
+                              f"({IFNAME_RULE}): set {where}.{seg}")
     seen: dict[str, str] = {}
     for seg, ifname in interfaces.items():
         if ifname in seen:

@@ -30,8 +30,7 @@ import pytest_asyncio
 from labwarden.errors import ConfigError, LabwardenError
 from labwarden.realise.compose import Lab
 from labwarden.checks.matrix import check_controls, matrix_flows, run_matrix
-from labwarden.declared.policy import load_policy
-from labwarden.declared.topology import load_topology
+from labwarden.declared.lab import load_lab
 
 from labwarden.plugin import livemode, reporting
 
@@ -78,8 +77,7 @@ def lab_config(config) -> tuple:
     """(topology, policy) of this run, loaded once; a config mistake ends the run."""
     if _CONFIG not in config.stash:
         try:
-            topology = load_topology(config.getoption("--topology"))
-            policy = load_policy(topology)
+            topology, policy = load_lab(config.getoption("--topology"))
             router_config = config.getoption("--router-config")
             if router_config is not None and not router_config.is_file():
                 raise ConfigError(router_config, "--router-config", "no such file")

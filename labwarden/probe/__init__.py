@@ -1,9 +1,9 @@
 """The engine side of probing: batches for the agent, and what came back.
 
-`agent.py` beside this file is the program that runs in the nodes' network
-namespaces (standard library only). This module encodes a request for it,
-sends each transport (a pytest-testinfra host) its share, all transports at
-once, and turns the answers into `Observation` values.
+The agent (labwarden/agent/, standard library only, shipped as one zipapp: see
+`ship`) is the program that runs in the nodes' network namespaces. This module
+encodes a request for it, sends each transport (a pytest-testinfra host) its
+share, all transports at once, and turns the answers into `Observation` values.
 
 A transport is where the agent runs: in the Docker lab one prober container
 enters every node's namespace, so one call carries all nodes; in a live lab
@@ -16,11 +16,9 @@ import json
 import zlib
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from pathlib import Path
 
 from labwarden.errors import CaptureIncomplete, ProbeError
 
-AGENT = Path(__file__).parent.parent / "agent" / "agent.py"
 DOCUMENTATION_RANGES = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
 
 

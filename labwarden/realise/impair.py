@@ -1,23 +1,7 @@
-"""Link impairments: named profiles, the links a lab declares, and how they are applied.
-
-A *link* is a segment (every packet crossing it is impaired once) or one node's
-attachment to a segment (``NODE@SEGMENT``: both directions between that node and the
-segment). compose.yaml declares them, beside what they describe::
-
-    networks:
-      sky:
-        x-labwarden: {impair: geo-satellite}          # the segment
-    services:
-      laptop:
-        x-labwarden:
-          impair: {cabin: {profile: airline-wifi, loss: 0%}}   # the laptop's attachment
-
-A profile is a name from PROFILES, or a mapping of ``delay`` (one way), ``jitter``
-(uniform, +-), ``loss`` (per direction), ``rate``, ``limit`` (packets queued behind the
-rate), ``reorder``, optionally on top of a named ``profile``.
+"""Link impairments: how a lab's declared links (labwarden.declared.links) are applied.
 
 Applying (`apply`, called by `Lab.up`): `tc netem` where the kernel has it, else the
-userspace delay line (probe/delayline.py), chosen by trying a netem qdisc in the prober's
+userspace delay line (agent/delayline.py), chosen by trying a netem qdisc in the prober's
 own namespace; the reason is kept for the run's header. Each link is cut into *legs*
 (one sender onto the segment, towards everyone there or towards one node). The delay
 line carries a leg in the sender (egress), unless the sender runs a firewall (its
@@ -25,89 +9,23 @@ forward chain would judge the detour through the TUN): then every receiver carri
 (ingress, by the sender's MAC address). netem carries every leg in the sender. Every
 impairment is read back after it is applied; a mismatch stops the lab.
 
-The declared part (profiles, links, legs, expected delays) imports nothing of Docker;
-`apply` drives the lab's prober.
+The plans (legs, what each node carries) are pure; `apply` drives the lab's prober.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import re
 import subprocess
 import zlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
-from labwarden.errors import ConfigError, LabError
-from labwarden.declared.topology import Topology, read_yaml
+from labwarden.errors import LabError
+from labwarden.declared.links import Link
+from labwarden.declared.topology import Topology
+from labwarden.probe.ship import IN_PROBER
 
 METHODS = ("auto", "netem", "delayline", "none")
-PROFILE_KEYS = ("profile", "delay", "jitter", "loss", "rate", "limit", "reorder")
-DELAYLINE_IN_PROBER = "/opt/labwarden/delayline.py"
-
-
-@dataclass(frozen=True)
-class Profile:
-    """One direction of a link: delay and jitter in ms, loss in %, rate in kbit/s (0: none)."""
-    name: str
-    delay_ms: float = 0.0
-    jitter_ms: float = 0.0
-    loss_pct: float = 0.0
-    rate_kbit: float = 0.0
-    limit: int = 1000
-    reorder: bool = False
-
-    @property
-    def rtt_ms(self) -> float:
-        return 2 * self.delay_ms
-
-    def describe(self) -> str:
-        parts = [f"{self.delay_ms:g} ms each way"]
-        if self.jitter_ms:
-            parts.append(f"±{self.jitter_ms:g} ms jitter")
-        if self.loss_pct:
-            parts.append(f"{self.loss_pct:g}% loss")
-        if self.rate_kbit:
-            parts.append(f"{self.rate_kbit:g} kbit/s")
-        return f"{self.name} ({', '.join(parts)})"
-
-    def relay(self) -> dict:
-        return {"delay_ms": self.delay_ms, "jitter_ms": self.jitter_ms, "loss_pct": self.loss_pct,
-                "rate_kbit": self.rate_kbit, "limit": self.limit, "reorder": self.reorder}
-
-    def netem_args(self) -> list[str]:
-        args = ["delay", f"{self.delay_ms:g}ms"]
-        if self.jitter_ms:
-            args.append(f"{self.jitter_ms:g}ms")
-        if self.loss_pct:
-            args += ["loss", f"{self.loss_pct:g}%"]
-        if self.rate_kbit:
-            args += ["rate", f"{self.rate_kbit:g}kbit"]
-        return args + ["limit", str(self.limit)]
-
-
-# RTTs as the issue names them; one-way figures are half. Loss is per direction, so a
-# round trip over geo-satellite loses about 1%.
-PROFILES = {
-    "lan": Profile("lan", delay_ms=0.1),
-    "fiber-isp": Profile("fiber-isp", delay_ms=5, jitter_ms=0.5),
-    "leo-satellite": Profile("leo-satellite", delay_ms=20, jitter_ms=7, loss_pct=0.2),
-    "geo-satellite": Profile("geo-satellite", delay_ms=300, jitter_ms=10, loss_pct=0.5),
-    "airline-wifi": Profile("airline-wifi", delay_ms=300, jitter_ms=10, loss_pct=0.5,
-                            rate_kbit=1500, limit=100),
-}
-
-
-@dataclass(frozen=True)
-class Link:
-    name: str                  # "sky" (a segment) or "sat@sky" (an attachment)
-    segment: str
-    node: str | None
-    profile: Profile
-
-    def covers(self, sender: str, segment: str, receiver: str) -> bool:
-        """Whether a packet from sender to receiver over segment crosses this link."""
-        return segment == self.segment and (self.node is None or self.node in (sender, receiver))
 
 
 @dataclass(frozen=True)
@@ -118,112 +36,7 @@ class Leg:
     to: str | None
 
 
-# ---------------------------------------------------------------- parsing
-
-_UNITS = {"ms": 1.0, "s": 1000.0, "us": 0.001}
-_RATES = {"kbit": 1.0, "mbit": 1000.0, "gbit": 1e6, "bit": 0.001}
-
-
-def _quantity(f, where, raw, units: dict, default_unit: str) -> float:
-    if isinstance(raw, bool):
-        raise ConfigError(f, where, f"{raw!r} is not a quantity")
-    if isinstance(raw, (int, float)):
-        value = float(raw)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z%/]*)\s*", str(raw).lower())
-        unit = (m.group(2) if m else "") or default_unit
-        unit = unit.removesuffix("/s").removesuffix("ps")
-        if not m or unit not in units:
-            raise ConfigError(f, where, f"{raw!r} is not a quantity in {', '.join(units)} "
-                              f"(e.g. 300 {default_unit})")
-        value = float(m.group(1)) * units[unit]
-    if value < 0:
-        raise ConfigError(f, where, f"{raw!r} must not be negative")
-    return value
-
-
-def parse_profile(f, where, raw) -> Profile:
-    """A profile name, or a mapping of settings (optionally on top of a named profile)."""
-    names = ", ".join(PROFILES)
-    if isinstance(raw, str):
-        if raw not in PROFILES:
-            raise ConfigError(f, where, f"unknown profile {raw!r}; known profiles: {names}")
-        return PROFILES[raw]
-    if not isinstance(raw, dict):
-        raise ConfigError(f, where, f"must be a profile name ({names}) or a mapping with keys among: "
-                          f"{', '.join(PROFILE_KEYS)}")
-    for key in raw:
-        if key not in PROFILE_KEYS:
-            raise ConfigError(f, f"{where}.{key}", f"unknown key; known keys: {', '.join(PROFILE_KEYS)}")
-    base = parse_profile(f, f"{where}.profile", raw["profile"]) if "profile" in raw else Profile("custom")
-    changes = {}
-    if "delay" in raw:
-        changes["delay_ms"] = _quantity(f, f"{where}.delay", raw["delay"], _UNITS, "ms")
-    if "jitter" in raw:
-        changes["jitter_ms"] = _quantity(f, f"{where}.jitter", raw["jitter"], _UNITS, "ms")
-    if "loss" in raw:
-        changes["loss_pct"] = _quantity(f, f"{where}.loss", raw["loss"], {"%": 1.0}, "%")
-        if changes["loss_pct"] > 100:
-            raise ConfigError(f, f"{where}.loss", f"{raw['loss']!r} is more than 100%")
-    if "rate" in raw:
-        changes["rate_kbit"] = _quantity(f, f"{where}.rate", raw["rate"], _RATES, "kbit")
-    if "limit" in raw:
-        limit = raw["limit"]
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ConfigError(f, f"{where}.limit", f"{limit!r} is not a positive number of packets")
-        changes["limit"] = limit
-    if "reorder" in raw:
-        if not isinstance(raw["reorder"], bool):
-            raise ConfigError(f, f"{where}.reorder", f"{raw['reorder']!r} must be true or false")
-        changes["reorder"] = raw["reorder"]
-    if changes and "profile" in raw:
-        changes["name"] = f"{base.name}*"
-    profile = replace(base, **changes)
-    if profile.jitter_ms > profile.delay_ms:
-        raise ConfigError(f, f"{where}.jitter", f"jitter {profile.jitter_ms:g} ms is more than the delay "
-                          f"{profile.delay_ms:g} ms: a packet cannot leave before it came")
-    return profile
-
-
-def load_links(topology: Topology) -> list[Link]:
-    """The impaired links compose.yaml declares (x-labwarden.realise.impair on networks and services)."""
-    f = _shown(topology)
-    doc = read_yaml(topology.compose_file, f)
-    links = []
-    for name, spec in (doc.get("networks") or {}).items():
-        x = (spec or {}).get("x-labwarden") if isinstance(spec, dict) else None
-        if x is None:
-            continue
-        where = f"networks.{name}.x-labwarden"
-        if not isinstance(x, dict) or set(x) - {"impair"}:
-            raise ConfigError(f, where, "must be a mapping with the key: impair")
-        if str(name) not in topology.segments:
-            continue
-        links.append(Link(str(name), str(name), None, parse_profile(f, f"{where}.impair", x["impair"])))
-    for name, spec in (doc.get("services") or {}).items():
-        x = (spec or {}).get("x-labwarden") if isinstance(spec, dict) else None
-        if not isinstance(x, dict) or x.get("impair") is None:
-            continue
-        where = f"services.{name}.x-labwarden.realise.impair"
-        node = topology.nodes.get(str(name))
-        if node is None:
-            raise ConfigError(f, where, f"{name} shares another node's network: impair that node's links")
-        if not isinstance(x["impair"], dict):
-            raise ConfigError(f, where, "must map the node's segments to profiles, e.g. {sky: geo-satellite}")
-        for seg, raw in x["impair"].items():
-            if seg not in node.addresses:
-                raise ConfigError(f, f"{where}.{seg}", f"{seg} is not a segment {name} is attached to "
-                                  f"(attached: {', '.join(node.segments)})")
-            links.append(Link(f"{name}@{seg}", str(seg), str(name), parse_profile(f, f"{where}.{seg}", raw)))
-    return links
-
-
-def _shown(topology: Topology) -> str:
-    from labwarden.declared.policy import _shown as shown  # one way of shortening paths for messages
-    return shown(topology.compose_file)
-
-
-# ---------------------------------------------------------------- what a path should see
+# ---------------------------------------------------------------- legs: who sends onto an impaired link
 
 def legs(topology: Topology, links: list[Link]) -> list[Leg]:
     out = []
@@ -235,12 +48,6 @@ def legs(topology: Topology, links: list[Link]) -> list[Leg]:
             out.append(Leg(link, link.node, None))
             out += [Leg(link, sender, link.node) for sender in attached if sender != link.node]
     return out
-
-
-def crossing_delay(links: list[Link], sender: str, segment: str, receiver: str) -> tuple[float, float]:
-    """(delay, jitter) in ms, one way, of a packet crossing segment from sender to receiver."""
-    hit = [l.profile for l in links if l.covers(sender, segment, receiver)]
-    return sum(p.delay_ms for p in hit), sum(p.jitter_ms for p in hit)
 
 
 # ---------------------------------------------------------------- the delay line's plan
@@ -392,7 +199,7 @@ def firewalled_nodes(lab) -> set[str]:
 
 def apply(lab, method: str = "auto", links: list[Link] | None = None) -> Impairment:
     """Impair the lab's declared links (or these) and read them back; nothing without any."""
-    links = load_links(lab.topology) if links is None else links
+    links = lab.topology.links if links is None else links
     impairment = Impairment(links)
     if not links or method == "none":
         impairment.reason = "no impaired links" if not links else "impairment switched off (--impair none)"
@@ -440,7 +247,7 @@ def _apply_delayline(lab, impairment: Impairment) -> None:
                                 "addresses": [str(a) for a in topology.nodes[node].addresses.values()],
                                 "links": entries} for node, entries in plan.items()}}
     encoded = base64.b64encode(zlib.compress(json.dumps(request).encode())).decode()
-    proc = prober_exec(lab, "python3", DELAYLINE_IN_PROBER, "start", encoded)
+    proc = prober_exec(lab, "python3", IN_PROBER, "delayline", "start", encoded)
     try:
         answer = json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -494,7 +301,7 @@ def verify_delayline(entries: list[dict], readback: dict) -> list[str]:
 
 def prober_status(lab) -> dict:
     """`delayline.py status`: each relay's liveness, counters and a fresh read-back, per node."""
-    proc = prober_exec(lab, "python3", DELAYLINE_IN_PROBER, "status")
+    proc = prober_exec(lab, "python3", IN_PROBER, "delayline", "status")
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1]).get("nodes", {})
     except (ValueError, IndexError):
@@ -503,7 +310,7 @@ def prober_status(lab) -> dict:
 
 def counters(lab) -> dict:
     """The relays' counters now (packets in, out, lost, ...), per node and direction."""
-    proc = prober_exec(lab, "python3", DELAYLINE_IN_PROBER, "status")
+    proc = prober_exec(lab, "python3", IN_PROBER, "delayline", "status")
     try:
         nodes = json.loads(proc.stdout.strip().splitlines()[-1]).get("nodes", {})
     except (ValueError, IndexError):

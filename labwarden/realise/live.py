@@ -1,15 +1,15 @@
 """The live lab: the same suites against real hosts, reached over SSH (or any testinfra backend).
 
-An inventory (YAML; annotated example: topologies/homelab/live.example.yaml)
-maps every node of the topology to a testinfra host spec and may give the
+An inventory (labwarden.declared.inventory; annotated example:
+topologies/homelab/live.example.yaml) maps every node of the topology to a testinfra host spec and may give the
 real subnets, addresses and interface names; the policy is the topology's
 own. `LiveLab` offers what suites use of a `Lab` (`topology`, `policy`,
 `run`, `mac`, `transports`), but:
 
 - it never changes anything: no firewall, route, service or sysctl is touched
   (a setup job is refused), nothing is brought up or down; the only trace it
-  leaves is the probe agent, pushed into a temporary folder on each host at
-  `up()` and removed at `down()`;
+  leaves is the probe agent (one zipapp file), pushed into a temporary folder
+  on each host at `up()` and removed at `down()`;
 - every probe and raw packet must go to an address inside the inventory's
   `ranges` (the agent refuses the whole batch otherwise, before sending);
 - it paces itself: each node starts at most `max_pps` probes and raw packets
@@ -29,150 +29,21 @@ import secrets
 import subprocess
 import tempfile
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
-from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import testinfra
 
-from labwarden.errors import ConfigError, LabError, ProbeError
-from labwarden.probe import AGENT, NodeJob, NodeAnswer, Transport, run_jobs
-from labwarden.declared.topology import Node, Segment, Topology, _address, _valid_ifname, read_yaml
+from labwarden.errors import LabError, ProbeError
+from labwarden.probe import NodeJob, NodeAnswer, Transport, run_jobs
+from labwarden.declared.inventory import Inventory
+from labwarden.probe.ship import agent_bytes
+from labwarden.declared.topology import Topology
 
-KEYS = ("topology", "ranges", "max_pps", "ssh_config", "segments", "public", "nodes")
-NODE_KEYS = ("host", "addresses", "interfaces")
-DEFAULT_MAX_PPS = 100
 START_LEAD_S, START_TRIES, LATE_S = 1.0, 3, 0.02  # synchronised rounds: lead time, tries, tolerance
-PUSH = ("import base64, os, sys, tempfile, zlib; d = tempfile.mkdtemp(prefix='labwarden-'); "
-        "p = os.path.join(d, 'agent.py'); open(p, 'wb').write(zlib.decompress(base64.b64decode(sys.argv[1]))); "
-        "print(p)")
-
-
-@dataclasses.dataclass(frozen=True)
-class Inventory:
-    file: Path
-    hosts: dict[str, str]                      # node -> testinfra spec
-    ranges: list[IPv4Network]
-    max_pps: int = DEFAULT_MAX_PPS
-    ssh_config: str | None = None
-    segments: dict[str, IPv4Network] = dataclasses.field(default_factory=dict)
-    addresses: dict[str, dict[str, IPv4Address]] = dataclasses.field(default_factory=dict)
-    interfaces: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
-    public: IPv4Address | None = None
-
-
-def load_inventory(path, topology: Topology) -> Inventory:
-    """Read and check an inventory against the topology; mistakes name file, field and problem."""
-    file = Path(path)
-    f = str(file)
-    if not file.is_file():
-        raise ConfigError(f, "--inventory", "no such file")
-    doc = read_yaml(file, f)
-    for key in doc:
-        if key not in KEYS:
-            raise ConfigError(f, str(key), f"unknown key; known keys: {', '.join(KEYS)}")
-    if doc.get("topology") not in (None, topology.name):
-        raise ConfigError(f, "topology", f"the inventory is for {doc['topology']!r}, the run for {topology.name!r}")
-    raw_ranges = doc.get("ranges")
-    if not isinstance(raw_ranges, list) or not raw_ranges:
-        raise ConfigError(f, "ranges", "missing: list the subnets probes may go to, e.g. [192.168.1.0/24]")
-    ranges = [_net(f, f"ranges[{i}]", r) for i, r in enumerate(raw_ranges)]
-    max_pps = doc.get("max_pps", DEFAULT_MAX_PPS)
-    if isinstance(max_pps, bool) or not isinstance(max_pps, int) or max_pps < 1:
-        raise ConfigError(f, "max_pps", f"{max_pps!r} is not a positive number of packets per second")
-    segments = {}
-    for name, raw in (doc.get("segments") or {}).items():
-        if name not in topology.segments:
-            raise ConfigError(f, f"segments.{name}", f"unknown segment; segments of {topology.name}: "
-                              f"{', '.join(topology.segments)}")
-        segments[name] = _net(f, f"segments.{name}", raw)
-    nodes = doc.get("nodes")
-    if not isinstance(nodes, dict):
-        raise ConfigError(f, "nodes", "missing: map every node of the topology to {host: SPEC}")
-    missing = [n for n in topology.nodes if n not in nodes]
-    if missing:
-        raise ConfigError(f, "nodes", f"no host for {', '.join(missing)}: every node of "
-                          f"{topology.name} needs one (nodes: {', '.join(topology.nodes)})")
-    hosts, addresses, interfaces = {}, {}, {}
-    for name, spec in nodes.items():
-        where = f"nodes.{name}"
-        if name not in topology.nodes:
-            raise ConfigError(f, where, f"{name!r} is not a node of {topology.name} "
-                              f"(nodes: {', '.join(topology.nodes)})")
-        spec = {"host": spec} if isinstance(spec, str) else spec
-        if not isinstance(spec, dict) or not isinstance(spec.get("host"), str):
-            raise ConfigError(f, f"{where}.host", "missing: a testinfra host spec such as ssh://admin@192.168.1.10")
-        for key in spec:
-            if key not in NODE_KEYS:
-                raise ConfigError(f, f"{where}.{key}", f"unknown key; known keys: {', '.join(NODE_KEYS)}")
-        hosts[name] = spec["host"]
-        node = topology.nodes[name]
-        for seg, raw in (spec.get("addresses") or {}).items():
-            if seg not in node.addresses:
-                raise ConfigError(f, f"{where}.addresses.{seg}", f"{name} is not attached to {seg} "
-                                  f"(attached: {', '.join(node.segments)})")
-            addresses.setdefault(name, {})[seg] = _address(f, f"{where}.addresses.{seg}", raw)
-        for seg, ifname in (spec.get("interfaces") or {}).items():
-            if seg not in node.addresses or not _valid_ifname(ifname):
-                raise ConfigError(f, f"{where}.interfaces.{seg}", f"needs a segment {name} is attached to "
-                                  "and a Linux interface name")
-            interfaces.setdefault(name, {})[seg] = ifname
-    public = _address(f, "public", doc["public"]) if doc.get("public") is not None else None
-    ssh_config = str(Path(doc["ssh_config"]).expanduser()) if doc.get("ssh_config") else None
-    inventory = Inventory(file.resolve(), hosts, ranges, max_pps, ssh_config, segments, addresses,
-                          interfaces, public)
-    _check_addresses(f, inventory, topology)
-    return inventory
-
-
-def _net(f, where, raw) -> IPv4Network:
-    try:
-        return IPv4Network(str(raw))
-    except ValueError:
-        raise ConfigError(f, where, f"{raw!r} is not an IPv4 subnet such as 192.168.1.0/24") from None
-
-
-def _check_addresses(f, inventory: Inventory, topology: Topology) -> None:
-    for name, node in topology.nodes.items():
-        for seg, address in node.addresses.items():
-            address = inventory.addresses.get(name, {}).get(seg, address)
-            subnet = inventory.segments.get(seg, topology.segments[seg].subnet)
-            where = f"nodes.{name}.addresses.{seg}"
-            if address not in subnet:
-                raise ConfigError(f, where, f"{address} is not in segment {seg} ({subnet}): "
-                                  f"give segments.{seg} or the node's real address")
-            if not any(address in r for r in inventory.ranges):
-                raise ConfigError(f, where, f"{address} is outside the inventory's ranges "
-                                  f"({', '.join(map(str, inventory.ranges))}): probes could not reach it")
-
-
-def apply_inventory(inventory: Inventory, topology: Topology, policy):
-    """(topology, policy) with the inventory's real subnets, addresses and interface names.
-
-    Only addresses and names change: zones, rules and services are the policy's own."""
-    segments = {name: Segment(name, inventory.segments.get(name, seg.subnet),
-                              None if name in inventory.segments else seg.gateway)
-                for name, seg in topology.segments.items()}
-    real = {name: {**node.addresses, **inventory.addresses.get(name, {})} for name, node in topology.nodes.items()}
-
-    def moved(hop):  # a next hop, as the real address of the same node on the same segment
-        holder = topology.node_at(hop) if hop is not None else None
-        if holder is None:
-            return hop
-        return real[holder.name][next(s for s, a in holder.addresses.items() if a == hop)]
-
-    nodes = {name: Node(name, real[name], moved(node.gateway),
-                        {prefix: moved(hop) for prefix, hop in node.routes.items()}, None,
-                        {**node.interfaces, **inventory.interfaces.get(name, {})})
-             for name, node in topology.nodes.items()}
-    live = Topology(topology.name, topology.path, topology.compose_file, segments, nodes)
-    public = inventory.public or policy.public
-    if policy.public is not None and inventory.public is None:
-        router = topology.nodes[policy.router]
-        seg = next(s for s, a in router.addresses.items() if a == policy.public)
-        public = nodes[policy.router].addresses[seg]
-    return live, dataclasses.replace(policy, topology=live, public=public)
+PUSH = ("import base64, os, sys, tempfile; d = tempfile.mkdtemp(prefix='labwarden-'); "
+        "p = os.path.join(d, 'agent.pyz'); open(p, 'wb').write(base64.b64decode(sys.argv[1])); "
+        "print(p)")  # the agent zipapp (labwarden.probe.ship), into a private temporary folder
 
 
 class NeedsRoot(ProbeError):
@@ -210,7 +81,7 @@ class LiveLab:
     def up(self) -> LiveLab:
         started = time.monotonic()
         try:
-            blob = base64.b64encode(zlib.compress(AGENT.read_bytes(), 9)).decode()
+            blob = base64.b64encode(agent_bytes()).decode()
             for name, spec in self.inventory.hosts.items():
                 self._connect(name, spec, blob)
             began = time.monotonic()

@@ -35,6 +35,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Callable
 
+from labwarden.declared.fields import shown
+
 FORMAT = 1
 REACHED = ("open", "closed")  # the probe got to a host (a service answered, or the host refused)
 
@@ -152,14 +154,6 @@ class Report:
 
 # ---------------------------------------------------------------- the header
 
-def _shown(path) -> str:
-    """Relative to the working directory when under it: headers stay short."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -182,11 +176,11 @@ def header(topology=None, policy=None, router_config: Path | None = None, **extr
             "versions": {"labwarden": __version__, "python": platform.python_version()}}
     if topology is not None:
         head["topology"] = topology.name
-        head["topology_path"] = _shown(topology.path)
+        head["topology_path"] = shown(topology.path)
     if policy is not None:
-        head["policy"] = _shown(policy.file)
+        head["policy"] = shown(policy.file)
     if router_config is not None and Path(router_config).is_file():
-        head["router_config"] = _shown(router_config)
+        head["router_config"] = shown(router_config)
         head["router_config_sha256"] = sha256_of(router_config)
     head.update(extra)
     return head

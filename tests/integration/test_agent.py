@@ -28,6 +28,7 @@ PROBE_DIR = Path(__file__).resolve().parents[2] / "labwarden" / "agent"
 sys.path.insert(0, str(PROBE_DIR))
 from agent import encode_request  # noqa: E402  (the agent is a standalone script)
 
+from labwarden.probe.ship import IN_PROBER, agent_zipapp  # noqa: E402
 from labwarden.realise.image import ensure_image  # noqa: E402
 
 ALLOWED = ["198.18.0.0/15", "203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24"]
@@ -99,7 +100,7 @@ class Lab:
         self.node("prober", "--pid", "host", "--network", "none",
                   "--cap-add", "SYS_ADMIN", "--cap-add", "SYS_PTRACE",
                   "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW",
-                  "-v", f"{PROBE_DIR}:/opt/labwarden:ro", "--entrypoint", "sleep", image, "infinity")
+                  "-v", f"{agent_zipapp()}:{IN_PROBER}:ro", "--entrypoint", "sleep", image, "infinity")
         for name in ("router", "server", "client"):
             state = json.loads(docker("inspect", f"{self.prefix}-{name}"))[0]
             self.pids[name] = state["State"]["Pid"]
@@ -122,10 +123,10 @@ class Lab:
         request.update({"rounds": [{"nodes": r} for r in rounds]} if rounds else {"nodes": nodes})
         request = encode_request(request)
         if stdin:
-            out = subprocess.run(["docker", "exec", "-i", self.prober, "python3", "/opt/labwarden/agent.py",
-                                  "-"], input=request, capture_output=True, text=True, check=True).stdout
+            out = subprocess.run(["docker", "exec", "-i", self.prober, "python3", IN_PROBER, "-"],
+                                 input=request, capture_output=True, text=True, check=True).stdout
         else:
-            out = docker("exec", self.prober, "python3", "/opt/labwarden/agent.py", request)
+            out = docker("exec", self.prober, "python3", IN_PROBER, request)
         lines = out.splitlines()
         assert len(lines) == 1, out
         return json.loads(lines[0])

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from labwarden.probe.ship import agent_zipapp
 from labwarden.realise.image import ensure_image
 
 PROBE_DIR = Path(__file__).resolve().parents[2] / "labwarden" / "agent"
@@ -24,8 +25,8 @@ SERVERS = ("python3 -m http.server 8000 -b 127.0.0.1 >/dev/null 2>&1 & "
 def agent_as_nobody(nodes: dict) -> dict:
     request = encode_request({"timeout": 0.5, "allowed": [], "nodes": nodes})
     proc = subprocess.run(["docker", "run", "--rm", "-u", "nobody", "--network", "none",
-                           "-v", f"{PROBE_DIR / 'agent.py'}:/agent.py:ro", "--entrypoint", "sh",
-                           ensure_image(lambda m: None), "-c", SERVERS + f"python3 /agent.py {request}"],
+                           "-v", f"{agent_zipapp()}:/agent.pyz:ro", "--entrypoint", "sh",
+                           ensure_image(lambda m: None), "-c", SERVERS + f"python3 /agent.pyz {request}"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])["nodes"]

@@ -15,8 +15,9 @@ from labwarden.realise import impair
 from labwarden.checks import latency
 from labwarden.realise.impair import firewalled_nodes
 from labwarden.realise.compose import Lab
-from labwarden.declared.policy import load_policy
-from labwarden.declared.topology import load_topology
+from labwarden.declared.budgets import parse_budget
+from labwarden.declared.lab import load_lab
+from labwarden.probe.ship import IN_PROBER
 
 pytestmark = pytest.mark.lab
 LAB = Path(__file__).resolve().parent / "latency_lab"
@@ -25,8 +26,7 @@ SERVER = IPv4Address("198.18.72.10")
 
 @pytest.fixture(scope="module")
 def lab():
-    topology = load_topology(LAB)
-    instance = Lab(topology, load_policy(topology), log=lambda *a: None)
+    instance = Lab(*load_lab(LAB), log=lambda *a: None)
     with instance:
         yield instance
 
@@ -64,7 +64,7 @@ def test_round_trips_across_the_link_are_as_configured(lab):
 
 
 def test_a_budget_tighter_than_the_link_fails_naming_path_budget_and_figure(lab):
-    tight = latency.parse_budget("policy.yaml", "budgets[t]", "laptop -> server icmp", "p95 < 50 ms", lab.policy)
+    tight = parse_budget("policy.yaml", "budgets[t]", "laptop -> server icmp", "p95 < 50 ms", lab.policy)
     [measured] = asyncio.run(latency.measure(lab, [tight])).values()
     [failure] = measured.failures()
     assert failure.startswith("cabin/laptop -> uplink/server icmp: budget 'p95 < 50 ms' broken: measured p95 1")
@@ -86,7 +86,7 @@ def test_a_stopped_delay_line_does_not_pass_silently(lab):
     if lab.impairment.method != "delayline":
         pytest.skip("netem carries the links here")
     check = link_check(lab)
-    impair.prober_exec(lab, "python3", impair.DELAYLINE_IN_PROBER, "stop")
+    impair.prober_exec(lab, "python3", IN_PROBER, "delayline", "stop")
     try:
         stats, problem = ping_across(lab, check, count=10)
         assert problem and "configured 100.00 ms" in problem and stats.p50 < 5

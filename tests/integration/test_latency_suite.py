@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from labwarden.realise.compose import Lab
-from labwarden.declared.policy import load_policy
-from labwarden.declared.topology import load_topology
+from labwarden.declared.lab import load_lab
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,8 +40,7 @@ def test_a_budget_tighter_than_the_profile_fails(tmp_path):
 
 
 def test_the_relay_goes_with_the_lab():
-    topology = load_topology(LAB)
-    instance = Lab(topology, load_policy(topology), log=lambda *a: None)
+    instance = Lab(*load_lab(LAB), log=lambda *a: None)
     with instance:
         if instance.impairment.method != "delayline":
             pytest.skip("netem carries the links here")

@@ -11,7 +11,10 @@ runs in live mode in a subprocess:
   why), every matrix verdict is the one Docker mode saw, nothing is left behind;
 - with the phone reached as a plain user: its probes go through connect() and
   ping sockets and still give the Docker verdicts; the checks that need raw
-  packets there skip, naming the phone.
+  packets there skip, naming the phone;
+- the latency suite: every budget's samples and every budgeted path's traceroute
+  come from the agent pushed over SSH (one zipapp, its timing module inside),
+  and pass; only the checks of emulated links skip (nothing is emulated live).
 """
 
 import asyncio
@@ -26,8 +29,7 @@ import yaml
 
 from labwarden.realise.compose import Lab
 from labwarden.checks.matrix import run_matrix
-from labwarden.declared.policy import load_policy
-from labwarden.declared.topology import load_topology
+from labwarden.declared.lab import load_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 SSH_PORT = 2222
@@ -49,8 +51,7 @@ def start_sshd(lab: Lab, node: str, public_key: str) -> None:
 def ssh_lab(tmp_path_factory):
     """(lab, policy, the Docker mode's matrix, ssh_config), sshd running in every node."""
     tmp = tmp_path_factory.mktemp("ssh-lab")
-    topology = load_topology(ROOT / "topologies" / "homelab")
-    policy = load_policy(topology)
+    topology, policy = load_lab(ROOT / "topologies" / "homelab")
     key = tmp / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     with Lab(topology, policy, log=lambda m: None) as lab:
@@ -129,3 +130,20 @@ def test_a_node_without_root_probes_with_connect_and_skips_raw_checks(ssh_lab, t
     # the snooping check captures on every node, the phone too: it skips, saying why
     assert skipped and all("live mode: no root on phone" in why for why in skipped.values()), skipped
     assert any("test_capture_sees_nothing" in name for name in skipped)
+
+
+def test_latency_suite_over_ssh_measures_budgets_and_traces_routes(ssh_lab, tmp_path):
+    policy = ssh_lab[1]
+    proc, doc, cases, skipped = run_live(ssh_lab, tmp_path, ["suites/latency"])
+    output = proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, output
+    passed = {c.get("name") for c in cases if not any(c.find(k) is not None for k in ("failure", "error", "skipped"))}
+    budgets = [f"test_budget[{b.label}]" for b in policy.budgets]
+    assert budgets and set(budgets) <= passed, (sorted(passed), output)
+    routes = {(b.src, b.dst, b.kind == "icmp" or b.port) for b in policy.budgets}  # as the suite traces them
+    assert len([n for n in passed if n.startswith("test_route[")]) == len(routes), (sorted(passed), output)
+    assert skipped and all("nothing is emulated" in why for why in skipped.values()), skipped
+    tables = {s["title"] for s in doc["sections"] if s["kind"] == "table"}
+    assert "latency budgets" in tables and any(t.startswith("traceroute ") for t in tables), tables
+    traced = [s["data"]["rows"] for s in doc["sections"] if s["title"].startswith("traceroute ")]
+    assert all(rows and rows[-1]["cells"][1] != "*" for rows in traced), traced

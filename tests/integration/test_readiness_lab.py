@@ -13,17 +13,15 @@ from pathlib import Path
 import pytest
 
 from labwarden.realise.compose import Lab
-from labwarden.declared.policy import load_policy
+from labwarden.declared.lab import load_lab
 from labwarden.probe import NodeJob, Probe
-from labwarden.declared.topology import load_topology
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_config_that_drops_the_routers_own_loopback_still_gives_a_ready_lab(tmp_path):
-    topology = load_topology(ROOT / "topologies" / "homelab")
-    policy = load_policy(topology)
+    topology, policy = load_lab(ROOT / "topologies" / "homelab")
     own = topology.nodes[policy.router].firewall.read_text()
     assert '\t\tiifname "lo" accept\n' in own
     config = tmp_path / "no-loopback.nft"

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from labwarden.declared.policy import load_policy
+from labwarden.declared.lab import load_lab
 from labwarden.report import LEAK, browser_dom, page_summary, screenshot
-from labwarden.declared.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 MUTANT = ROOT / "topologies" / "homelab" / "mutants" / "servers-to-personal.nft"
@@ -56,8 +55,8 @@ def test_page_shows_the_grid_and_the_mismatches(run):
 
     page = page_summary(browser_dom(out / "labwarden.html"))
     pairs = Counter((p["src"], p["dst"]) for p in probes)
-    topology = load_topology(ROOT / "topologies" / "homelab")
-    router = load_policy(topology).router
+    topology, policy = load_lab(ROOT / "topologies" / "homelab")
+    router = policy.router
     addresses = sum(len(n.addresses) for n in topology.nodes.values())
     # one cell per source node and address of another node (8 x 11 on the home lab)
     assert len(page["cells"]) == len(pairs) == sum(addresses - len(n.addresses)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from labwarden.errors import ConfigError, LabwardenError
-from labwarden.declared.policy import load_policy
+from labwarden.declared.lab import load_lab
 from labwarden.declared.topology import load_topology
 
 HOMELAB = Path(__file__).resolve().parents[2] / "topologies" / "homelab"
@@ -40,7 +40,7 @@ def break_line(file, line, broken):
 
 def load_error(lab) -> ConfigError:
     with pytest.raises(ConfigError) as caught:
-        load_policy(load_topology(lab))
+        load_lab(lab)
     return caught.value
 
 
@@ -161,6 +161,19 @@ TOPOLOGY_CASES = {
     "two segments on one interface": (
         x("router", interfaces={"wan": "eth0", "ai": "eth0"}), "services.router.x-labwarden.interfaces.ai",
         "segments wan and ai would share interface eth0"),
+    "impaired link with an unknown profile": (
+        x("web", impair={"servers": "moon"}), "services.web.x-labwarden.impair.servers",
+        "unknown profile 'moon'; known profiles: lan, fiber-isp"),
+    "impaired link on a segment not attached": (
+        x("web", impair={"wan": "lan"}), "services.web.x-labwarden.impair.wan",
+        "wan is not a segment web is attached to (attached: servers)"),
+    "impaired segment with an unknown setting": (
+        lambda d: d["networks"]["servers"].update({"x-labwarden": {"impair": {"delay": "5 ms", "lag": 1}}}),
+        "networks.servers.x-labwarden.impair.lag",
+        "unknown key; known keys: profile, delay, jitter, loss, rate, limit, reorder"),
+    "impaired segment with a delay that is no time": (
+        lambda d: d["networks"]["servers"].update({"x-labwarden": {"impair": {"delay": "5 parsecs"}}}),
+        "networks.servers.x-labwarden.impair.delay", "'5 parsecs' is not a quantity in ms, s, us"),
 }
 
 
@@ -277,7 +290,7 @@ def test_policy_at_another_path(lab):
     shutil.copy(lab / "policy.yaml", lab / "strict.yaml")
     edit_yaml(lab / "strict.yaml", lambda d: d.update(blocked="bounce"))
     with pytest.raises(ConfigError) as caught:
-        load_policy(load_topology(lab), lab / "strict.yaml")
+        load_lab(lab, lab / "strict.yaml")
     assert (caught.value.file, caught.value.field) == (f"{lab}/strict.yaml", "blocked")
 
 
@@ -325,5 +338,5 @@ def test_bad_tunnel(lab, change, field, problem):
 def test_a_tunnel_host_as_loaded(lab, given, host):
     """`host:` is optional (visitors then send the edge's address) and read case-blind."""
     edit_yaml(lab / "policy.yaml", tunnel(0, host=given))
-    tunnel_, = load_policy(load_topology(lab)).tunnels
+    tunnel_, = load_lab(lab).policy.tunnels
     assert tunnel_.host == host

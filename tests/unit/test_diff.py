@@ -8,9 +8,8 @@ import pytest
 from labwarden.cli.diff import changes, resolve_config
 from labwarden.errors import LabwardenError
 from labwarden.checks.matrix import Cell, MatrixRun
-from labwarden.declared.policy import load_policy
+from labwarden.declared.lab import load_lab
 from labwarden.probe import Observation
-from labwarden.declared.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "topologies/homelab/router/nftables.conf"
@@ -18,7 +17,7 @@ CONFIG = "topologies/homelab/router/nftables.conf"
 
 @pytest.fixture(scope="module")
 def policy():
-    return load_policy(load_topology(ROOT / "topologies" / "homelab"))
+    return load_lab(ROOT / "topologies" / "homelab").policy
 
 
 def committed(path: str) -> str:

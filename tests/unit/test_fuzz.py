@@ -16,8 +16,7 @@ from labwarden.fuzz.flows import (ARRIVED, LOST, Batch, FlowFuzzer, FuzzFlow, Se
                             probe_destinations, probe_flows, replay_command)
 from labwarden.checks.matrix import matrix_services
 from labwarden.routers.nftables.trace import Event, TracedPacket, explain, parse_config, parse_events, parse_listing, stories
-from labwarden.declared.policy import load_policy
-from labwarden.declared.topology import load_topology
+from labwarden.declared.lab import load_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 HOMELAB = ROOT / "topologies" / "homelab"
@@ -27,7 +26,7 @@ ODD_PORT = HOMELAB / "mutants" / "odd-port.nft"
 
 @pytest.fixture(scope="module")
 def policy():
-    return load_policy(load_topology(HOMELAB))
+    return load_lab(HOMELAB).policy
 
 
 def test_a_flow_reads_back_from_its_spec(policy):
@@ -73,7 +72,7 @@ def test_a_segments_broadcast_is_never_answered_whatever_the_policy_says():
     is the router's own broadcast: no RST, no ICMP error (see nft_model.kernel_silence).
     The unmodified config failed with `gpu/gpu -> 198.51.100.255 tcp/4700 ... expected
     rejected, observed filtered`."""
-    openwrt = load_policy(load_topology(OPENWRT))
+    openwrt = load_lab(OPENWRT).policy
     for spec in ("gpu 198.51.100.255 tcp/4700", "gpu 198.51.100.255 udp/53", "gpu 198.19.1.255 icmp",
                  "laptop 198.19.30.255 tcp/22"):  # denied and allowed alike
         expected = expect_flow(openwrt, FuzzFlow.parse(spec, openwrt))
@@ -249,7 +248,7 @@ def test_beyond_the_router_odd_packets_meet_other_routers():
     packet between wan nodes never crosses the gateway (its antispoofing is not in the way),
     and one to an address of the next hop itself is delivered there, not forwarded (ttl 1
     is enough). The suite reported both as failures on the airplane."""
-    airplane = load_policy(load_topology(ROOT / "topologies" / "airplane"))
+    airplane = load_lab(ROOT / "topologies" / "airplane").policy
 
     def outcome(spec):
         return expect_flow(airplane, FuzzFlow.parse(spec, airplane)).outcomes
@@ -262,7 +261,7 @@ def test_beyond_the_router_odd_packets_meet_other_routers():
 def test_the_router_is_probed_from_on_its_own_segments_only():
     """Its own traffic to farther places crosses none of the policy's rules (the matrix does
     not probe from it either): the airplane's gateway to the internet failed as 'default deny'."""
-    airplane = load_policy(load_topology(ROOT / "topologies" / "airplane"))
+    airplane = load_lab(ROOT / "topologies" / "airplane").policy
     drawn = set(probe_destinations(airplane, "gateway")) | set(odd_destinations(airplane, "gateway"))
     assert A("198.18.51.1") in drawn and A("198.18.50.10") in drawn
     assert not any(a in drawn for a in (A("198.18.60.10"), A("198.18.52.1")))

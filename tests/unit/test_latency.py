@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from labwarden.realise import impair
+from labwarden.declared import budgets, links as declared_links
 
 from labwarden.checks import latency
 from labwarden.errors import ConfigError, LabError
-from labwarden.declared.policy import load_policy
-from labwarden.declared.topology import load_topology
+from labwarden.declared.lab import load_lab
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "labwarden" / "agent"))
 import delayline  # noqa: E402  (a standalone program, like the agent)
@@ -28,12 +28,12 @@ LAB = Path(__file__).resolve().parents[1] / "integration" / "latency_lab"
 
 @pytest.fixture(scope="module")
 def topology():
-    return load_topology(LAB)
+    return load_lab(LAB).topology
 
 
 @pytest.fixture(scope="module")
-def policy(topology):
-    return load_policy(topology)
+def policy():
+    return load_lab(LAB).policy
 
 
 # ---------------------------------------------------------------- statistics
@@ -64,7 +64,7 @@ def test_a_lost_sample_is_slower_than_any_limit():
 
 
 def test_nineteen_lost_loads_and_a_fast_one_break_the_budget(policy):
-    budget = latency.parse_budget("policy.yaml", "budgets[x]", "laptop -> server http/80",
+    budget = budgets.parse_budget("policy.yaml", "budgets[x]", "laptop -> server http/80",
                                   ["p95 < 1500 ms", "ttfb p95 < 1500 ms"], policy)
     measured = latency.Measured(budget, [None] * 19 + [12.0], [None] * 19 + [11.0], {"timeout": 19})
     failures = measured.failures()
@@ -78,12 +78,12 @@ def test_nineteen_lost_loads_and_a_fast_one_break_the_budget(policy):
 
 
 def test_a_budget_without_a_loss_limit_gets_the_default_one(policy):
-    own = latency.parse_budget("policy.yaml", "budgets[x]", "laptop -> server icmp", ["p95 < 5 ms", "loss < 1%"],
+    own = budgets.parse_budget("policy.yaml", "budgets[x]", "laptop -> server icmp", ["p95 < 5 ms", "loss < 1%"],
                                policy)
     assert [l.text for l in own.limits] == ["p95 < 5 ms", "loss < 1%"]
-    given = latency.parse_budget("policy.yaml", "budgets[x]", "laptop -> server icmp", "p95 < 5 ms", policy)
+    given = budgets.parse_budget("policy.yaml", "budgets[x]", "laptop -> server icmp", "p95 < 5 ms", policy)
     assert [(l.metric, l.bound, l.text) for l in given.limits] == [
-        ("p95", 5.0, "p95 < 5 ms"), ("loss", latency.DEFAULT_LOSS_PCT, "loss < 5% (default)")]
+        ("p95", 5.0, "p95 < 5 ms"), ("loss", budgets.DEFAULT_LOSS_PCT, "loss < 5% (default)")]
     assert latency.Measured(given, [1.0] * 20).failures() == []
     assert latency.Measured(given, [1.0] * 19 + [None]).failures()  # 5% lost: not under 5%
 
@@ -115,12 +115,12 @@ def test_budgets_name_their_path_and_resolve_addresses(policy):
 ])
 def test_budget_mistakes_name_file_field_and_problem(policy, path, value, field, words):
     with pytest.raises(ConfigError) as err:
-        latency.load_budgets("policy.yaml", {path: value}, policy)
+        budgets.load_budgets("policy.yaml", {path: value}, policy)
     assert err.value.field == field and words in err.value.problem
 
 
 def test_a_broken_budget_names_path_budget_and_measured_figure(policy):
-    budget = latency.parse_budget("policy.yaml", "budgets[x]", "laptop -> server tcp/80", "p95 < 5 ms", policy)
+    budget = budgets.parse_budget("policy.yaml", "budgets[x]", "laptop -> server tcp/80", "p95 < 5 ms", policy)
     measured = latency.Measured(budget, [100.0 + i for i in range(20)])
     [failure] = measured.failures()
     assert failure.startswith("cabin/laptop -> uplink/server tcp/80: budget 'p95 < 5 ms' broken: measured p95 118.05 ms")
@@ -130,7 +130,7 @@ def test_a_broken_budget_names_path_budget_and_measured_figure(policy):
 
 
 def test_an_error_page_is_a_lost_page_load_not_a_fast_one(policy):
-    budget = latency.parse_budget("policy.yaml", "budgets[x]", "laptop -> server http/80",
+    budget = budgets.parse_budget("policy.yaml", "budgets[x]", "laptop -> server http/80",
                                   ["p95 < 700 ms", "loss < 10%"], policy)
     fast_503s = latency.Measured(budget, [12.0, 640.0, 11.0, 655.0], [11.0, 630.0, 10.0, 650.0],
                                  status=[503, 200, 503, 301])
@@ -205,7 +205,7 @@ def page_spec(server, path, count, **extra):
 
 
 def test_page_loads_are_taken_one_at_a_time(server, policy):
-    budget = latency.parse_budget("policy.yaml", "budgets[x]", "laptop -> server http/80", "p95 < 1 s", policy)
+    budget = budgets.parse_budget("policy.yaml", "budgets[x]", "laptop -> server http/80", "p95 < 1 s", policy)
     assert budget.spec(0)["serial"] is True
     [row] = timing.measure([page_spec(server, "/slow", 5, serial=True)], [])["latency"]
     assert server.most == 1, f"{server.most} page loads at once"
@@ -222,30 +222,30 @@ def test_a_page_cut_short_or_never_answered_is_lost(server):
 # ---------------------------------------------------------------- profiles and links
 
 def test_named_profiles_match_the_issue():
-    rtt = {name: p.rtt_ms for name, p in impair.PROFILES.items()}
+    rtt = {name: p.rtt_ms for name, p in declared_links.PROFILES.items()}
     assert rtt["lan"] == pytest.approx(0.2) and rtt["fiber-isp"] == 10
-    assert 25 <= rtt["leo-satellite"] - 2 * impair.PROFILES["leo-satellite"].jitter_ms
-    assert rtt["leo-satellite"] + 2 * impair.PROFILES["leo-satellite"].jitter_ms <= 60
-    geo = impair.PROFILES["geo-satellite"]
+    assert 25 <= rtt["leo-satellite"] - 2 * declared_links.PROFILES["leo-satellite"].jitter_ms
+    assert rtt["leo-satellite"] + 2 * declared_links.PROFILES["leo-satellite"].jitter_ms <= 60
+    geo = declared_links.PROFILES["geo-satellite"]
     assert 550 <= geo.rtt_ms - 2 * geo.jitter_ms and geo.rtt_ms + 2 * geo.jitter_ms <= 650 and geo.loss_pct
-    wifi = impair.PROFILES["airline-wifi"]
+    wifi = declared_links.PROFILES["airline-wifi"]
     assert wifi.delay_ms == geo.delay_ms and wifi.rate_kbit > 0
 
 
 def test_profiles_parse_units_and_overrides():
-    p = impair.parse_profile("c.yaml", "x", {"profile": "geo-satellite", "loss": "0%", "rate": "2 mbit"})
+    p = declared_links.parse_profile("c.yaml", "x", {"profile": "geo-satellite", "loss": "0%", "rate": "2 mbit"})
     assert (p.name, p.delay_ms, p.loss_pct, p.rate_kbit) == ("geo-satellite*", 300, 0, 2000)
-    assert impair.parse_profile("c.yaml", "x", {"delay": "0.3 s", "jitter": 5}).delay_ms == 300
+    assert declared_links.parse_profile("c.yaml", "x", {"delay": "0.3 s", "jitter": 5}).delay_ms == 300
     with pytest.raises(ConfigError, match="unknown profile 'moon'.*known profiles: lan"):
-        impair.parse_profile("c.yaml", "x", "moon")
+        declared_links.parse_profile("c.yaml", "x", "moon")
     with pytest.raises(ConfigError, match="more than the delay"):
-        impair.parse_profile("c.yaml", "x", {"delay": "1 ms", "jitter": "2 ms"})
+        declared_links.parse_profile("c.yaml", "x", {"delay": "1 ms", "jitter": "2 ms"})
     with pytest.raises(ConfigError, match="not a quantity"):
-        impair.parse_profile("c.yaml", "x", {"delay": "soon"})
+        declared_links.parse_profile("c.yaml", "x", {"delay": "soon"})
 
 
 def test_links_come_from_compose(topology):
-    [link] = impair.load_links(topology)
+    [link] = topology.links
     assert (link.name, link.segment, link.node, link.profile.delay_ms) == ("sky", "sky", None, 50)
 
 
@@ -253,7 +253,7 @@ MACS = {("gw", "sky"): "02:42:00:00:00:01", ("sat", "sky"): "02:42:00:00:00:02"}
 
 
 def test_a_firewalled_sender_is_carried_by_its_receivers(topology):
-    links = impair.load_links(topology)
+    links = topology.links
     plan = impair.delayline_plan(topology, links, {"gw"}, MACS)
     assert list(plan) == ["sat"]
     [entry] = plan["sat"]
@@ -267,7 +267,7 @@ def test_a_firewalled_sender_is_carried_by_its_receivers(topology):
 
 
 def test_an_attachment_is_impaired_both_ways(topology):
-    link = impair.Link("sat@sky", "sky", "sat", impair.PROFILES["lan"])
+    link = declared_links.Link("sat@sky", "sky", "sat", declared_links.PROFILES["lan"])
     legs = impair.legs(topology, [link])
     assert {(l.sender, l.to) for l in legs} == {("sat", None), ("gw", "sat")}
     plan = impair.delayline_plan(topology, [link], set(), MACS)
@@ -277,16 +277,16 @@ def test_an_attachment_is_impaired_both_ways(topology):
 
 
 def test_netem_puts_every_leg_on_its_senders_egress(topology):
-    plan = impair.netem_plan(topology, impair.load_links(topology))
+    plan = impair.netem_plan(topology, topology.links)
     assert plan["gw"] == [["tc", "qdisc", "replace", "dev", "sky", "root", "netem", "delay", "50ms", "2ms",
                            "limit", "1000"]]
-    link = impair.Link("sat@sky", "sky", "sat", impair.PROFILES["geo-satellite"])
+    link = declared_links.Link("sat@sky", "sky", "sat", declared_links.PROFILES["geo-satellite"])
     cmds = impair.netem_plan(topology, [link])["gw"]
     assert cmds[0][6:8] == ["handle", "1:"] and any("198.18.71.2/32" in c for c in cmds)
 
 
 def test_expected_route_adds_the_links_on_the_way(topology):
-    links = impair.load_links(topology)
+    links = topology.links
     hops = latency.expected_route(topology, links, "laptop", IPv4Address("198.18.72.10"))
     assert [(h.node, str(h.address), h.rtt_ms, h.jitter_ms) for h in hops] == [
         ("gw", "198.18.70.1", 0, 0), ("sat", "198.18.71.2", 100, 4), ("server", "198.18.72.10", 100, 4)]
@@ -295,7 +295,7 @@ def test_expected_route_adds_the_links_on_the_way(topology):
 
 
 def test_a_traceroute_hop_is_judged_by_the_links_on_its_way(topology):
-    links = impair.load_links(topology)
+    links = topology.links
 
     def hops(*medians):
         addrs = ["198.18.70.1", "198.18.71.2", "198.18.72.10"]

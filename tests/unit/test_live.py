@@ -11,10 +11,10 @@ import yaml
 
 import labwarden.realise.live as live
 from labwarden.errors import ConfigError, ProbeError
-from labwarden.realise.live import LiveLab, apply_inventory, load_inventory
-from labwarden.declared.policy import load_policy
+from labwarden.realise.live import LiveLab
+from labwarden.declared.inventory import apply_inventory, load_inventory
+from labwarden.declared.lab import load_lab
 from labwarden.probe import NodeAnswer, NodeJob, Observation, Probe
-from labwarden.declared.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "topologies" / "homelab" / "live.example.yaml"
@@ -22,8 +22,7 @@ EXAMPLE = ROOT / "topologies" / "homelab" / "live.example.yaml"
 
 @pytest.fixture(scope="module")
 def lab_files():
-    topology = load_topology(ROOT / "topologies" / "homelab")
-    return topology, load_policy(topology)
+    return load_lab(ROOT / "topologies" / "homelab")
 
 
 def write(tmp_path, doc) -> Path:
@@ -57,6 +56,11 @@ def test_the_example_inventory_is_valid_and_moves_the_lab_to_real_addresses(lab_
     (lambda d: d.update(max_pps=0), "max_pps", "not a positive number"),
     (lambda d: d.update(topology="airplane"), "topology", "the inventory is for 'airplane'"),
     (lambda d: d["nodes"]["web"].update(sudo=True), "nodes.web.sudo", "unknown key"),
+    (lambda d: d["nodes"]["web"].update(interfaces={"servers": "a" * 16}), "nodes.web.interfaces.servers",
+     "is not a valid Linux interface name (1-15 characters"),
+    (lambda d: d["nodes"]["web"].update(interfaces={"wan": "eth0"}), "nodes.web.interfaces.wan",
+     "web is not attached to wan (attached: servers)"),
+    (lambda d: d.update(ranges=["192.168.1.0/33"]), "ranges[0]", "is not an IPv4 subnet"),
 ])
 def test_inventory_mistakes_name_file_field_and_problem(lab_files, tmp_path, change, field, problem):
     doc = yaml.safe_load(EXAMPLE.read_text())

@@ -17,9 +17,8 @@ import pytest
 from labwarden.checks import matrix
 from labwarden.checks.matrix import (FLAKY_NOTE, PACE_BATCH, PACED_NOTE, SYN_SHARE, Cell, ControlFailed, Controls, Reprobes,
                               controls, crosses, matrix_flows, observe, silent_nodes)
-from labwarden.declared.policy import load_policy
+from labwarden.declared.lab import load_lab
 from labwarden.probe import Observation
-from labwarden.declared.topology import load_topology
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
 ELAPSED = contextvars.ContextVar("elapsed", default=0.0)  # simulated time, per task (waves overlap)
@@ -80,11 +79,11 @@ def clock(monkeypatch):
 
 
 def openwrt():
-    return load_policy(load_topology(TOPOLOGIES / "openwrt-homelab"))
+    return load_lab(TOPOLOGIES / "openwrt-homelab").policy
 
 
 def homelab():
-    return load_policy(load_topology(TOPOLOGIES / "homelab"))
+    return load_lab(TOPOLOGIES / "homelab").policy
 
 
 def syn_lab(policy, **kw):

@@ -12,9 +12,8 @@ from labwarden.checks import nat, tunnel
 
 from labwarden.probe import packets
 from labwarden.checks.fetch import content, fetch_for, parse_http
-from labwarden.declared.policy import load_policy
+from labwarden.declared.lab import load_lab
 from labwarden.probe import Fetch, Fetched
-from labwarden.declared.topology import load_topology
 
 HOMELAB = Path(__file__).resolve().parents[2] / "topologies" / "homelab"
 PAGE = b"<!doctype html><p>hi</p>\n"
@@ -22,7 +21,7 @@ PAGE = b"<!doctype html><p>hi</p>\n"
 
 @pytest.fixture(scope="module")
 def policy():
-    return load_policy(load_topology(HOMELAB))
+    return load_lab(HOMELAB).policy
 
 
 def got(reply=b"", connected=True, error=None, eof=True, dst="203.0.113.30", port=80, sport=40000):
@@ -92,7 +91,7 @@ def test_proxies_are_recognised(name, reply, proxy):
 
 def test_visitors_are_the_edges_neighbours_first(policy):
     assert tunnel.visitors(policy, policy.tunnels[0]) == ["visitor", "scanner"]
-    airplane = load_policy(load_topology(HOMELAB.parent / "airplane"))
+    airplane = load_lab(HOMELAB.parent / "airplane").policy
     assert tunnel.visitors(airplane, airplane.tunnels[0]) == ["visitor", "ground", "satellite"]
 
 
@@ -150,7 +149,7 @@ def test_an_edge_that_routes_by_name_is_asked_for_it():
     """A named tunnel (PageKite's edge, topologies/airplane): visitors send its name as Host;
     the edge's 503 for a name with no client reads `tunnel down`, saying so; the proxy probes
     add a CONNECT to the name's ssh port (a raw kite)."""
-    airplane = load_policy(load_topology(HOMELAB.parent / "airplane"))
+    airplane = load_lab(HOMELAB.parent / "airplane").policy
     t = airplane.tunnels[0]
     assert tunnel.visitor_host(airplane, t) == "laptop.tunnel.test"
     local = got(http(t.page.read_bytes()), dst="127.0.0.1", port=8080)
@@ -161,7 +160,7 @@ def test_an_edge_that_routes_by_name_is_asked_for_it():
                               "tunnel client connected for Host laptop.tunnel.test")
     assert tunnel.proxy_probes(t)["an HTTP CONNECT to laptop.tunnel.test:22"].startswith(
         b"CONNECT laptop.tunnel.test:22 HTTP/1.1\r\n")
-    assert set(tunnel.proxy_probes(load_policy(load_topology(HOMELAB)).tunnels[0])) == set(tunnel.PROXY_PROBES)
+    assert set(tunnel.proxy_probes(load_lab(HOMELAB).policy.tunnels[0])) == set(tunnel.PROXY_PROBES)
 
 
 # -- where connections from outside land ---------------------------------------------
@@ -173,7 +172,7 @@ DNAT_443 = ("dstnat_wan rule 'meta nfproto ipv4 tcp dport 443 counter dnat 198.1
 
 @pytest.fixture(scope="module")
 def openwrt():
-    return load_policy(load_topology(OPENWRT))
+    return load_lab(OPENWRT).policy
 
 
 def public_only(policy):

@@ -11,15 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from labwarden.fuzz.rules import RuleChecker, destinations, port_constants, probe_flows, rulesets
 from labwarden.routers.nftables.model import (EPHEMERAL, Chain, Match, NamedSet, Packet, Rule, Ruleset, World, kernel_silence,
                                  predict)
-from labwarden.declared.policy import load_policy
-from labwarden.declared.topology import load_topology
+from labwarden.declared.lab import load_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def world():
-    return World.of(load_policy(load_topology(ROOT / "topologies" / "homelab")))
+    return World.of(load_lab(ROOT / "topologies" / "homelab").policy)
 
 
 def fwd(*rules, policy="drop", extra=()):
@@ -178,7 +177,7 @@ def test_rule_fuzzing_probes_the_edges_of_the_routers_other_segments(world):
 
 @pytest.fixture(scope="module")
 def airplane():
-    return World.of(load_policy(load_topology(ROOT / "topologies" / "airplane")))
+    return World.of(load_lab(ROOT / "topologies" / "airplane").policy)
 
 
 def test_nodes_beyond_other_routers_are_judged_on_the_routers_side(airplane):

@@ -9,8 +9,8 @@ import yaml
 
 from labwarden.errors import ConfigError
 from labwarden.checks.matrix import crosses, local_only_nodes, one_way_pairs, reachers
-from labwarden.declared.policy import VERDICTS, Expectation, Service, SynLimit, load_policy
-from labwarden.declared.topology import load_topology
+from labwarden.declared.lab import load_lab
+from labwarden.declared.policy import VERDICTS, Expectation, Service, SynLimit
 
 HOMELAB = Path(__file__).resolve().parents[2] / "topologies" / "homelab"
 PUBLIC = "203.0.113.2"
@@ -18,7 +18,7 @@ PUBLIC = "203.0.113.2"
 
 @pytest.fixture(scope="module")
 def policy():
-    return load_policy(load_topology(HOMELAB))
+    return load_lab(HOMELAB).policy
 
 
 def variant(tmp_path, **changes):
@@ -28,7 +28,7 @@ def variant(tmp_path, **changes):
     doc = yaml.safe_load((folder / "policy.yaml").read_text())
     doc.update(changes)
     (folder / "policy.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    return load_policy(load_topology(folder))
+    return load_lab(folder).policy
 
 
 # src, dst, service, expected verdicts, node reached, reason
@@ -227,7 +227,7 @@ OW_PUBLIC = "198.51.100.2"
 
 @pytest.fixture(scope="module")
 def openwrt():
-    return load_policy(load_topology(OPENWRT))
+    return load_lab(OPENWRT).policy
 
 
 REFUSED = "default deny (refused by the router itself: looks closed)"
@@ -300,7 +300,7 @@ def test_the_openwrt_policy_as_loaded(openwrt):
     assert openwrt.syn_limit == SynLimit(25.0, 50)
     assert openwrt.outside == "wan" and openwrt.antispoof and not openwrt.hairpin
     # the homelab's forwards keep the default: its public address only
-    homelab = load_policy(load_topology(HOMELAB))
+    homelab = load_lab(HOMELAB).policy
     assert {f.daddr for f in homelab.forwards} == {"public"} and homelab.syn_limit is None
 
 
@@ -374,7 +374,7 @@ def policy_error(tmp_path, change) -> ConfigError:
     change(doc)
     (folder / "policy.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     with pytest.raises(ConfigError) as caught:
-        load_policy(load_topology(folder))
+        load_lab(folder)
     return caught.value
 
 
@@ -432,7 +432,7 @@ def test_the_tunnel_in_the_oracle(policy, src, dst, service, verdicts, reached):
     ("passenger", "198.18.50.10", "tcp/8080", "open", "laptop", "same segment"),
 ])
 def test_the_airplane_oracle(src, dst, service, verdicts, reached, reason):
-    airplane = load_policy(load_topology(AIRPLANE))
+    airplane = load_lab(AIRPLANE).policy
     expected = airplane.expect(airplane.flow(src, dst, service))
     assert (str(expected), expected.reached, expected.reason) == (verdicts, reached, reason)
     assert airplane.outside == "wan" and airplane.masquerade == ["cabin"]
@@ -442,12 +442,12 @@ def test_the_airplane_oracle(src, dst, service, verdicts, reached, reason):
 def test_a_tunnel_named_by_host():
     """The airplane's edge routes by Host: visitors, and the page-load budget through the
     edge, ask for laptop.tunnel.test; the home lab's tunnel has no name (its edge's address)."""
-    airplane = load_policy(load_topology(AIRPLANE))
+    airplane = load_lab(AIRPLANE).policy
     assert airplane.tunnels[0].host == "laptop.tunnel.test"
     page, = [b for b in airplane.budgets if b.kind == "http"]
     assert page.host == "laptop.tunnel.test" and page.spec(0)["host"] == "laptop.tunnel.test"
     assert all(b.host is None for b in airplane.budgets if b.kind != "http")
-    assert load_policy(load_topology(HOMELAB)).tunnels[0].host is None
+    assert load_lab(HOMELAB).policy.tunnels[0].host is None
 
 
 # -- what the lab suites take from the policy (tests/unit, so the lab tests only judge packets)
@@ -464,7 +464,7 @@ def test_homelab_local_only_nodes_and_who_reaches_them(policy):
 @pytest.mark.parametrize("folder", SHIPPED, ids=[f.name for f in SHIPPED])
 def test_every_local_only_node_with_services_is_reached_by_someone(folder):
     """suites/isolation/test_local_only.py checks who reaches them: someone must."""
-    shipped = load_policy(load_topology(folder))
+    shipped = load_lab(folder).policy
     nodes = [n for n in local_only_nodes(shipped) if shipped.services.get(n)]
     assert nodes
     assert not [n for n in nodes if not reachers(shipped, n) and n != "tablet"]  # openwrt's guest tablet: nobody
@@ -474,7 +474,7 @@ def test_every_local_only_node_with_services_is_reached_by_someone(folder):
 def test_one_way_pairs_are_one_way(folder):
     """suites/isolation/test_stateful.py probes these: the forward flow must be open across
     the router, its reverse (a service of the forward's source) must not get through."""
-    shipped = load_policy(load_topology(folder))
+    shipped = load_lab(folder).policy
     pairs = one_way_pairs(shipped)
     assert pairs, "the policy has no one-way zone pair to check"
     for forward, reverse in pairs:

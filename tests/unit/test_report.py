@@ -10,16 +10,15 @@ from ipaddress import IPv4Address
 import pytest
 
 from labwarden.checks.matrix import Cell, MatrixRun, matrix_flows
-from labwarden.declared.policy import load_policy
+from labwarden.declared.lab import load_lab
 from labwarden.probe import Observation
 from labwarden.report import (LEAK, PASS, WRONG, Report, header, main, page_summary, render_html,
                               section_renderer, SECTION_RENDERERS)
-from labwarden.declared.topology import load_topology
 
 
 @pytest.fixture(scope="module")
 def policy():
-    return load_policy(load_topology("homelab"))
+    return load_lab("homelab").policy
 
 
 def as_expected(policy, flow) -> Observation:

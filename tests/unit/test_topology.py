@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from labwarden.errors import LabwardenError
+from labwarden.declared.lab import load_lab
 from labwarden.declared.topology import load_topology
 
 HOMELAB = Path(__file__).resolve().parents[2] / "topologies" / "homelab"
@@ -44,6 +45,17 @@ def test_loads_by_name_and_by_path(topo, monkeypatch):
 def test_a_name_is_found_next_to_the_package_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert load_topology("homelab").path == HOMELAB
+
+
+def test_a_lab_folder_is_read_once(monkeypatch):
+    """compose.yaml gives nodes, segments and impaired links from one parse; policy.yaml
+    gives the policy and its budgets: two files, two reads."""
+    read = []
+    parse = yaml.safe_load
+    monkeypatch.setattr(yaml, "safe_load", lambda text: read.append(text) or parse(text))
+    topology, policy = load_lab(HOMELAB.parent / "airplane")
+    assert len(read) == 2
+    assert [link.name for link in topology.links] and policy.budgets
 
 
 def test_segments(topo):

@@ -9,8 +9,7 @@ import pytest
 import yaml
 
 from labwarden.checks import tunnel
-from labwarden.declared.policy import load_policy
-from labwarden.declared.topology import load_topology
+from labwarden.declared.lab import load_lab
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
 WITH_TUNNELS = [p.parent for p in sorted(TOPOLOGIES.glob("*/policy.yaml"))
@@ -28,7 +27,7 @@ def test_the_shipped_labs_with_tunnels_are_found():
 
 @pytest.mark.parametrize("folder", WITH_TUNNELS, ids=[p.name for p in WITH_TUNNELS])
 def test_a_tunnel_is_the_only_way_to_its_client(folder):
-    policy = load_policy(load_topology(folder))
+    policy = load_lab(folder).policy
     for t in policy.tunnels:
         assert tunnel.forwards_to(policy, t) == [], t.name
         assert ways_in(policy, t) == [], t.name
@@ -41,7 +40,7 @@ def test_a_forward_to_the_tunnels_port_is_a_way_in(tmp_path):
     doc = yaml.safe_load((folder / "policy.yaml").read_text())
     doc["forwards"].append({"name": "laptop direct", "public": "tcp/8080", "to": "laptop", "port": 8080})
     (folder / "policy.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    policy = load_policy(load_topology(folder))
+    policy = load_lab(folder).policy
     t = policy.tunnels[0]
     assert tunnel.forwards_to(policy, t) == ["forward 'laptop direct' (tcp/8080 -> laptop tcp/8080)"]
     assert "wan/visitor -> router@wan tcp/8080" in ways_in(policy, t)

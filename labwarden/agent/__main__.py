@@ -1,0 +1,13 @@
+"""Entry point of the agent zipapp (labwarden.probe.ship builds it from this folder).
+
+    python3 agent.pyz REQUEST|-              # the probe agent (agent.py)
+    python3 agent.pyz delayline COMMAND ...  # the userspace delay line (delayline.py)
+"""
+
+import sys
+
+if len(sys.argv) > 1 and sys.argv[1] == "delayline":
+    import delayline
+    sys.exit(delayline.main(sys.argv[1:]))
+import agent
+sys.exit(agent.main(sys.argv))

@@ -1,0 +1,139 @@
+"""A live lab's inventory: which real host is each node, and the real addresses and names.
+
+An inventory (YAML; annotated example: topologies/homelab/live.example.yaml) maps
+every node of the topology to a testinfra host spec and may give the real subnets,
+addresses and interface names, the ``ranges`` every probe must stay inside and the
+pace (``max_pps``). Declared data only: labwarden.realise.live connects to the hosts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from labwarden.errors import ConfigError
+from labwarden.declared.fields import IFNAME_RULE, address, check_keys, network, read_yaml, valid_ifname
+from labwarden.declared.topology import Node, Segment, Topology
+
+KEYS = ("topology", "ranges", "max_pps", "ssh_config", "segments", "public", "nodes")
+NODE_KEYS = ("host", "addresses", "interfaces")
+DEFAULT_MAX_PPS = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Inventory:
+    file: Path
+    hosts: dict[str, str]                      # node -> testinfra spec
+    ranges: list[IPv4Network]
+    max_pps: int = DEFAULT_MAX_PPS
+    ssh_config: str | None = None
+    segments: dict[str, IPv4Network] = dataclasses.field(default_factory=dict)
+    addresses: dict[str, dict[str, IPv4Address]] = dataclasses.field(default_factory=dict)
+    interfaces: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    public: IPv4Address | None = None
+
+
+def load_inventory(path, topology: Topology) -> Inventory:
+    """Read and check an inventory against the topology; mistakes name file, field and problem."""
+    file = Path(path)
+    f = str(file)
+    if not file.is_file():
+        raise ConfigError(f, "--inventory", "no such file")
+    doc = read_yaml(file, f)
+    check_keys(f, "", doc, KEYS)
+    if doc.get("topology") not in (None, topology.name):
+        raise ConfigError(f, "topology", f"the inventory is for {doc['topology']!r}, the run for {topology.name!r}")
+    raw_ranges = doc.get("ranges")
+    if not isinstance(raw_ranges, list) or not raw_ranges:
+        raise ConfigError(f, "ranges", "missing: list the subnets probes may go to, e.g. [192.168.1.0/24]")
+    ranges = [network(f, f"ranges[{i}]", r) for i, r in enumerate(raw_ranges)]
+    max_pps = doc.get("max_pps", DEFAULT_MAX_PPS)
+    if isinstance(max_pps, bool) or not isinstance(max_pps, int) or max_pps < 1:
+        raise ConfigError(f, "max_pps", f"{max_pps!r} is not a positive number of packets per second")
+    segments = {}
+    for name, raw in (doc.get("segments") or {}).items():
+        if name not in topology.segments:
+            raise ConfigError(f, f"segments.{name}", f"unknown segment; segments of {topology.name}: "
+                              f"{', '.join(topology.segments)}")
+        segments[name] = network(f, f"segments.{name}", raw)
+    nodes = doc.get("nodes")
+    if not isinstance(nodes, dict):
+        raise ConfigError(f, "nodes", "missing: map every node of the topology to {host: SPEC}")
+    missing = [n for n in topology.nodes if n not in nodes]
+    if missing:
+        raise ConfigError(f, "nodes", f"no host for {', '.join(missing)}: every node of "
+                          f"{topology.name} needs one (nodes: {', '.join(topology.nodes)})")
+    hosts, addresses, interfaces = {}, {}, {}
+    for name, spec in nodes.items():
+        where = f"nodes.{name}"
+        if name not in topology.nodes:
+            raise ConfigError(f, where, f"{name!r} is not a node of {topology.name} "
+                              f"(nodes: {', '.join(topology.nodes)})")
+        spec = {"host": spec} if isinstance(spec, str) else spec
+        if not isinstance(spec, dict) or not isinstance(spec.get("host"), str):
+            raise ConfigError(f, f"{where}.host", "missing: a testinfra host spec such as ssh://admin@192.168.1.10")
+        check_keys(f, where, spec, NODE_KEYS)
+        hosts[name] = spec["host"]
+        node = topology.nodes[name]
+        for seg, raw in (spec.get("addresses") or {}).items():
+            if seg not in node.addresses:
+                raise ConfigError(f, f"{where}.addresses.{seg}", f"{name} is not attached to {seg} "
+                                  f"(attached: {', '.join(node.segments)})")
+            addresses.setdefault(name, {})[seg] = address(f, f"{where}.addresses.{seg}", raw)
+        for seg, ifname in (spec.get("interfaces") or {}).items():
+            if seg not in node.addresses:
+                raise ConfigError(f, f"{where}.interfaces.{seg}", f"{name} is not attached to {seg} "
+                                  f"(attached: {', '.join(node.segments)})")
+            if not valid_ifname(ifname):
+                raise ConfigError(f, f"{where}.interfaces.{seg}", f"{ifname!r} is not a valid Linux "
+                                  f"interface name ({IFNAME_RULE})")
+            interfaces.setdefault(name, {})[seg] = ifname
+    public = address(f, "public", doc["public"]) if doc.get("public") is not None else None
+    ssh_config = str(Path(doc["ssh_config"]).expanduser()) if doc.get("ssh_config") else None
+    inventory = Inventory(file.resolve(), hosts, ranges, max_pps, ssh_config, segments, addresses,
+                          interfaces, public)
+    _check_addresses(f, inventory, topology)
+    return inventory
+
+
+def _check_addresses(f, inventory: Inventory, topology: Topology) -> None:
+    for name, node in topology.nodes.items():
+        for seg, declared in node.addresses.items():
+            real = inventory.addresses.get(name, {}).get(seg, declared)
+            subnet = inventory.segments.get(seg, topology.segments[seg].subnet)
+            where = f"nodes.{name}.addresses.{seg}"
+            if real not in subnet:
+                raise ConfigError(f, where, f"{real} is not in segment {seg} ({subnet}): "
+                                  f"give segments.{seg} or the node's real address")
+            if not any(real in r for r in inventory.ranges):
+                raise ConfigError(f, where, f"{real} is outside the inventory's ranges "
+                                  f"({', '.join(map(str, inventory.ranges))}): probes could not reach it")
+
+
+def apply_inventory(inventory: Inventory, topology: Topology, policy):
+    """(topology, policy) with the inventory's real subnets, addresses and interface names.
+
+    Only addresses and names change: zones, rules and services are the policy's own."""
+    segments = {name: Segment(name, inventory.segments.get(name, seg.subnet),
+                              None if name in inventory.segments else seg.gateway)
+                for name, seg in topology.segments.items()}
+    real = {name: {**node.addresses, **inventory.addresses.get(name, {})} for name, node in topology.nodes.items()}
+
+    def moved(hop):  # a next hop, as the real address of the same node on the same segment
+        holder = topology.node_at(hop) if hop is not None else None
+        if holder is None:
+            return hop
+        return real[holder.name][next(s for s, a in holder.addresses.items() if a == hop)]
+
+    nodes = {name: Node(name, real[name], moved(node.gateway),
+                        {prefix: moved(hop) for prefix, hop in node.routes.items()}, None,
+                        {**node.interfaces, **inventory.interfaces.get(name, {})})
+             for name, node in topology.nodes.items()}
+    live = Topology(topology.name, topology.path, topology.compose_file, segments, nodes, topology.links)
+    public = inventory.public or policy.public
+    if policy.public is not None and inventory.public is None:
+        router = topology.nodes[policy.router]
+        seg = next(s for s, a in router.addresses.items() if a == policy.public)
+        public = nodes[policy.router].addresses[seg]
+    return live, dataclasses.replace(policy, topology=live, public=public)
