@@ -13,9 +13,8 @@ import pytest
 
 from labwarden.errors import ProbeError
 from labwarden.realise.compose import PROBER, Lab, run_sync
-from labwarden.declared.policy import load_policy
+from labwarden.declared.lab import load_lab
 from labwarden.probe import NodeJob
-from labwarden.declared.topology import load_topology
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,8 +25,7 @@ FOREIGN = "table inet lwforeign {\n  chain forward {\n    type filter hook forwa
 
 @pytest.fixture(scope="module")
 def lab():
-    topology = load_topology(ROOT / "topologies" / "homelab")
-    with Lab(topology, load_policy(topology), router_config=RULES, log=lambda *a: None) as instance:
+    with Lab(*load_lab(ROOT / "topologies" / "homelab"), router_config=RULES, log=lambda *a: None) as instance:
         yield instance
 
 
