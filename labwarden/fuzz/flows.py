@@ -46,8 +46,10 @@ from ipaddress import IPv4Address, IPv4Network
 
 from hypothesis import strategies as st
 
+from labwarden.errors import LabwardenError
 from labwarden.realise.compose import run_sync
 from labwarden.routers.nftables.model import kernel_silence
+from labwarden.routers.nftables.trace import explain as tell, parse_events, shown_path, stories
 from labwarden.declared.policy import Policy, Service
 from labwarden.probe import NodeJob, Probe
 
@@ -772,10 +774,7 @@ def replay_command(flow: FuzzFlow, topology: str, router_config=None, test: str 
 
 def explain(fuzzer: FlowFuzzer, flows: list[FuzzFlow]) -> dict[FuzzFlow, str]:
     """Per flow, 'was ACCEPTED by forward rule '...' (file:line)' from an nft trace of the
-    router, when the router is ours (its config is known and it runs nftables)."""
-    from labwarden.errors import LabwardenError
-    from labwarden.routers.nftables.trace import explain as tell, parse_events, shown_path, stories
-
+    router, when the router is ours (its config is known) and its kind can trace."""
     policy, lab = fuzzer.policy, fuzzer.lab
     config = lab.router_firewall() if hasattr(lab, "router_firewall") else None
     if config is None or not flows:
