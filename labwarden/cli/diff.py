@@ -185,7 +185,7 @@ def diff(topology, policy, before_spec: str, after_spec: str | None, *, timeout:
                                       before=before.shown, before_sha256=before.sha256,
                                       probe_timeout_s=timeout))
         report.header.update(router_config=after.shown, router_config_sha256=after.sha256)
-        report.header["router_kind"] = routers.detect(after.text).name
+        report.header.update(routers.detect(after.text).header())
         report.header["versions"].update(versions)
         report.header["command"] = "labwarden " + " ".join(sys.argv[1:])
         report.add_matrix(first, f"before: {before.shown}")

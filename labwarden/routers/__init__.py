@@ -48,6 +48,14 @@ class RouterKind:
     def untrace_setup(self) -> dict:
         raise LabwardenError(f"a router of kind {self.name} cannot trace which rule decided a flow")
 
+    def header(self) -> dict:
+        """What a report's header says of this kind: its name, and (said, not left to guess)
+        when failures cannot name the rule that decided."""
+        fields = {"router_kind": self.name}
+        if not self.can_trace:
+            fields["router_trace"] = f"not traced: a router of kind {self.name} cannot tell which rule decided"
+        return fields
+
     def __repr__(self) -> str:
         return f"<router kind {self.name}>"
 

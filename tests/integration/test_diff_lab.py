@@ -68,5 +68,5 @@ def test_the_iptables_config_keeps_the_homelab_as_the_nftables_one_does(tmp_path
     assert "no flow changed verdict" in proc.stdout
     assert "after config keeps the policy of homelab" in proc.stdout
     head = json.loads((tmp_path / "diff.json").read_text())["header"]
-    assert head["router_kind"] == "iptables"
+    assert head["router_kind"] == "iptables" and head["router_trace"].startswith("not traced")
     assert head["versions"]["nft"].startswith("nftables v") and head["versions"]["iptables"].startswith("iptables v")

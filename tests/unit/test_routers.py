@@ -39,8 +39,11 @@ def test_each_kind_loads_the_whole_file_through_its_own_setup_key():
 def test_only_nftables_traces_and_the_others_say_so():
     nft = routers.kind("nftables")
     assert nft.can_trace and "nft_add" in nft.trace_setup(["198.18.1.10"]) and "nft_add" in nft.untrace_setup()
+    assert nft.header() == {"router_kind": "nftables"}
     ipt = routers.kind("iptables")
     assert not ipt.can_trace
+    assert ipt.header() == {"router_kind": "iptables", "router_trace": "not traced: a router of kind "
+                                                                       "iptables cannot tell which rule decided"}
     with pytest.raises(LabwardenError, match="router of kind iptables cannot trace"):
         ipt.trace_setup(["198.18.1.10"])
 
