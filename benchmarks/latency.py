@@ -34,7 +34,7 @@ from labwarden.realise import impair
 
 from labwarden.checks import latency  # noqa: E402
 from labwarden.declared.links import Link, Profile  # noqa: E402
-from labwarden.realise.compose import PROBER, Lab  # noqa: E402
+from labwarden.realise.compose import PROBER, ComposeLab  # noqa: E402
 from labwarden.declared.lab import load_lab  # noqa: E402
 from labwarden.probe.ship import IN_PROBER  # noqa: E402
 
@@ -109,7 +109,7 @@ def page(loads: int) -> dict:
     budget = next(b for b in policy.budgets if b.kind == "http")
     budget = replace(budget, samples=loads)
     figures = {"budget": budget.label, "suite": [], "client": []}
-    with Lab(topology, policy, log=lambda m: None) as lab:
+    with ComposeLab(topology, policy, log=lambda m: None) as lab:
         for _ in range(2):
             measured = asyncio.run(latency.measure(lab, [budget]))[budget]
             figures["suite"] += measured.samples
@@ -146,7 +146,7 @@ def accuracy(lab, delays) -> list[dict]:
                      "error_pct": round(100 * (stats.p50 - 2 * delay) / (2 * delay), 3) if delay else None,
                      "within": abs(stats.p50 - 2 * delay) <= latency.tolerance_ms(2 * delay)})
     # the same echo with no delay line at all: what the lab itself costs
-    impair.prober_exec(lab, "python3", IN_PROBER, "delayline", "stop")
+    lab.prober_exec("python3", IN_PROBER, "delayline", "stop")
     samples = asyncio.run(latency.ping(lab, [(base_check.src, base_check.dst)], count=30, interval_s=0.01))
     stats = latency.Stats.of(samples[(base_check.src, base_check.dst)])
     rows.append({"one_way_ms": None, "configured_rtt_ms": None, "p50_ms": round(stats.p50, 3),
@@ -184,7 +184,7 @@ def main() -> int:
         if args.json:
             print(json.dumps(figures))
         return 0
-    lab = Lab(*load_lab(LAB), log=lambda m: None)
+    lab = ComposeLab(*load_lab(LAB), log=lambda m: None)
     figures = {}
     with lab:
         figures["method"] = lab.impairment.method

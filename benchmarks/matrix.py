@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from labwarden.realise.image import ensure_image  # noqa: E402
-from labwarden.realise.compose import Lab  # noqa: E402
+from labwarden.realise.compose import ComposeLab  # noqa: E402
 from labwarden.checks.matrix import matrix_flows, run_matrix  # noqa: E402
 from labwarden.declared.lab import load_lab  # noqa: E402
 
@@ -42,7 +42,7 @@ def main() -> int:
     ensure_image()
     figures = {"topology": topology.name}
     started = time.monotonic()
-    lab = Lab(topology, policy, log=lambda m: None)
+    lab = ComposeLab(topology, policy, log=lambda m: None)
     try:
         lab.up()
         figures["up_s"] = round(time.monotonic() - started, 3)

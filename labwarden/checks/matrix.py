@@ -185,21 +185,17 @@ async def observe(lab, flows: list[Flow], timeout: float = 1.0,
     observation the policy does not admit is confirmed (`_confirm`); `reprobes`, if
     given, counts what that took.
     """
-    policy = getattr(lab, "policy", None)
-    impairment = getattr(lab, "impairment", None)
-    if impairment is not None:
-        timeout += impairment.round_trip_allowance_s()
+    policy = lab.policy
+    timeout += lab.impairment.round_trip_allowance_s()
     observed = await _observe_paced(lab, flows, timeout)
-    lossy = impairment is not None and impairment.lossy
-    for _ in range(LOSS_RETRIES if lossy and policy is not None else 0):
+    for _ in range(LOSS_RETRIES if lab.impairment.lossy else 0):
         again = [f for f in flows if observed[f].verdict == "filtered"
                  and not policy.expect(f).admits("filtered")]
         if not again:
             break
         answers = await _observe_paced(lab, again, timeout)
         observed.update({f: o for f, o in answers.items() if o.verdict != "filtered"})
-    if policy is not None:
-        observed.update(await _confirm(lab, policy, observed, timeout, reprobes or Reprobes()))
+    observed.update(await _confirm(lab, policy, observed, timeout, reprobes or Reprobes()))
     return observed
 
 
@@ -249,8 +245,8 @@ async def _observe_paced(lab, flows: list[Flow], timeout: float) -> dict[Flow, O
     previous one (all its SYNs had left by then), so however late the prober is, the
     limiter never drops a probe; each batch after the first adds about size / rate s.
     """
-    policy = getattr(lab, "policy", None)
-    limit = policy.syn_limit if policy is not None else None
+    policy = lab.policy
+    limit = policy.syn_limit
     paced = [f for f in flows if limit is not None and policy.syn_limited(f)]
     if not paced:
         return await _observe_batch(lab, flows, timeout)

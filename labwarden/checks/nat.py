@@ -7,30 +7,26 @@ connection lands is seen, not guessed: every inside node captures while the
 outside sends, so a forward to the wrong host or with its source rewritten is
 named as such, and a forward whose service is down (it lands, and is refused)
 reads differently from a missing one (nothing lands: filtered at the router).
+Scanning an address is `labwarden.checks.surface`'s; finding where a flow lands,
+and the NAT rule that sent it there, `labwarden.checks.landing`'s.
 """
 
 import asyncio
 import secrets
 import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-
-from labwarden.routers.nftables import trace as nft_trace
 
 from labwarden.probe import packets
 from labwarden.checks.fetch import content, fetch_for, summary
+from labwarden.checks.landing import CAPTURE_S, Landing, is_syn, locate, ports_of, tcp_header
 from labwarden.checks.matrix import COMMON_TCP, Cell, observe
-from labwarden.declared.policy import Expectation, Flow, Forward, Policy, Service
+from labwarden.checks.surface import COMMON_UDP, Surface, scan, sweep
+from labwarden.declared.policy import Forward, Policy, Service
 from labwarden.probe import Fetched, NodeJob, Probe
 
-SCAN_BATCH = 16384         # connect() probes per agent call: within the ephemeral port range (28,232)
-SWEEP_BATCH = 8192         # raw packets per agent call: its request travels as one argument (128 KiB)
-LOCATE_SPORT = 20000       # and up: the source ports of located UDP flows, below the ephemeral range
-COMMON_UDP = (53, 67, 69, 123, 137, 161, 443, 500, 514, 1194, 1701, 1900, 3478, 4500, 5060,
-              5353, 11211, 51820)
 MANAGEMENT = tuple(map(Service.parse, ("tcp/22", "tcp/23", "tcp/53", "udp/53", "tcp/80", "tcp/443",
                                        "tcp/8080", "tcp/8443", "udp/161", "udp/1900")))
-CAPTURE_S = 1.0
 MARK_PORT = 9              # discard: nothing listens, so the marker's answer is a port-unreachable
 MARK_COPIES = 3            # a lossy link (labwarden.realise.impair) may drop one
 
@@ -44,29 +40,6 @@ def outside_nodes(policy: Policy) -> list[str]:
 def inside_nodes(policy: Policy) -> list[str]:
     return [n for n in policy.topology.nodes
             if n != policy.router and policy.zone_of(n) != policy.outside]
-
-
-def tcp_header(seen: packets.Seen):
-    """(sport, dport, flags) of a captured TCP segment, else None."""
-    if seen.kind != "tcp" or len(seen.payload) < 14:
-        return None
-    sport, dport = struct.unpack("!HH", seen.payload[:4])
-    return sport, dport, seen.payload[13]
-
-
-def is_syn(seen: packets.Seen) -> bool:
-    tcp = tcp_header(seen)
-    return tcp is not None and tcp[2] & 0x12 == 0x02 and seen.direction == "in"
-
-
-def ports_of(seen: packets.Seen) -> tuple[int, int]:
-    """(sport, dport) of a captured TCP or UDP packet."""
-    return struct.unpack("!HH", seen.payload[:4])
-
-
-def first_packet(seen: packets.Seen) -> bool:
-    """An arriving SYN or UDP datagram: what a flow's first packet looks like where it lands."""
-    return is_syn(seen) or (seen.kind == "udp" and seen.direction == "in" and len(seen.payload) >= 8)
 
 
 # -- forwards, end to end -------------------------------------------------------
@@ -172,183 +145,7 @@ async def check_forwards(lab, policy: Policy, forwards: list[Forward] | None = N
     return checks
 
 
-# -- where connections land -------------------------------------------------------
-
-@dataclass(frozen=True)
-class Landing:
-    """Where a TCP or UDP flow's first packet arrived inside, against where the policy delivers it."""
-    flow: Flow
-    expected: Expectation
-    delivery: tuple | None       # (node, Service) the policy delivers the flow to, or None
-    landed: tuple                # ((node, port), ...) where its first packet was captured
-    rule: str | None = None      # the router's NAT rule that sent it there, traced (our router only)
-
-    @property
-    def ok(self) -> bool:
-        return all(self.delivery == (node, Service(self.flow.proto, port)) for node, port in self.landed)
-
-    def where(self, policy: Policy) -> str:
-        text = ", ".join(f"{policy.label(n)} {self.flow.proto}/{p}" for n, p in self.landed)
-        return f"{text}, sent there by {self.rule}" if self.rule else text
-
-    def explain(self, policy: Policy) -> str:
-        flow = self.flow
-        want = (f"{policy.label(self.delivery[0])} {self.delivery[1]}" if self.delivery
-                else f"nowhere: expected {self.expected} ({self.expected.reason})")
-        text = (f"{flow.label(policy)}: sent to {flow.dst}:{flow.port}, it lands on {self.where(policy)}; "
-                f"the policy delivers it {want}")
-        loose = next((f for f in policy.forwards if f.public == flow.service and f.daddr == "public"
-                      and any(n == f.to for n, _ in self.landed) and flow.dst != policy.public), None)
-        if loose is not None:
-            text += (f". The router forwards {flow.service} whatever address it is sent to (as an OpenWrt "
-                     f"redirect without src_dip does): if that is meant, give forward '{loose.name}' "
-                     f"`daddr: any` in {policy.file.name}; if not, match the public address in the rule")
-        return text
-
-
-def _landing(policy: Policy, flow: Flow, landed, rule: str | None = None) -> Landing:
-    return Landing(flow, policy.expect(flow), policy.delivery(flow), tuple(sorted(set(landed))), rule)
-
-
-async def locate(lab, policy: Policy, src: str, flows, timeout: float = 1.0) -> dict:
-    """Where each TCP or UDP flow lands ({flow: Landing}): src connects (TCP) or sends a
-    datagram from a source port of the flow's own (UDP) while every other node captures.
-    When the router is ours (its nftables config is known), the flows that land where the
-    policy delivers nothing are sent once more while the router traces them, which names
-    the NAT rule that sent each one on."""
-    topology = policy.topology
-    tcp, udp = [f for f in flows if f.proto == "tcp"], [f for f in flows if f.proto == "udp"]
-    source = topology.nodes[src].addresses[topology.nodes[src].segments[0]]
-    jobs = {n: NodeJob(capture_s=CAPTURE_S) for n in topology.nodes if n not in (src, policy.router)}
-    jobs[src] = NodeJob(fetch=[fetch_for(f.dst, f.port, read_s=0.2) for f in tcp],
-                        send=[packets.marked_udp(source, f.dst, b"labwarden-locate", LOCATE_SPORT + i, f.port)
-                              for i, f in enumerate(udp)])
-    answers = await lab.run(jobs, timeout=timeout)
-    ports = {("tcp", fetched.sport): flow for flow, fetched in zip(tcp, answers[src].fetched)}
-    ports |= {("udp", LOCATE_SPORT + i): flow for i, flow in enumerate(udp)}
-    landed = {flow: [] for flow in tcp + udp}
-    for node, answer in answers.items():
-        if node != src:
-            for seen in packets.decode(answer.captured):
-                if first_packet(seen) and (seen.kind, ports_of(seen)[0]) in ports:
-                    landed[ports[seen.kind, ports_of(seen)[0]]].append((node, ports_of(seen)[1]))
-    landings = {flow: _landing(policy, flow, lands) for flow, lands in landed.items()}
-    wrong = [flow for flow, landing in landings.items() if not landing.ok]
-    rules = await nat_rules(lab, policy, src, wrong, timeout) if wrong else {}
-    return {flow: replace(landing, rule=rules.get(flow)) for flow, landing in landings.items()}
-
-
-async def nat_rules(lab, policy: Policy, src: str, flows, timeout: float = 1.0) -> dict:
-    """{flow: 'dstnat_wan rule \'...\' (router/fw4.nft:257)'} for each flow whose first packet a
-    NAT rule of the router rewrote, from a trace of one bare probe per flow (the monitor
-    drops events when it falls behind: a few packets a flow keep it up); {} where the
-    router is not ours."""
-    config = lab.router_firewall() if hasattr(lab, "router_firewall") else None
-    if config is None:
-        return {}
-    kind = lab.router_kind()
-    if not kind.can_trace:
-        return {f: f"a rule not named (a router of kind {kind.name} cannot be traced)" for f in flows}
-    own = set(policy.topology.nodes[src].addresses.values())
-    jobs = {src: NodeJob(probes=[Probe(f.proto, f.dst, f.port) for f in flows]),
-            policy.router: NodeJob(setup=kind.trace_setup(own), trace=True)}
-    try:
-        answers = await lab.run(jobs, timeout=timeout)
-    finally:
-        await lab.run({policy.router: NodeJob(setup=kind.untrace_setup())}, timeout=timeout)
-    trace = answers[policy.router].raw.get("trace") or {}
-    told = nft_trace.stories(nft_trace.parse_events(trace.get("events", [])),
-                             {f: (own, f.dst, f.proto, f.port, set()) for f in flows})
-    listing = nft_trace.parse_listing(trace.get("ruleset", ""))
-    parsed, shown = nft_trace.parse_config(config.read_text()), nft_trace.shown_path(config, policy.topology)
-    rules = {}
-    for flow, story in told.items():
-        rewrites = story.request[0].nat() if story.request else []
-        if rewrites:
-            rules[flow] = str(nft_trace.locate(rewrites[0], listing, parsed, shown))
-    return rules
-
-
 # -- the public surface -----------------------------------------------------------
-
-@dataclass
-class Surface:
-    """A scan of one address from one node: a cell per port probed, judged by the oracle,
-    and where the connections that reached inside nodes landed."""
-    src: str
-    address: IPv4Address
-    cells: list[Cell]
-    landings: dict = field(default_factory=dict)   # flow -> Landing
-
-    def unexpected(self) -> list[Cell]:
-        return [c for c in self.cells if not c.ok]
-
-    def misrouted(self) -> list[Landing]:
-        """Connections that landed where the policy delivers nothing (or elsewhere)."""
-        return [landing for landing in self.landings.values() if not landing.ok]
-
-    def answering(self) -> list[Cell]:
-        return [c for c in self.cells if c.observed.verdict in ("open", "closed")]
-
-    def explain(self, policy: Policy, cell: Cell) -> str:
-        text = cell.message(policy)
-        landing = self.landings.get(cell.flow)
-        if landing is not None and landing.landed:
-            text += "; the connection lands on " + landing.where(policy)
-        return text
-
-    def problems(self, policy: Policy) -> list[str]:
-        wrong = self.unexpected()
-        told = {c.flow for c in wrong}
-        return ([self.explain(policy, c) for c in wrong]
-                + [landing.explain(policy) for landing in self.misrouted() if landing.flow not in told])
-
-
-async def scan(lab, policy: Policy, src: str, address, tcp_ports=range(1, 65536),
-               udp_ports=COMMON_UDP, timeout: float = 1.0, batch: int = SCAN_BATCH) -> Surface:
-    """Every TCP port in tcp_ports and the UDP ports of an address, from src, in batches;
-    then, for each TCP port that answers against the oracle, where its connection lands."""
-    flows = [policy.flow(src, address, Service("tcp", p)) for p in tcp_ports]
-    flows += [policy.flow(src, address, Service("udp", p)) for p in udp_ports]
-    observed = {}
-    for start in range(0, len(flows), batch):
-        observed.update(await observe(lab, flows[start:start + batch], timeout))
-    surface = Surface(src, IPv4Address(address),
-                      [Cell(f, policy.expect(f), observed[f]) for f in flows])
-    wrong = [c.flow for c in surface.unexpected()
-             if c.flow.proto == "tcp" and c.observed.verdict in ("open", "closed")]
-    if wrong:
-        surface.landings = await locate(lab, policy, src, wrong, timeout)
-    return surface
-
-
-async def sweep(lab, policy: Policy, src: str, address, proto: str = "tcp", ports=range(1, 65536),
-                batch: int = SWEEP_BATCH) -> dict:
-    """A SYN (or a UDP datagram) from src to every port of address at full speed, while
-    every other node captures: {port sent to: [(node, port) it landed on]}. Nothing waits
-    for an answer, so a router's SYN limit (it counts the SYNs the router receives itself;
-    a forwarded one is never counted) slows nothing, and a forward to a node that never
-    answers is found too."""
-    topology = policy.topology
-    node = topology.nodes[src]
-    segment = topology.segment_of(IPv4Address(address))
-    own = node.addresses.get(segment.name if segment else None) or node.addresses[node.segments[0]]
-    senders = {own} | set(topology.nodes[policy.router].addresses.values())  # masqueraded or not
-    listeners = [n for n in topology.nodes if n not in (src, policy.router)]
-    ports, landed = list(ports), {}
-    for start in range(0, len(ports), batch):
-        part = ports[start:start + batch]
-        jobs = {n: NodeJob(capture_s=CAPTURE_S) for n in listeners}
-        jobs[src] = NodeJob(send=packets.port_sweep(own, IPv4Address(address), part, proto))
-        answers = await lab.run(jobs)
-        sent = set(part)
-        for listener in listeners:
-            for seen in packets.decode(answers[listener].captured):
-                if (seen.kind == proto and first_packet(seen) and seen.src in senders
-                        and ports_of(seen)[0] in sent):
-                    landed.setdefault(ports_of(seen)[0], []).append((listener, ports_of(seen)[1]))
-    return landed
-
 
 async def public_surface(lab, policy: Policy, src: str, timeout: float = 1.0) -> Surface:
     """The router's public address from an outside node: every TCP and UDP port swept for
@@ -373,7 +170,7 @@ async def public_surface(lab, policy: Policy, src: str, timeout: float = 1.0) ->
     for proto, found in swept.items():
         for port, lands in found.items():
             flow = policy.flow(src, address, Service(proto, port))
-            landings[flow] = _landing(policy, flow, lands)
+            landings[flow] = Landing.of(policy, flow, lands)
     again = [f for f, landing in landings.items() if not landing.ok and f not in surface.landings]
     if again:
         landings.update(await locate(lab, policy, src, again, timeout))

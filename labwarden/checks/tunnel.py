@@ -9,7 +9,8 @@ home lab) or PageKite (the airplane, whose edge routes by the Host a visitor sen
 the tunnel's `host`).
 Each check is one or a few agent batches; the outcome is a value with an
 `explain()`, and suites/tunnel asserts on it. The fault helpers act on the
-client's container (Docker labs only) and always put it back.
+client's container (Docker labs only) and always put it back. `start(lab)`
+brings a lab up and waits for its tunnels: the plugin and the CLI start labs with it.
 """
 
 import asyncio
@@ -18,15 +19,17 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from labwarden.checks import nat
+from labwarden.checks.surface import COMMON_UDP, Surface, scan
 from labwarden.checks.fetch import content, fetch_for, parse_http, summary
 from labwarden.checks.matrix import COMMON_TCP, Cell, observe
 from labwarden.declared.policy import Policy, Service, Tunnel
 from labwarden.probe import Fetch, Fetched, NodeJob
+from labwarden.realise.lab import Lab
 
 LOOPBACK = IPv4Address("127.0.0.1")
 DOWN_WITHIN_S = {"killed": 5.0, "hung": 15.0}   # the edge must answer with an error by then
 UP_WITHIN_S = 30.0                              # and serve the page again after the client is back
+TUNNELS_WITHIN_S = 30.0                         # a new lab's tunnels are up (else logged, not fatal)
 POLL_S = 0.25
 READ_S = 5.0            # for the page: a GEO satellite hop costs ~0.6 s a round trip, and an
                         # ssh -R tunnel adds two (channel open, then the request)
@@ -143,6 +146,37 @@ async def status(lab, policy: Policy, tunnel: Tunnel, src: str, timeout: float =
     return check
 
 
+async def wait_up(lab: Lab, within_s: float | None = None) -> None:
+    """Until each tunnel's page comes through its edge (a front-end such as pagekite's
+    listens before its client has connected), at most `within_s` (TUNNELS_WITHIN_S). One
+    that does not come up is logged, not fatal: suites/tunnel says what is wrong with it."""
+    within_s = TUNNELS_WITHIN_S if within_s is None else within_s
+    deadline = time.monotonic() + within_s
+    policy = lab.policy
+    pending = [t for t in policy.tunnels if visitors(policy, t)]
+    while pending:
+        checks = [await status(lab, policy, t, visitors(policy, t)[0]) for t in pending]
+        pending = [t for t, check in zip(pending, checks) if check.state != "up"]
+        if pending and time.monotonic() > deadline:
+            lab.log(f"labwarden: lab {lab.project}: tunnels not up after {within_s:.0f} s: "
+                    + "; ".join(f"{c.tunnel.name}: {c.state} ({c.why})" for c in checks if c.state != "up"))
+            return
+        if pending:
+            await asyncio.sleep(0.2)
+
+
+def start(lab: Lab) -> Lab:
+    """`lab.up()`, then wait for its tunnels (`wait_up`): how the plugin and the CLI start a
+    lab, so that no suite sees a tunnel still connecting. On failure the lab is taken down."""
+    lab.up()
+    try:
+        asyncio.run(wait_up(lab))  # where up() runs its own coroutines: in this thread, so Ctrl-C stops it
+    except BaseException:
+        lab.down()
+        raise
+    return lab
+
+
 # -- reachable only through the tunnel --------------------------------------------
 
 def direct_flows(policy: Policy, tunnel: Tunnel) -> list:
@@ -249,7 +283,7 @@ def socks5_connect(address: IPv4Address, port: int) -> bytes:
 @dataclass
 class Exposure:
     """What the edge exposes: a scan of its address, and the public port asked as a proxy."""
-    surface: nat.Surface
+    surface: Surface
     proxies: list              # [(probe name, how it showed a proxy)]
     through: list              # [(what was reached through the proxy, what answered)]
 
@@ -271,7 +305,7 @@ async def exposure(lab, policy: Policy, tunnel: Tunnel, timeout: float = 1.0,
                    tcp_ports=range(1, 65536)) -> Exposure:
     src = visitors(policy, tunnel)[0]
     address = edge_address(policy, tunnel)
-    surface = await nat.scan(lab, policy, src, address, tcp_ports=tcp_ports, udp_ports=nat.COMMON_UDP,
+    surface = await scan(lab, policy, src, address, tcp_ports=tcp_ports, udp_ports=COMMON_UDP,
                              timeout=timeout)
     probes = proxy_probes(tunnel)
     asks = [Fetch(address, tunnel.public.port, data, read_s=READ_S) for data in probes.values()]

@@ -17,9 +17,12 @@ import sys
 
 import docker
 
+from labwarden.cli import diff
 from labwarden.errors import LabwardenError
-from labwarden.realise.compose import Lab, docker_client, down_all, kept_project, labwarden_projects, remove_project
+from labwarden.realise.cleanup import docker_client, down_all, kept_project, labwarden_projects, remove_project
+from labwarden.realise.compose import ComposeLab
 from labwarden.checks.matrix import render_grid, run_matrix
+from labwarden.checks.tunnel import start
 from labwarden.declared.lab import load_lab
 from labwarden.declared.topology import load_topology
 
@@ -30,8 +33,8 @@ def _load(args):
 
 def cmd_up(args):
     topology, policy = _load(args)
-    lab = Lab(topology, policy, router_config=args.router_config, keep=True,
-              log=lambda m: print(m, file=sys.stderr)).up()
+    lab = start(ComposeLab(topology, policy, router_config=args.router_config, keep=True,
+                           log=lambda m: print(m, file=sys.stderr)))
     print(f"lab {lab.project} is up ({lab.timings['up_s']:.1f} s): {', '.join(topology.nodes)}")
     return 0
 
@@ -63,9 +66,13 @@ def cmd_status(args):
 def cmd_matrix(args):
     topology, policy = _load(args)
     keep = kept_project(topology) in labwarden_projects(docker_client())
-    with Lab(topology, policy, router_config=args.router_config, keep=keep,
-             log=lambda m: print(m, file=sys.stderr)) as lab:
+    lab = start(ComposeLab(topology, policy, router_config=args.router_config, keep=keep,
+                           log=lambda m: print(m, file=sys.stderr)))
+    try:
         run = asyncio.run(run_matrix(lab, policy, timeout=args.probe_timeout))
+    finally:
+        if not keep:
+            lab.down()
     print(render_grid(run))
     for cell in run.cells.values():
         if not cell.ok:
@@ -90,8 +97,7 @@ def main(argv=None) -> int:
             p.add_argument("--probe-timeout", type=float, default=1.0)
         if name == "down":
             p.add_argument("--all", action="store_true", help="remove every labwarden lab")
-    from labwarden.cli.diff import add_parser as add_diff_parser
-    add_diff_parser(sub)
+    diff.add_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
@@ -101,6 +107,3 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`python -m labwarden.cli`: the labwarden command (tests run it so)."""
+"""`python -m labwarden.cli`: the `labwarden` command."""
 
 import sys
 

@@ -32,13 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labwarden.errors import LabwardenError, ProbeError
-from labwarden.realise.compose import Lab
+from labwarden.realise.compose import ComposeLab
+from labwarden.realise.lab import Lab
 from labwarden.checks.matrix import MatrixRun, render_grid, run_matrix
+from labwarden.checks.tunnel import start
 from labwarden.declared.fields import shown
 from labwarden.declared.lab import load_lab
 from labwarden.probe import NodeJob
 from labwarden import routers
-from labwarden.report import Report, header, tool_version
+from labwarden.report.header import header, tool_version
+from labwarden.report.model import Report
 
 
 SHOWN = 200  # changed flows printed; the report has them all
@@ -151,13 +154,16 @@ def diff(topology, policy, before_spec: str, after_spec: str | None, *, timeout:
         before = resolve_config(before_spec, topology, policy.router, scratch)
         after = resolve_config(after_spec or shown(topology.nodes[policy.router].firewall),
                                topology, policy.router, scratch)
-        with Lab(topology, policy, router_config=before.path, log=log) as lab:
+        lab = start(ComposeLab(topology, policy, router_config=before.path, log=log))
+        try:
             log(f"labwarden: lab {lab.project} up with {before.shown}; probing, then loading {after.shown}")
             first, second = asyncio.run(measure(lab, before, after, timeout))
             router = lab.transports[policy.router]
             kinds = {routers.detect(c.text) for c in (before, after)}
             versions = {k.tool: tool_version(k.version_command, lambda cmd: router.host.run(cmd).stdout)
                         for k in kinds}
+        finally:
+            lab.down()
     found = changes(first, second)
     violations = [c for c in second.cells.values() if not c.ok]
     out(f"before: {before.shown} ({first.summary()})")

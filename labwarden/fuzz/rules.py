@@ -16,7 +16,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from hypothesis import strategies as st
 
-from labwarden.realise.compose import run_sync
+from labwarden.realise.lab import run_sync
 from labwarden.routers.nftables import KIND as NFTABLES
 from labwarden.routers.nftables.model import (CT_STATES, EPHEMERAL, REJECT_CODES, Chain, Match, NamedSet, Prediction, Rule, Ruleset,
                         World, outside_ephemeral, port_constants, predict)

@@ -28,8 +28,9 @@ import pytest
 import pytest_asyncio
 
 from labwarden.errors import ConfigError, LabwardenError
-from labwarden.realise.compose import Lab
+from labwarden.realise.compose import ComposeLab
 from labwarden.checks.matrix import check_controls, matrix_flows, run_matrix
+from labwarden.checks.tunnel import start
 from labwarden.declared.lab import load_lab
 
 from labwarden.plugin import livemode, reporting
@@ -85,6 +86,7 @@ def lab_config(config) -> tuple:
         except ConfigError as err:
             raise pytest.UsageError(f"labwarden: {err}") from None
         config.stash[_CONFIG] = (topology, policy)
+        reporting.configured(config, topology, policy)
     return config.stash[_CONFIG]
 
 
@@ -117,13 +119,14 @@ def probe_timeout(pytestconfig) -> float:
 
 @pytest.fixture(scope="session")
 def labwarden_report(pytestconfig):
-    """The run's report (labwarden.report.Report): suites add observations and sections to it."""
+    """The run's report (labwarden.report.model.Report): suites add observations and sections to it."""
     return reporting.report_of(pytestconfig)
 
 
 @pytest.fixture(scope="session")
 def lab(request, pytestconfig, labwarden_topology, labwarden_policy, labwarden_router_config):
-    """The running lab of this session: up once, torn down at the end (also on failure and Ctrl-C).
+    """The running lab of this session (a labwarden.realise.lab.Lab): up once, its tunnels
+    waited for, torn down at the end (also on failure and Ctrl-C).
 
     A lab that cannot start fails the first test that needs it, with the reason, and stops
     the run there: every other test would only repeat the same error."""
@@ -138,9 +141,9 @@ def lab(request, pytestconfig, labwarden_topology, labwarden_policy, labwarden_r
         if livemode.is_live(pytestconfig):
             instance, keep = livemode.live_lab(pytestconfig, labwarden_topology, labwarden_policy, log), False
         else:
-            instance = Lab(labwarden_topology, labwarden_policy, router_config=labwarden_router_config,
-                           keep=keep, log=log, impair=pytestconfig.getoption("--impair"))
-        running, failure = instance.up(), None  # up() tears down what it started when it fails
+            instance = ComposeLab(labwarden_topology, labwarden_policy, router_config=labwarden_router_config,
+                                  keep=keep, log=log, impair=pytestconfig.getoption("--impair"))
+        running, failure = start(instance), None  # it tears down what it started when it fails
     except (LabwardenError, docker.errors.DockerException) as err:
         failure = f"labwarden: the lab could not start: {err}"
     if failure:  # outside the except: the message alone, not a chain of two

@@ -9,14 +9,15 @@ forward chain would judge the detour through the TUN): then every receiver carri
 (ingress, by the sender's MAC address). netem carries every leg in the sender. Every
 impairment is read back after it is applied; a mismatch stops the lab.
 
-The plans (legs, what each node carries) are pure; `apply` drives the lab's prober.
+The plans (legs, what each node carries) are pure; `apply` drives the lab's prober
+through what the lab offers (a ComposeLab: `prober_exec`, each node's namespace in
+`transports`, `mac`), so nothing here imports the realiser.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import zlib
 from dataclasses import asdict, dataclass, field
 
@@ -173,16 +174,9 @@ class Impairment:
         raise LabError(f"no impaired link {name!r} (links: {', '.join(l.name for l in self.links) or 'none'})")
 
 
-def prober_exec(lab, *argv: str, detach: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
-    from labwarden.realise.compose import PROBER  # the realiser, only when applying
-    container = lab.containers[PROBER].name
-    return subprocess.run(["docker", "exec", *(["-d"] if detach else []), container, *argv],
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def netem_available(lab) -> tuple[bool, str]:
     """Try a netem qdisc on the prober's own loopback (its namespace has nothing else)."""
-    proc = prober_exec(lab, "sh", "-c", "tc qdisc add dev lo root netem delay 0ms && tc qdisc del dev lo root")
+    proc = lab.prober_exec("sh", "-c", "tc qdisc add dev lo root netem delay 0ms && tc qdisc del dev lo root")
     if proc.returncode == 0:
         return True, "tc netem works on this kernel"
     why = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
@@ -192,7 +186,7 @@ def netem_available(lab) -> tuple[bool, str]:
 
 def firewalled_nodes(lab) -> set[str]:
     nodes = {n for n, node in lab.topology.nodes.items() if node.firewall is not None}
-    if lab.policy is not None and lab.router_firewall():
+    if lab.router_firewall():
         nodes.add(lab.policy.router)
     return nodes
 
@@ -223,12 +217,12 @@ def _apply_netem(lab, impairment: Impairment) -> None:
     for node, cmds in plan.items():
         netns = lab.transports[node].netns
         script = " && ".join(" ".join(c) for c in cmds)
-        proc = prober_exec(lab, "nsenter", f"--net={netns}", "sh", "-c", script)
+        proc = lab.prober_exec("nsenter", f"--net={netns}", "sh", "-c", script)
         if proc.returncode != 0:
             raise LabError(f"impairing {node} with netem failed: {proc.stderr.strip()}")
         devs = sorted({c[4] for c in cmds})
-        shown = prober_exec(lab, "nsenter", f"--net={netns}", "sh", "-c",
-                            " ; ".join(f"tc -j qdisc show dev {d}" for d in devs))
+        shown = lab.prober_exec("nsenter", f"--net={netns}", "sh", "-c",
+                                " ; ".join(f"tc -j qdisc show dev {d}" for d in devs))
         qdiscs = [q for line in shown.stdout.splitlines() if line.strip().startswith("[")
                   for q in json.loads(line)]
         netems = [q for q in qdiscs if q.get("kind") == "netem"]
@@ -247,7 +241,7 @@ def _apply_delayline(lab, impairment: Impairment) -> None:
                                 "addresses": [str(a) for a in topology.nodes[node].addresses.values()],
                                 "links": entries} for node, entries in plan.items()}}
     encoded = base64.b64encode(zlib.compress(json.dumps(request).encode())).decode()
-    proc = prober_exec(lab, "python3", IN_PROBER, "delayline", "start", encoded)
+    proc = lab.prober_exec("python3", IN_PROBER, "delayline", "start", encoded)
     try:
         answer = json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -301,7 +295,7 @@ def verify_delayline(entries: list[dict], readback: dict) -> list[str]:
 
 def prober_status(lab) -> dict:
     """`delayline.py status`: each relay's liveness, counters and a fresh read-back, per node."""
-    proc = prober_exec(lab, "python3", IN_PROBER, "delayline", "status")
+    proc = lab.prober_exec("python3", IN_PROBER, "delayline", "status")
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1]).get("nodes", {})
     except (ValueError, IndexError):
@@ -310,7 +304,7 @@ def prober_status(lab) -> dict:
 
 def counters(lab) -> dict:
     """The relays' counters now (packets in, out, lost, ...), per node and direction."""
-    proc = prober_exec(lab, "python3", IN_PROBER, "delayline", "status")
+    proc = lab.prober_exec("python3", IN_PROBER, "delayline", "status")
     try:
         nodes = json.loads(proc.stdout.strip().splitlines()[-1]).get("nodes", {})
     except (ValueError, IndexError):

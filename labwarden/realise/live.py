@@ -3,8 +3,7 @@
 An inventory (labwarden.declared.inventory; annotated example:
 topologies/homelab/live.example.yaml) maps every node of the topology to a testinfra host spec and may give the
 real subnets, addresses and interface names; the policy is the topology's
-own. `LiveLab` offers what suites use of a `Lab` (`topology`, `policy`,
-`run`, `mac`, `transports`), but:
+own. `LiveLab` is a `Lab` (realise/lab.py), like the Compose lab, but:
 
 - it never changes anything: no firewall, route, service or sysctl is touched
   (a setup job is refused), nothing is brought up or down; the only trace it
@@ -39,6 +38,8 @@ from labwarden.probe import NodeJob, NodeAnswer, Transport, run_jobs
 from labwarden.declared.inventory import Inventory
 from labwarden.probe.ship import agent_bytes
 from labwarden.declared.topology import Topology
+from labwarden.realise.impair import Impairment
+from labwarden.realise.lab import Lab
 
 START_LEAD_S, START_TRIES, LATE_S = 1.0, 3, 0.02  # synchronised rounds: lead time, tries, tolerance
 PUSH = ("import base64, os, sys, tempfile; d = tempfile.mkdtemp(prefix='labwarden-'); "
@@ -50,14 +51,13 @@ class NeedsRoot(ProbeError):
     """A check needs raw packets (captures, crafted sends) on a host the agent has no root on."""
 
 
-class LiveLab:
-    """Real hosts, probed in place; read-only. Use as a context manager, like `Lab`."""
-
-    mode = "live"
+class LiveLab(Lab):
+    """Real hosts, probed in place; read-only. Use as a context manager."""
 
     def __init__(self, topology: Topology, policy, inventory: Inventory, log=print):
         self.topology, self.policy, self.inventory, self.log = topology, policy, inventory, log
         self.project = f"live:{inventory.file.name}"
+        self.impairment = Impairment([], reason="a live lab: its links are real, nothing is emulated")
         self.transports: dict[str, Transport] = {}
         self.privileged: dict[str, bool] = {}
         self.info: dict[str, dict] = {}
@@ -66,14 +66,11 @@ class LiveLab:
         self._control = f"{tempfile.gettempdir()}/labwarden-ssh-{secrets.token_hex(4)}"
         self.lead = START_LEAD_S
 
-    def __enter__(self):
-        return self.up()
-
-    def __exit__(self, *exc):
-        self.down()
-
     def router_firewall(self):
         return None  # the live router's rules are its own business: never read or changed
+
+    def router_kind(self):
+        return None
 
     def allowed_ranges(self, extra=()) -> list[str]:
         return [str(r) for r in self.inventory.ranges]  # no extras: live probes stay in the inventory
@@ -119,15 +116,8 @@ class LiveLab:
             raise LabError(f"{shown}: could not push the probe agent (needs python3 >= 3.11 there): "
                            f"{pushed.stderr.strip()[-500:]}")
         self._agents[name] = pushed.stdout.strip().splitlines()[-1]
-        self.transports[name] = Transport(host, None, self._agents[name], self._near(name))
+        self.transports[name] = Transport(host, None, self._agents[name], self.near(name))
         self.privileged[name] = host.run("id -u").stdout.strip() == "0"
-
-    def _near(self, name: str) -> tuple:
-        """Every address of the node's next-hop routers (as `Lab` does): their RSTs are genuine."""
-        node = self.topology.nodes[name]
-        routers = {self.topology.node_at(hop) for hop in [node.gateway, *node.routes.values()]
-                   if hop is not None} - {None}
-        return tuple(sorted({a for r in routers for a in r.addresses.values()}))
 
     def _check_node(self, name: str, info: dict) -> None:
         """The host really is the node: it holds the node's addresses; learn its interfaces."""
@@ -197,7 +187,7 @@ class LiveLab:
         raise LabError("live mode runs nothing in the nodes but the probe agent")
 
     async def run(self, jobs: dict[str, NodeJob], timeout: float = 1.0, allow_extra=()) -> dict[str, NodeAnswer]:
-        """Like `Lab.run`, read-only and paced: rounds of at most max_pps packets per node, a second apart."""
+        """Like `ComposeLab.run`, read-only and paced: rounds of at most max_pps packets per node, a second apart."""
         for name, job in jobs.items():
             if job.setup:
                 raise ProbeError(f"live mode never changes a host: refused the setup of {name}")
@@ -214,14 +204,10 @@ class LiveLab:
             for i, chunk in enumerate(chunks):
                 while len(rounds) <= i:
                     rounds.append({})
-                part = dataclasses.replace(job, probes=[p for k, p in chunk if k == "probe"],
-                                           send=[s for k, s in chunk if k == "send"])
-                if i:  # every round captures its own answers; the rest goes with the first
-                    part.info = False
-                    for key, none in (("fetch", []), ("trace", False)):
-                        if hasattr(part, key):
-                            setattr(part, key, none)
-                rounds[i][name] = part
+                # every round captures its own answers; the rest goes with the first
+                rest = {"info": False, "fetch": [], "trace": False} if i else {}
+                rounds[i][name] = dataclasses.replace(job, probes=[p for k, p in chunk if k == "probe"],
+                                                      send=[s for k, s in chunk if k == "send"], **rest)
         merged: dict[str, NodeAnswer] = {}
         for i, round_jobs in enumerate(rounds):
             began = time.monotonic()

@@ -5,7 +5,7 @@ Profiles (`--fuzz-profile`, default ci):
 - ci: a fixed seed (derandomized, so a CI run is reproducible), few examples;
 - nightly: many examples, a random seed; rule fuzzing keeps its failures in
   the hypothesis database under reports/hypothesis (the next run tries them
-  first). Flow fuzzing records its failures and goes on drawing (fuzz.hunt):
+  first). Flow fuzzing records its failures and goes on drawing (labwarden.fuzz.flows.hunt):
   each failure prints the command that replays it.
 
 Each hypothesis example is a batch of flows (or one ruleset with its flows):
@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
-from labwarden.fuzz.flows import FlowFuzzer, config_aims
+from labwarden.fuzz.flows.aims import config_aims
+from labwarden.fuzz.flows.fuzzer import FlowFuzzer
 from labwarden.fuzz.rules import RuleChecker
 from labwarden.checks.matrix import LOSS_RETRIES
 from labwarden.routers.nftables.model import World
@@ -79,7 +80,7 @@ def fuzz_stats(pytestconfig, request):
 @pytest.fixture(scope="session")
 def router_config_text(lab):
     """The router's nftables config when the lab is ours, else None."""
-    path = lab.router_firewall() if hasattr(lab, "router_firewall") else None
+    path = lab.router_firewall()
     return path.read_text() if path else None
 
 
@@ -91,9 +92,7 @@ def aims(labwarden_policy, router_config_text):
 def link_allowance(lab) -> tuple[float, int]:
     """Seconds the lab's impaired links may add to a round trip (every link crossed, jitter
     both ways: a bound), and how often a silence is re-sent when a link loses packets."""
-    impairment = getattr(lab, "impairment", None)
-    if impairment is None:
-        return 0.0, 0
+    impairment = lab.impairment
     return impairment.round_trip_allowance_s(), LOSS_RETRIES if impairment.lossy else 0
 
 

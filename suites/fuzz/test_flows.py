@@ -9,7 +9,8 @@ decided it and the command that replays it alone.
 
 import pytest
 
-from labwarden.fuzz.flows import batches, hunt, odd_flows, probe_flows
+from labwarden.fuzz.flows.hunt import hunt
+from labwarden.fuzz.flows.strategies import batches, odd_flows, probe_flows
 
 BATCH = 64
 

@@ -7,7 +7,9 @@ Sends it alone (with --probe-timeout), judges it by the same oracle, and
 explains a mismatch with the rule of the router that decided it.
 """
 
-from labwarden.fuzz.flows import FuzzFlow, describe, expect_flow
+from labwarden.fuzz.flows.flow import FuzzFlow
+from labwarden.fuzz.flows.hunt import describe
+from labwarden.fuzz.flows.oracle import expect_flow
 
 
 def test_replay(flow_fuzzer, labwarden_policy, labwarden_topology, labwarden_router_config, pytestconfig):

@@ -5,7 +5,7 @@ flows aimed at its rules, and the kernel's verdicts must equal the model's.
 A difference shrinks to a small ruleset and one flow: either the model is wrong
 (fix it, and keep the case in tests/unit/test_nft_model.py) or the kernel
 surprises everyone (explain it in the model's docstring, and keep it there too).
-The router is on loan meanwhile (`Lab.router_on_loan`): tunnel clients stop first, and
+The router is on loan meanwhile (`ComposeLab.router_on_loan`): tunnel clients stop first, and
 at the end, whatever happened, the router gets the topology's own config back with an
 empty conntrack table and the clients start again.
 """
@@ -14,7 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from labwarden.checks.tunnel import wait_up
 from labwarden.fuzz.rules import FLOWS_PER_RULESET, RULESETS_PER_EXAMPLE, probe_flows, rulesets
+from labwarden.realise.lab import run_sync
 
 
 class ModelDiffers(AssertionError):
@@ -23,7 +25,7 @@ class ModelDiffers(AssertionError):
 
 @pytest.mark.emulated_only("it loads random rulesets into the router")
 def test_kernel_agrees_with_the_model(lab, labwarden_policy, rule_checker, fuzz_settings, fuzz_stats, fuzz_profile):
-    config = lab.router_firewall() if hasattr(lab, "router_firewall") else None
+    config = lab.router_firewall()
     if config is None:
         pytest.skip("the router's config is not ours to replace (no nftables file): nothing to restore")
     if lab.router_kind().name != "nftables":
@@ -54,6 +56,7 @@ def test_kernel_agrees_with_the_model(lab, labwarden_policy, rule_checker, fuzz_
         with lab.router_on_loan():
             check()
     finally:
+        run_sync(wait_up(lab))  # the tunnel clients reconnect as at start, before the next suite
         fuzz_stats(f"{len(loaded)} distinct rulesets; " + rule_checker.rate())
     if fuzz_profile == "ci":
         assert len(loaded) >= 100, f"only {len(loaded)} distinct rulesets were drawn: raise the ci examples"

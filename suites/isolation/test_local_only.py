@@ -12,7 +12,7 @@ business (tests/unit/test_policy.py).
 
 import pytest_asyncio
 
-from labwarden.checks import nat
+from labwarden.checks.landing import locate
 from labwarden.plugin import lab_config
 from labwarden.checks.matrix import local_only_nodes, reachers
 
@@ -40,7 +40,7 @@ async def landing(lab, matrix, labwarden_policy, probe_timeout, local_node):
     matrix.controls.require(local_node, *{c.flow.src for c in cells + strangers})
     landings = {}
     for src in sorted({c.flow.src for c in strangers}):
-        found = await nat.locate(lab, policy, src, [c.flow for c in strangers if c.flow.src == src], probe_timeout)
+        found = await locate(lab, policy, src, [c.flow for c in strangers if c.flow.src == src], probe_timeout)
         landings.update({f: (ports, found[f].rule) for f in found
                          if (ports := [p for n, p in found[f].landed if n == local_node])})
     return cells, landings

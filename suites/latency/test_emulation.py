@@ -9,6 +9,8 @@ import pytest
 
 from labwarden.realise import impair
 
+pytestmark = pytest.mark.emulated_only("a live lab's links are real: nothing is emulated")
+
 
 def test_method_is_reported(impairment, labwarden_report):
     if not impairment.links:

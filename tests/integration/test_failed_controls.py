@@ -19,14 +19,12 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFTEST = '''
 import pytest
 
-from labwarden.realise.impair import prober_exec
-
 
 @pytest.fixture(scope="session")
 def lab(lab):
     """The lab, with the GPU VM's only interface down (its namespace entered by the prober)."""
     iface = lab.topology.nodes["gpu"].interfaces[lab.topology.nodes["gpu"].segments[0]]
-    done = prober_exec(lab, "nsenter", f"--net={lab.transports['gpu'].netns}", "ip", "link", "set", iface, "down")
+    done = lab.prober_exec("nsenter", f"--net={lab.transports['gpu'].netns}", "ip", "link", "set", iface, "down")
     assert done.returncode == 0, done.stderr
     return lab
 '''

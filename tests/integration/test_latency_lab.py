@@ -14,7 +14,7 @@ from labwarden.realise import impair
 
 from labwarden.checks import latency
 from labwarden.realise.impair import firewalled_nodes
-from labwarden.realise.compose import Lab
+from labwarden.realise.compose import ComposeLab
 from labwarden.declared.budgets import parse_budget
 from labwarden.declared.lab import load_lab
 from labwarden.probe.ship import IN_PROBER
@@ -26,7 +26,7 @@ SERVER = IPv4Address("198.18.72.10")
 
 @pytest.fixture(scope="module")
 def lab():
-    instance = Lab(*load_lab(LAB), log=lambda *a: None)
+    instance = ComposeLab(*load_lab(LAB), log=lambda *a: None)
     with instance:
         yield instance
 
@@ -86,7 +86,7 @@ def test_a_stopped_delay_line_does_not_pass_silently(lab):
     if lab.impairment.method != "delayline":
         pytest.skip("netem carries the links here")
     check = link_check(lab)
-    impair.prober_exec(lab, "python3", IN_PROBER, "delayline", "stop")
+    lab.prober_exec("python3", IN_PROBER, "delayline", "stop")
     try:
         stats, problem = ping_across(lab, check, count=10)
         assert problem and "configured 100.00 ms" in problem and stats.p50 < 5

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from labwarden.realise.compose import Lab
+from labwarden.realise.compose import ComposeLab
 from labwarden.declared.lab import load_lab
 
 pytestmark = pytest.mark.lab
@@ -40,7 +40,7 @@ def test_a_budget_tighter_than_the_profile_fails(tmp_path):
 
 
 def test_the_relay_goes_with_the_lab():
-    instance = Lab(*load_lab(LAB), log=lambda *a: None)
+    instance = ComposeLab(*load_lab(LAB), log=lambda *a: None)
     with instance:
         if instance.impairment.method != "delayline":
             pytest.skip("netem carries the links here")

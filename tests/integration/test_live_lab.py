@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labwarden.realise.compose import Lab
+from labwarden.realise.compose import ComposeLab
 from labwarden.checks.matrix import run_matrix
 from labwarden.declared.lab import load_lab
 
@@ -36,7 +36,7 @@ SSH_PORT = 2222
 PLAIN_USER = "lwprobe"
 
 
-def start_sshd(lab: Lab, node: str, public_key: str) -> None:
+def start_sshd(lab: ComposeLab, node: str, public_key: str) -> None:
     container = lab.containers[node].name
     subprocess.run(["docker", "exec", "-i", container, "sh", "-c",
                     "mkdir -p /run/sshd && cat > /etc/labwarden/live_keys"],
@@ -54,7 +54,7 @@ def ssh_lab(tmp_path_factory):
     topology, policy = load_lab(ROOT / "topologies" / "homelab")
     key = tmp / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    with Lab(topology, policy, log=lambda m: None) as lab:
+    with ComposeLab(topology, policy, log=lambda m: None) as lab:
         docker_mode = asyncio.run(run_matrix(lab, policy))
         for node in topology.nodes:
             start_sshd(lab, node, (tmp / "id_ed25519.pub").read_text())

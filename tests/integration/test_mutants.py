@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from labwarden.realise.compose import topology_lock_path
+from labwarden.realise.cleanup import topology_lock_path
 from labwarden.declared.mutants import TRACEBACK, outcomes, read_header, suites, unmet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,8 +37,8 @@ def case_id(mutant: Path) -> str:
 
 @contextlib.contextmanager
 def lab_lock(mutant: Path):
-    """A lab folder mutant has its lab's subnets under another name, which Lab's lock (per
-    topology name, labwarden/lab.py) does not cover: hold its lab's lock while it runs, or it
+    """A lab folder mutant has its lab's subnets under another name, which ComposeLab's lock (per
+    topology name, labwarden/realise/cleanup.py) does not cover: hold its lab's lock while it runs, or it
     clashes with a run of that lab on this Docker engine."""
     if mutant.name != "compose.yaml":
         yield

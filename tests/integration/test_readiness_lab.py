@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from labwarden.realise.compose import Lab
+from labwarden.realise.compose import ComposeLab
 from labwarden.declared.lab import load_lab
 from labwarden.probe import NodeJob, Probe
 
@@ -26,7 +26,7 @@ def test_a_config_that_drops_the_routers_own_loopback_still_gives_a_ready_lab(tm
     assert '\t\tiifname "lo" accept\n' in own
     config = tmp_path / "no-loopback.nft"
     config.write_text(own.replace('iifname "lo" accept', 'oifname "lo" accept'))
-    with Lab(topology, policy, router_config=config, log=lambda *a: None) as lab:
+    with ComposeLab(topology, policy, router_config=config, log=lambda *a: None) as lab:
         # the ruleset does block the router's own probe of its DNS: that did not stop the lab
         answers = asyncio.run(lab.run({policy.router: NodeJob(probes=[Probe("tcp", policy.public, 53)])},
                                       timeout=0.5))

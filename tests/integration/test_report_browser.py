@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from labwarden.declared.lab import load_lab
-from labwarden.report import LEAK, browser_dom, page_summary, screenshot
+from labwarden.report.browser import browser_dom, page_summary, screenshot
+from labwarden.report.records import LEAK
 
 ROOT = Path(__file__).resolve().parents[2]
 MUTANT = ROOT / "topologies" / "homelab" / "mutants" / "servers-to-personal.nft"

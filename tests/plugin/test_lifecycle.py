@@ -1,6 +1,7 @@
 """The plugin as a user meets it: bad input stops the run before anything
 starts, and neither a failure nor Ctrl-C leaves anything behind."""
 
+import fcntl
 import shutil
 import signal
 import subprocess
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import docker
 import pytest
+
+from labwarden.realise.cleanup import topology_lock_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,21 +51,27 @@ def test_missing_router_config_is_named(tmp_path):
     assert "--router-config: no such file" in proc.stderr
 
 
-def test_ctrl_c_tears_the_lab_down():
+def test_ctrl_c_tears_the_lab_down(tmp_path):
+    """The home lab under a name of its own (other runs of the home lab on this engine are
+    not it), holding the home lab's lock meanwhile (their subnets are the same)."""
     client = docker.from_env()
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
-                             "suites/isolation/test_matrix.py"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not any(c.name.endswith("labwarden-prober-1") and c.name.startswith("lw-homelab-")
-                      for c in client.containers.list()):
-            assert proc.poll() is None and time.monotonic() < deadline, "the lab never came up"
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    lab = tmp_path / "ctrlc"
+    shutil.copytree(ROOT / "topologies" / "homelab", lab)
+    with open(topology_lock_path("homelab"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                                 "suites/isolation/test_matrix.py", "--topology", str(lab)], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while not any(c.name.endswith("labwarden-prober-1") and c.name.startswith("lw-ctrlc-")
+                          for c in client.containers.list()):
+                assert proc.poll() is None and time.monotonic() < deadline, "the lab never came up"
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     assert "KeyboardInterrupt" in out, out[-2000:]
-    assert not lab_leftovers(client, "homelab"), out[-2000:]
+    assert not lab_leftovers(client, "ctrlc"), out[-2000:]

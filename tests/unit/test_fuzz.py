@@ -11,9 +11,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labwarden.fuzz.flows import (ARRIVED, LOST, Batch, FlowFuzzer, FuzzFlow, Seen, arrivals, batches, config_aims, craft,
-                            edge_addresses, expect_flow, hunt, interesting_ports, odd_destinations, odd_flows,
-                            probe_destinations, probe_flows, replay_command)
+from labwarden.fuzz.flows.aims import config_aims
+from labwarden.fuzz.flows.flow import FuzzFlow
+from labwarden.fuzz.flows.fuzzer import FlowFuzzer, Seen
+from labwarden.fuzz.flows.hunt import hunt, replay_command
+from labwarden.fuzz.flows.oracle import ARRIVED, LOST, expect_flow
+from labwarden.fuzz.flows.packets import arrivals, craft
+from labwarden.fuzz.flows.strategies import (Batch, batches, edge_addresses, interesting_ports, odd_destinations,
+                                             odd_flows, probe_destinations, probe_flows)
 from labwarden.checks.matrix import matrix_services
 from labwarden.routers.nftables.trace import Event, TracedPacket, explain, parse_config, parse_events, parse_listing, stories
 from labwarden.declared.lab import load_lab
@@ -175,11 +180,18 @@ def test_a_trace_names_the_deciding_rule_and_its_line():
     assert (fate, by) == ("DROPPED", "by forward policy drop (mutants/odd-port.nft:30)")
 
 
+class UntracedLab:
+    """What the fuzzer asks of a lab when explaining: a router whose config is not ours."""
+
+    def router_firewall(self):
+        return None
+
+
 class Scripted(FlowFuzzer):
     """A FlowFuzzer whose observations are scripted per flow, one per send (the last repeats)."""
 
     def __init__(self, policy, script: dict, **kw):
-        super().__init__(lab=None, policy=policy, **kw)
+        super().__init__(lab=UntracedLab(), policy=policy, **kw)
         self.script = {f: list(outcomes) for f, outcomes in script.items()}
 
     def observe(self, flows, timeout=None, trace=None):

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 import labwarden.realise.live as live
-from labwarden.errors import ConfigError, ProbeError
+from labwarden.errors import ConfigError, LabError, ProbeError
+from labwarden.realise.lab import Lab
 from labwarden.realise.live import LiveLab
 from labwarden.declared.inventory import apply_inventory, load_inventory
 from labwarden.declared.lab import load_lab
@@ -117,6 +118,21 @@ def test_live_mode_refuses_to_change_a_host(lab_files, tmp_path, monkeypatch):
         asyncio.run(lab.run({"router": NodeJob(setup={"nft": "flush ruleset"})}))
     assert not calls
     assert lab.router_firewall() is None
+
+
+def test_a_live_lab_is_a_lab_with_nothing_emulated(lab_files, tmp_path, monkeypatch):
+    calls = []
+    lab, fake = fake_lab(lab_files, tmp_path, 100, calls)
+    monkeypatch.setattr(live, "run_jobs", fake)
+    assert isinstance(lab, Lab) and lab.router_firewall() is None
+    assert lab.impairment.links == [] and lab.impairment.round_trip_allowance_s() == 0.0
+    assert not lab.impairment.lossy and "nothing is emulated" in lab.impairment.reason
+    probe = Probe("tcp", IPv4Address("198.18.10.10"), 80)
+    rounds = asyncio.run(lab.run_rounds([{"laptop": NodeJob(probes=[probe])}, {"web": NodeJob(probes=[probe] * 2)}]))
+    assert [{n: len(a.observations) for n, a in r.items()} for r in rounds] == [{"laptop": 1}, {"web": 2}]
+    assert [c[1] for c in calls] == [{"laptop": (1, 0, None)}, {"web": (2, 0, None)}]  # one after the other
+    with pytest.raises(LabError, match="live mode runs nothing in the nodes"):
+        lab.exec("web", "true")
 
 
 def test_a_round_whose_agents_start_late_is_repeated_then_refused(lab_files, tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ from labwarden.checks.matrix import (FLAKY_NOTE, PACE_BATCH, PACED_NOTE, SYN_SHA
                               controls, crosses, matrix_flows, observe, silent_nodes)
 from labwarden.declared.lab import load_lab
 from labwarden.probe import Observation
+from labwarden.realise.impair import Impairment
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
 ELAPSED = contextvars.ContextVar("elapsed", default=0.0)  # simulated time, per task (waves overlap)
@@ -36,6 +37,7 @@ class FakeLab:
 
     def __init__(self, policy, limited, rate, burst, delay=(0.05, 0.6), blocked=(), opened=()):
         self.policy, self.limited, self.delay = policy, limited, delay
+        self.impairment = Impairment([])  # no emulated links
         self.rate, self.burst = rate, burst
         self.tokens, self.last = float(burst), 0.0
         self.blocked, self.opened = set(blocked), set(opened)
@@ -210,7 +212,8 @@ def test_a_failed_control_names_the_node_and_what_it_saw():
 
 def test_the_report_shows_what_was_rate_limited():
     from labwarden.checks.matrix import MatrixRun
-    from labwarden.report import Report, render_html
+    from labwarden.report.html import render_html
+    from labwarden.report.model import Report
     random.seed(2)
     policy = homelab()
     flows = matrix_flows(policy)

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from labwarden.checks import nat, tunnel
+from labwarden.checks.landing import Landing, first_packet, ports_of
+from labwarden.checks.surface import Surface
 
 from labwarden.probe import packets
 from labwarden.checks.fetch import content, fetch_for, parse_http
@@ -218,7 +220,7 @@ def test_what_arrives_from_outside_is_judged_by_where_the_policy_delivers_it(ope
 def test_a_misrouted_flow_is_named_as_sent_where_it_landed_and_by_which_rule(openwrt):
     policy = public_only(openwrt)
     flow = policy.flow("visitor", "198.19.1.10", "tcp/443")
-    landing = nat._landing(policy, flow, [("web", 443)], DNAT_443)
+    landing = Landing.of(policy, flow, [("web", 443)], DNAT_443)
     assert not landing.ok
     assert landing.explain(policy) == (
         "wan/visitor -> lan/laptop tcp/443: sent to 198.19.1.10:443, it lands on servers/web tcp/443, sent there "
@@ -226,9 +228,9 @@ def test_a_misrouted_flow_is_named_as_sent_where_it_landed_and_by_which_rule(ope
         "tcp/443 whatever address it is sent to (as an OpenWrt redirect without src_dip does): if that is meant, "
         "give forward 'Forward-HTTPS-to-web' `daddr: any` in policy.yaml; if not, match the public address in "
         "the rule")
-    assert nat._landing(openwrt, openwrt.flow("visitor", "198.19.1.10", "tcp/443"), [("web", 443)]).ok
-    assert nat._landing(openwrt, flow, []).ok  # landing nowhere is not misrouted (the cells judge silence)
-    odd = nat._landing(openwrt, openwrt.flow("scanner", "198.51.100.2", "tcp/40404"), [("gpu", 11434)])
+    assert Landing.of(openwrt, openwrt.flow("visitor", "198.19.1.10", "tcp/443"), [("web", 443)]).ok
+    assert Landing.of(openwrt, flow, []).ok  # landing nowhere is not misrouted (the cells judge silence)
+    odd = Landing.of(openwrt, openwrt.flow("scanner", "198.51.100.2", "tcp/40404"), [("gpu", 11434)])
     assert not odd.ok and odd.explain(openwrt).startswith(
         "wan/scanner -> router@wan tcp/40404: sent to 198.51.100.2:40404, it lands on gpu/gpu tcp/11434; the "
         "policy delivers it nowhere: expected closed")
@@ -236,7 +238,7 @@ def test_a_misrouted_flow_is_named_as_sent_where_it_landed_and_by_which_rule(ope
 
 def test_the_way_in_names_landings_then_whatever_else_arrived(openwrt):
     policy = public_only(openwrt)
-    landing = nat._landing(policy, policy.flow("visitor", "198.19.1.10", "tcp/443"), [("web", 443)], DNAT_443)
+    landing = Landing.of(policy, policy.flow("visitor", "198.19.1.10", "tcp/443"), [("web", 443)], DNAT_443)
     arrivals = {"web": [seen("tcp", "198.51.100.10", "198.19.20.10", 443)],
                 "gpu": [seen("udp", "198.51.100.10", "198.19.30.10", 53)]}
     way_in = nat.WayIn([], arrivals, {}, {}, [landing])
@@ -251,11 +253,11 @@ def test_the_public_surface_names_what_landed_even_when_it_answered_as_expected(
     from labwarden.probe import Observation
     flow = openwrt.flow("scanner", "198.51.100.2", "tcp/40404")
     closed = Cell(flow, openwrt.expect(flow), Observation("closed", IPv4Address("198.51.100.2"), "RST"))
-    landing = nat._landing(openwrt, flow, [("gpu", 40404)])
-    surface = nat.Surface("scanner", openwrt.public, [closed], {flow: landing})
+    landing = Landing.of(openwrt, flow, [("gpu", 40404)])
+    surface = Surface("scanner", openwrt.public, [closed], {flow: landing})
     assert closed.ok and surface.problems(openwrt) == [landing.explain(openwrt)]
     opened = Cell(flow, openwrt.expect(flow), Observation("open", IPv4Address("198.51.100.2"), "SYN-ACK"))
-    surface = nat.Surface("scanner", openwrt.public, [opened], {flow: landing})
+    surface = Surface("scanner", openwrt.public, [opened], {flow: landing})
     assert surface.problems(openwrt) == [f"{opened.message(openwrt)}; the connection lands on gpu/gpu tcp/40404"]
 
 
@@ -278,10 +280,10 @@ def test_a_udp_forward_lands_and_is_named_too(openwrt):
     sweep finds it by its source port) is named like a connection; the way-in check counts
     the arrival it explains once."""
     flow = openwrt.flow("visitor", "198.51.100.2", "udp/40404")
-    landing = nat._landing(openwrt, flow, [("gpu", 51820)])
+    landing = Landing.of(openwrt, flow, [("gpu", 51820)])
     assert not landing.ok and landing.explain(openwrt).startswith(
         "wan/visitor -> router@wan udp/40404: sent to 198.51.100.2:40404, it lands on gpu/gpu udp/51820; the "
         "policy delivers it nowhere: expected closed")
     arrived = seen("udp", "198.51.100.10", "198.19.30.10", 51820, sport=20000)
-    assert nat.first_packet(arrived) and nat.ports_of(arrived) == (20000, 51820)
+    assert first_packet(arrived) and ports_of(arrived) == (20000, 51820)
     assert nat.WayIn([], {"gpu": [arrived]}, {}, {}, [landing]).problems(openwrt) == [landing.explain(openwrt)]

@@ -12,8 +12,14 @@ import pytest
 from labwarden.checks.matrix import Cell, MatrixRun, matrix_flows
 from labwarden.declared.lab import load_lab
 from labwarden.probe import Observation
-from labwarden.report import (LEAK, PASS, WRONG, Report, header, main, page_summary, render_html,
-                              section_renderer, SECTION_RENDERERS)
+from labwarden.report.__main__ import main
+from labwarden.report.browser import page_summary
+from labwarden.report.formats import FORMATS, output_format
+from labwarden.report.header import header
+from labwarden.report.html import render_html
+from labwarden.report.model import Report
+from labwarden.report.records import LEAK, PASS, WRONG
+from labwarden.report.sections import SECTION_RENDERERS, section_renderer
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +140,22 @@ def test_a_registered_renderer_draws_its_kind_and_a_broken_one_costs_only_its_se
     finally:
         SECTION_RENDERERS.pop("unit-test-kind")
         SECTION_RENDERERS.pop("unit-test-broken")
+
+
+def test_save_writes_every_registered_format(tmp_path):
+    @output_format("unit-test-txt")
+    def titles(doc):
+        return ",".join(s["title"] for s in doc["sections"])
+
+    try:
+        report = Report()
+        report.add_section("text", "a note", "hello")
+        paths = report.save(tmp_path, "run")
+        assert [p.name for p in paths] == ["run.json", "run.html", "run.unit-test-txt"]
+        assert (tmp_path / "run.unit-test-txt").read_text() == "a note"
+        assert Report.load(tmp_path / "run.json").sections == report.sections
+    finally:
+        FORMATS.pop("unit-test-txt")
 
 
 def test_other_addresses_get_columns_of_their_own(policy):
