@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from labwarden.errors import ProbeError
-from labwarden.realise.compose import PROBER, Lab, run_sync
+from labwarden.realise.compose import PROBER, ComposeLab
+from labwarden.realise.lab import run_sync
 from labwarden.declared.lab import load_lab
 from labwarden.probe import NodeJob
 
@@ -25,7 +26,7 @@ FOREIGN = "table inet lwforeign {\n  chain forward {\n    type filter hook forwa
 
 @pytest.fixture(scope="module")
 def lab():
-    with Lab(*load_lab(ROOT / "topologies" / "homelab"), router_config=RULES, log=lambda *a: None) as instance:
+    with ComposeLab(*load_lab(ROOT / "topologies" / "homelab"), router_config=RULES, log=lambda *a: None) as instance:
         yield instance
 
 
