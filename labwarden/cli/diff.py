@@ -37,6 +37,7 @@ from labwarden.realise.lab import Lab
 from labwarden.checks.matrix import MatrixRun, render_grid, run_matrix
 from labwarden.checks.tunnel import start
 from labwarden.declared.fields import shown
+from labwarden.declared.compose_safety import ALLOW_HELP, ALLOW_OPTION
 from labwarden.declared.lab import load_lab
 from labwarden.probe import NodeJob
 from labwarden import routers
@@ -212,10 +213,11 @@ def add_parser(sub) -> None:
     p.add_argument("--after", default=None, help="file or revision (default: the topology's own config)")
     p.add_argument("--probe-timeout", type=float, default=1.0)
     p.add_argument("--report-dir", type=Path, default=Path("reports"))
+    p.add_argument(ALLOW_OPTION, action="store_true", help=ALLOW_HELP)
     p.set_defaults(func=cmd_diff)
 
 
 def cmd_diff(args) -> int:
-    topology, policy = load_lab(args.topology)
+    topology, policy = load_lab(args.topology, allow_unsafe_compose=args.allow_unsafe_compose)
     return diff(topology, policy, args.before, args.after, timeout=args.probe_timeout,
                 report_dir=args.report_dir)

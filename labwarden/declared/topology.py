@@ -24,10 +24,11 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from labwarden.errors import ConfigError, LabwardenError
-from labwarden.declared.fields import IFNAME_RULE, address, check_keys, network, read_yaml, valid_ifname
+from labwarden.declared.compose_safety import check_compose
+from labwarden.declared.fields import (COMPOSE_NAMES, IFNAME_RULE, address, check_keys, lab_file, network,
+                                       read_yaml, valid_ifname)
 from labwarden.declared.links import Link, parse_links
 
-COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 X_KEYS = ("firewall", "gateway", "impair", "interfaces", "routes", "router_kind")  # impair: see declared/links.py
 # the router kinds a topology may name: labwarden.routers.KINDS says where each lives
 ROUTER_KINDS = ("nftables", "iptables")
@@ -112,15 +113,19 @@ class Topology:
         return any(b_address in self.segments[s].subnet for s in node.segments)
 
 
-def load_topology(path_or_name, search=(Path("topologies"),)) -> Topology:
+def load_topology(path_or_name, search=(Path("topologies"),), allow_unsafe_compose: bool = False) -> Topology:
     """Load and validate a lab folder's compose.yaml (read once: nodes, segments, links),
-    the folder given as a path or as a lab name to look up."""
+    the folder given as a path or as a lab name to look up. What the file asks of Docker
+    is checked too (labwarden.declared.compose_safety), unless allow_unsafe_compose."""
     folder, shown = _find_folder(path_or_name, search)
     compose = next((folder / n for n in COMPOSE_NAMES if (folder / n).is_file()), None)
     if compose is None:
         raise ConfigError(shown, "compose.yaml", "no such file: a lab folder needs a compose.yaml")
     f = f"{shown}/{compose.name}"
+    lab_file(f, "compose.yaml", folder, compose.name)  # no link out of the folder
     doc = read_yaml(compose, f)
+    if not allow_unsafe_compose:
+        check_compose(f, compose, doc)
     segments = _segments(f, doc.get("networks"))
     services = doc.get("services")
     if not services or not isinstance(services, dict):
@@ -237,11 +242,7 @@ def _extras(f, folder, name, x, addresses, segments) -> Node:
         raise ConfigError(f, f"{where}.routes", "must map prefixes to next hops, e.g. {198.18.0.0/15: 203.0.113.2}")
     routes = {network(f, f"{where}.routes[{p}]", p): on_link(f"{where}.routes[{p}]", hop)
               for p, hop in raw_routes.items()}
-    firewall = None
-    if x.get("firewall") is not None:
-        firewall = (folder / str(x["firewall"])).resolve()
-        if not firewall.is_file():
-            raise ConfigError(f, f"{where}.firewall", f"no such file: {folder / str(x['firewall'])}")
+    firewall = lab_file(f, f"{where}.firewall", folder, x["firewall"]) if x.get("firewall") is not None else None
     kind = x.get("router_kind")
     if kind is not None and kind not in ROUTER_KINDS:
         raise ConfigError(f, f"{where}.router_kind", f"unknown router kind {kind!r}; known kinds: "
