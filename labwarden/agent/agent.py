@@ -11,7 +11,7 @@ base64(zlib(JSON)); prints one line of JSON. Request (every node key optional)::
         "container": ID, "pid_start": N,     # what that pid must still be: see netns.py
         "setup": {"rename": {MAC: NAME}, "routes": [[PREFIX|"default", NEXTHOP]],
                   "sysctls": {KEY: VALUE}, "nft": RULESET, "nft_add": TEXT,
-                  "flush_conntrack": true},
+                  "iptables": IPTABLES_RESTORE_FILE, "flush_conntrack": true},
         "info": true, "capture": {"seconds": 2.0}, "trace": true,
         "start_at": EPOCH_S,                 # send from then on (live labs: agents on many hosts)
         "near": [IP],                        # off-link addresses 0 hops away (the gateway's others)
@@ -107,6 +107,13 @@ nft: the node's whole ruleset is replaced by RULESET in one transaction (`flush 
 first, whatever the file flushes itself), then `nft list tables` must name exactly the tables
 the file declares, else the node fails. nft_add: TEXT is loaded on top of what is there (a
 table of the engine's own, such as a trace's), after `nft`.
+
+iptables: the node's whole firewall is replaced by an iptables-restore file: once
+`iptables-restore --test` has parsed it (a broken file changes nothing), the nft ruleset
+is flushed (iptables-nft tables are nft tables), `iptables-restore` commits every table of the
+file in one transaction, then `nft list tables` must name exactly the file's tables (`ip
+filter`, ...) and `iptables-save` as many rules per table as the file appends, else the node
+fails. (An `ip6tables` key would do the same with ip6tables-restore, family ip6.)
 
 sysctls: containers mount /proc/sys read-only, so when `sysctl -w` fails they are written
 from a private mount namespace (`unshare -m`) where /proc/sys is remounted read-write;
@@ -230,6 +237,8 @@ NFT_FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
 TABLE_STATEMENT = re.compile(r"^\s*(?:(add|create|delete|destroy)\s+)?table\s+(?:(%s)\s+)?([\w.$-]+)"
                              % "|".join(NFT_FAMILIES))
 TABLE_LINE = re.compile(r"^table (\S+) (\S+)$", re.M)  # `nft list tables`
+XT_TABLE = re.compile(r"^\*(\w+)\s*$(.*?)^COMMIT\s*$", re.M | re.S)  # iptables-restore: *TABLE ... COMMIT
+XT_RULE = re.compile(r"^-[AI] ", re.M)
 
 
 def declared_tables(text: str) -> set[tuple[str, str]]:
@@ -964,6 +973,8 @@ class NodeRun:
             self.load_ruleset(setup["nft"])
         if setup.get("nft_add"):
             self.sh("nft", "-f", "-", stdin=setup["nft_add"])
+        if setup.get("iptables") is not None:
+            self.load_xtables(setup["iptables"])
         if setup.get("flush_conntrack"):
             self.flush_conntrack()
 
@@ -982,6 +993,26 @@ class NodeRun:
                              f"{show(have)}, but the file declares {show(want)} (extra: "
                              f"{show(have - want)}; missing: {show(want - have)}); a table made by "
                              "an include, or by something running in the node, is not allowed")
+
+    def load_xtables(self, text: str, tool: str = "iptables", family: str = "ip"):
+        """Replace the whole firewall with an iptables-restore file (iptables-nft), and read it back.
+
+        The file is parsed first (`--test`), so a broken one leaves the old rules in place.
+        Between the flush and the restore the node has no rules for a moment: a loader that
+        cares empties conntrack afterwards (flush_conntrack runs after this)."""
+        self.sh(f"{tool}-restore", "--test", stdin=text)
+        self.sh("nft", "flush", "ruleset")
+        self.sh(f"{tool}-restore", stdin=text)
+        want, rules = set(), {}
+        for table, body in XT_TABLE.findall(text):
+            want.add((family, table))
+            rules[table] = rules.get(table, 0) + len(XT_RULE.findall(body))
+        have = set(TABLE_LINE.findall(self.sh("nft", "list", "tables")))
+        saved = {table: len(XT_RULE.findall(body)) for table, body in XT_TABLE.findall(self.sh(f"{tool}-save"))}
+        if have != want or saved != rules:
+            show = lambda tables: ", ".join(f"{f} {n}" for f, n in sorted(tables)) or "none"
+            raise AgentError(f"node {self.name}: after {tool}-restore the node holds the tables {show(have)} "
+                             f"with rules {saved}, but the file declares {show(want)} with rules {rules}")
 
     def flush_conntrack(self):
         """Forget every tracked connection, so a new ruleset inherits none an earlier one let in.

@@ -9,7 +9,9 @@ Naming, once: a *segment* is a Compose network (a bridge, the stand-in for a
 VLAN); a *node* is a Compose service, attached to one or more segments with a
 fixed ``ipv4_address`` on each. ``x-labwarden`` on a service adds what Compose
 cannot say: ``gateway`` (default route), ``routes`` (prefix -> next hop),
-``firewall`` (nftables file, relative to the lab folder) and ``interfaces``
+``firewall`` (the router's config file, relative to the lab folder),
+``router_kind`` (one of ROUTER_KINDS; default: detected from the firewall file's
+content, see labwarden.routers) and ``interfaces``
 (segment -> interface name inside the node, default: the segment's name);
 ``impair`` (segment -> link profile), as is ``x-labwarden: {impair: PROFILE}`` on a
 network: both become the topology's ``links`` (labwarden.declared.links).
@@ -27,7 +29,9 @@ from labwarden.declared.fields import (COMPOSE_NAMES, IFNAME_RULE, address, chec
                                        read_yaml, valid_ifname)
 from labwarden.declared.links import Link, parse_links
 
-X_KEYS = ("firewall", "gateway", "impair", "interfaces", "routes")  # impair: see declared/links.py
+X_KEYS = ("firewall", "gateway", "impair", "interfaces", "routes", "router_kind")  # impair: see declared/links.py
+# the router kinds a topology may name: labwarden.routers.KINDS says where each lives
+ROUTER_KINDS = ("nftables", "iptables")
 # the repo's own labs, for when the suite runs from another directory
 PACKAGE_TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
 
@@ -47,6 +51,7 @@ class Node:
     routes: dict[IPv4Network, IPv4Address] = field(hash=False)
     firewall: Path | None
     interfaces: dict[str, str] = field(hash=False)  # segment -> interface name
+    router_kind: str | None = None  # as declared; None: detected from the firewall file
 
     @property
     def segments(self) -> list[str]:
@@ -238,8 +243,12 @@ def _extras(f, folder, name, x, addresses, segments) -> Node:
     routes = {network(f, f"{where}.routes[{p}]", p): on_link(f"{where}.routes[{p}]", hop)
               for p, hop in raw_routes.items()}
     firewall = lab_file(f, f"{where}.firewall", folder, x["firewall"]) if x.get("firewall") is not None else None
+    kind = x.get("router_kind")
+    if kind is not None and kind not in ROUTER_KINDS:
+        raise ConfigError(f, f"{where}.router_kind", f"unknown router kind {kind!r}; known kinds: "
+                          f"{', '.join(ROUTER_KINDS)}")
     interfaces = _interfaces(f, f"{where}.interfaces", name, x.get("interfaces"), addresses)
-    return Node(name, addresses, gateway, routes, firewall, interfaces)
+    return Node(name, addresses, gateway, routes, firewall, interfaces, kind)
 
 
 def _interfaces(f, where, name, raw, addresses) -> dict[str, str]:

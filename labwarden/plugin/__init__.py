@@ -6,7 +6,8 @@ fixture (`labwarden_topology`, `labwarden_policy`, `labwarden_router_config`)
 or an option:
 
     --topology NAME|PATH   the lab to run (default: homelab)
-    --router-config PATH   load this nftables file into the router instead
+    --router-config PATH   load this config into the router instead (its kind, nftables or
+                           iptables, detected from its content)
     --keep-lab             leave the lab up afterwards, and reuse it next run
     --probe-timeout S      how long a probe waits before calling it filtered
     --fuzz-profile NAME    hypothesis profile of suites/fuzz: ci (default) or nightly
@@ -44,7 +45,8 @@ def pytest_addoption(parser):
     group = parser.getgroup("labwarden")
     group.addoption("--topology", default="homelab", help="topology name or folder (default: homelab)")
     group.addoption("--router-config", default=None, type=Path,
-                    help="nftables file to load into the lab router instead of the topology's own")
+                    help="router config (nftables, or an iptables-restore file) to load into the lab router "
+                         "instead of the topology's own")
     group.addoption("--keep-lab", action="store_true",
                     help="leave the lab running after the run and reuse it next time")
     group.addoption("--probe-timeout", default=1.0, type=float,

@@ -26,6 +26,7 @@ from pathlib import Path
 import docker
 import testinfra
 
+from labwarden import routers
 from labwarden.realise import impair
 from labwarden.errors import LabError, ProbeError
 from labwarden.realise.cleanup import (PROJECT_PREFIX, docker_client, kept_project, labwarden_projects,
@@ -231,6 +232,11 @@ class ComposeLab(Lab):
         router = self.topology.nodes[self.policy.router]
         return self.router_config or router.firewall
 
+    def router_kind(self) -> routers.RouterKind:
+        """Declared on the router for its own config; detected from a --router-config's content."""
+        router = self.topology.nodes[self.policy.router]
+        return routers.of_router(router, self.router_firewall(), declared=self.router_config is None)
+
     @contextlib.contextmanager
     def router_on_loan(self):
         """For a test that loads rulesets of its own into the router (rule fuzzing).
@@ -250,7 +256,7 @@ class ComposeLab(Lab):
             yield
         finally:
             own = self.router_firewall()
-            run_sync(self.run({self.policy.router: NodeJob(setup={"nft": own.read_text(),
+            run_sync(self.run({self.policy.router: NodeJob(setup={**self.router_kind().load(own.read_text()),
                                                                    "flush_conntrack": True})}))
             for c in sidecars:
                 c.start()
@@ -270,7 +276,7 @@ class ComposeLab(Lab):
             routes.insert(0, ["default", str(node.gateway)])
         setup = {"rename": rename, "routes": routes, "sysctls": node_sysctls()}
         if name == self.policy.router and self.router_firewall():
-            setup["nft"] = self.router_firewall().read_text()
+            setup.update(self.router_kind().load(self.router_firewall().read_text()))
         return setup
 
     async def _plumb(self) -> None:

@@ -69,6 +69,9 @@ class LiveLab(Lab):
     def router_firewall(self):
         return None  # the live router's rules are its own business: never read or changed
 
+    def router_kind(self):
+        return None
+
     def allowed_ranges(self, extra=()) -> list[str]:
         return [str(r) for r in self.inventory.ranges]  # no extras: live probes stay in the inventory
 

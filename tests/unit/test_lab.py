@@ -44,6 +44,9 @@ class StartedLab(Lab):
     def router_firewall(self):
         return None
 
+    def router_kind(self):
+        return None
+
     def allowed_ranges(self, extra=()):
         return []
 
