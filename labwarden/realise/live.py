@@ -26,7 +26,6 @@ import base64
 import dataclasses
 import secrets
 import subprocess
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,6 +37,7 @@ from labwarden.probe import NodeJob, NodeAnswer, Transport, run_jobs
 from labwarden.declared.inventory import Inventory
 from labwarden.probe.ship import agent_bytes
 from labwarden.declared.topology import Topology
+from labwarden.realise import private
 from labwarden.realise.impair import Impairment
 from labwarden.realise.lab import Lab
 
@@ -63,11 +63,14 @@ class LiveLab(Lab):
         self.info: dict[str, dict] = {}
         self.timings: dict[str, float] = {}
         self._agents: dict[str, str] = {}
-        self._control = f"{tempfile.gettempdir()}/labwarden-ssh-{secrets.token_hex(4)}"
+        self._control = f"{private.folder()}/ssh-{secrets.token_hex(4)}"
         self.lead = START_LEAD_S
 
     def router_firewall(self):
         return None  # the live router's rules are its own business: never read or changed
+
+    def router_kind(self):
+        return None
 
     def allowed_ranges(self, extra=()) -> list[str]:
         return [str(r) for r in self.inventory.ranges]  # no extras: live probes stay in the inventory

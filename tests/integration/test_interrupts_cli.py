@@ -10,14 +10,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import docker
 import pytest
 
-from labwarden.realise.cleanup import PROJECT_LABEL, topology_lock_path
+from labwarden.realise import private
+from labwarden.realise.cleanup import OVERRIDE_SUFFIX, PROJECT_LABEL, topology_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "intr"
@@ -30,7 +30,7 @@ def leftovers(client) -> list[str]:
     found += [n["Name"] for n in client.api.networks(filters={"label": PROJECT_LABEL}) if mine(n["Labels"])]
     found += [v["Name"] for v in client.api.volumes(filters={"label": PROJECT_LABEL}).get("Volumes") or []
               if mine(v["Labels"])]
-    return found + [str(p) for p in Path(tempfile.gettempdir()).glob(f"labwarden-lw-{NAME}-*.override.yaml")]
+    return found + [str(p) for p in private.folder().glob(f"lw-{NAME}-*{OVERRIDE_SUFFIX}")]
 
 
 def handles_sigterm(pid: int) -> bool:
@@ -54,7 +54,7 @@ def started(client, what: str) -> bool:
 def lab(tmp_path_factory):
     folder = tmp_path_factory.mktemp("labs") / NAME
     shutil.copytree(ROOT / "topologies" / "airplane", folder)
-    with open(topology_lock_path("airplane"), "w") as lock:
+    with topology_lock("airplane") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield folder
 

@@ -55,7 +55,7 @@ class LateEngine:
 
 
 def test_what_lands_after_a_pass_is_removed_too(tmp_path, monkeypatch):
-    monkeypatch.setattr(cleanup.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(cleanup, "override_file", lambda project: tmp_path / f"{project}.override.yaml")
     engine = LateEngine()
     remove_project(engine, "lw-x-abcdef")
     assert engine.removed == ["n1", "late"]
