@@ -105,6 +105,16 @@ class NodeJob:
     trace: bool = False        # run `nft monitor trace` in the node for the window
     start_at: float | None = None  # wall-clock time to start sending at (agents on several hosts)
 
+    SPLIT = ("send", "probes")  # the lists a paced (live) lab may spread over several calls, in order
+
+    def packets(self, kind: str, item) -> int:
+        """How many packets one item of the list `kind` sends (what a live host's pace counts)."""
+        return 1
+
+    def cost(self) -> int:
+        """The packets this job sends: its SPLIT lists' and its fetches' (a connection each)."""
+        return len(self.fetch) + sum(self.packets(k, item) for k in self.SPLIT for item in getattr(self, k))
+
     def request(self, netns: str | None) -> dict:
         item = {"netns": netns, "probes": [p.request(i) for i, p in enumerate(self.probes)]}
         if self.setup:
@@ -151,6 +161,7 @@ class Transport:
     netns: str | None          # /proc/PID/ns/net, or None to probe from the host itself
     agent_path: str            # the agent's path on that host
     near: tuple = ()           # addresses of the node's next-hop routers: 0 hops away, even off-link
+    sudo: bool = False         # run the agent as `sudo -n python3 AGENT REQUEST` (a live host's ?sudo=true)
 
 
 def encode(request: dict) -> str:
@@ -164,7 +175,8 @@ def _observation(item: dict) -> Observation:
 
 
 def _call_agent(transport: Transport, request: dict) -> dict:
-    result = transport.host.run("python3 %s %s", transport.agent_path, encode(request))
+    command = "sudo -n python3 %s %s" if transport.sudo else "python3 %s %s"
+    result = transport.host.run(command, transport.agent_path, encode(request))
     if result.rc != 0:
         raise ProbeError(f"the probe agent failed on {transport.host.backend.get_pytest_id()} "
                          f"(exit {result.rc}): {result.stderr.strip()[-2000:]}")
