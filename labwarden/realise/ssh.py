@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import subprocess
 from dataclasses import dataclass
 
@@ -45,9 +46,9 @@ def _bounded(backend: BaseBackend, shown: str, command: str, args, timeout: floa
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)  # the shell and what it started (ssh, sshpass)
         proc.communicate()
-        raise LabError(f"{shown}: no answer within {timeout:.0f} s: the command was stopped") from None
+        raise LabError(f"{shown}: no answer within {timeout:g} s: the command was stopped") from None
     return backend.result(proc.returncode, cmd, stdout, stderr)
 
 
@@ -126,7 +127,7 @@ def _paramiko_backend():
                 rc = chan.recv_exit_status()
             except TimeoutError:
                 chan.close()
-                raise LabError(f"{self.shown}: no answer within {timeout or self.bound_s:.0f} s: "
+                raise LabError(f"{self.shown}: no answer within {timeout or self.bound_s:g} s: "
                                "the command was stopped") from None
             return self.result(rc, cmd, stdout, stderr)
 
