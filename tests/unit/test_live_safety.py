@@ -16,7 +16,7 @@ from labwarden.declared.hostspec import masked, parse_spec
 from labwarden.declared.inventory import load_inventory
 from labwarden.declared.lab import load_lab
 from labwarden.errors import ConfigError, LabError
-from labwarden.probe import NodeAnswer, NodeJob, Observation, Probe
+from labwarden.probe import NodeAnswer, NodeJob, Observation, Probe, Transport, _call_agent
 from labwarden.probe.pace import POLL_S, Pace
 from labwarden.realise.live import LiveLab
 from labwarden.realise.ssh import BoundedLocal, BoundedSsh, connect
@@ -292,3 +292,17 @@ def test_messages_show_the_spec_masked(lab_files, tmp_path):
     with pytest.raises(LabError) as err:
         lab.up()
     assert "paramiko://admin:***@127.0.0.1:1" in str(err.value) and "hunter2" not in str(err.value)
+
+
+def test_with_sudo_only_the_agent_runs_as_root():
+
+    ran = []
+
+    class Host:
+        def run(self, command, *args, **kwargs):
+            ran.append(command % args)
+            return type("R", (), {"rc": 0, "stdout": '{"nodes": {}}', "stderr": ""})()
+    _call_agent(Transport(Host(), None, "/tmp/labwarden-x/agent.pyz", (), True), {"nodes": {}})
+    _call_agent(Transport(Host(), None, "/tmp/labwarden-x/agent.pyz"), {"nodes": {}})
+    assert ran[0].startswith("sudo -n python3 /tmp/labwarden-x/agent.pyz ")
+    assert ran[1].startswith("python3 /tmp/labwarden-x/agent.pyz ")
