@@ -24,7 +24,7 @@ from ipaddress import IPv6Address, ip_address
 from labwarden.errors import ConfigError
 
 SCHEMES = ("ssh", "paramiko", "local")
-QUERY_KEYS = ("sudo", "sudo_user", "ssh_identity_file", "timeout", "controlpersist")
+QUERY_KEYS = ("sudo", "ssh_identity_file", "timeout", "controlpersist")  # sudo: the agent only, as root
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,252}$")
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,31}$")
 
@@ -34,7 +34,6 @@ class HostSpec:
     spec: str                  # as written (it may hold a password: show it through `masked`)
     scheme: str
     host: str | None           # None for local://
-    check_host_key: bool = True
 
 
 def masked(spec: str) -> str:
@@ -68,7 +67,7 @@ def _host_ok(name: str) -> bool:
         return bool(_NAME.match(name)) and ".." not in name
 
 
-def parse_spec(f, where: str, raw: str, check_host_key: bool = True) -> HostSpec:
+def parse_spec(f, where: str, raw: str) -> HostSpec:
     """A checked host spec; a mistake names file, field and problem, the spec masked."""
     shown = masked(raw)
     if not isinstance(raw, str) or "://" not in raw:
@@ -83,7 +82,7 @@ def parse_spec(f, where: str, raw: str, check_host_key: bool = True) -> HostSpec
         if key not in QUERY_KEYS:
             raise ConfigError(f, where, f"{shown!r}: unknown option {key!r}; options: {', '.join(QUERY_KEYS)}")
     if url.scheme == "local":
-        return HostSpec(raw, "local", None, check_host_key)
+        return HostSpec(raw, "local", None)
     if url.netloc.count("@") > 1:
         raise ConfigError(f, where, f"{shown!r}: more than one '@' (write an '@' inside a user or password as %40)")
     userinfo, _, hostport = url.netloc.rpartition("@")
@@ -108,4 +107,4 @@ def parse_spec(f, where: str, raw: str, check_host_key: bool = True) -> HostSpec
     if not _host_ok(host):
         raise ConfigError(f, where, f"{shown!r}: {host!r} is not an IP address or host name (letters, digits, "
                                     "'.', '-', '_'; not starting with '-', which ssh would take for an option)")
-    return HostSpec(raw, url.scheme, host.strip("[]"), check_host_key)
+    return HostSpec(raw, url.scheme, host.strip("[]"))

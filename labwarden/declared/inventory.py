@@ -97,7 +97,7 @@ def load_inventory(path, topology: Topology) -> Inventory:
         check = spec.get("check_host_key", True)
         if not isinstance(check, bool):
             raise ConfigError(f, f"{where}.check_host_key", f"{check!r} is not true or false")
-        hosts[name] = parse_spec(f, f"{where}.host", spec["host"], check).spec
+        hosts[name] = parse_spec(f, f"{where}.host", spec["host"]).spec
         if not check:
             unchecked.append(name)
         node = topology.nodes[name]

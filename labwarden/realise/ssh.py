@@ -149,8 +149,6 @@ def connect(spec: str, check_host_key: bool = True, ssh_config: str | None = Non
     shown = masked(spec)
     name, kw = testinfra.backend.parse_hostspec(spec)
     sudo = bool(kw.pop("sudo", False))
-    if kw.pop("sudo_user", None):
-        raise LabError(f"{shown}: sudo_user: the agent runs as root (sudo=true) or as the login user")
     scheme = kw.pop("connection")
     if ssh_config and scheme != "local":
         kw["ssh_config"] = ssh_config
