@@ -37,6 +37,7 @@ import yaml
 from labwarden.realise.compose import ComposeLab
 from labwarden.checks.matrix import run_matrix
 from labwarden.declared.inventory import load_inventory
+from labwarden.errors import LabError
 from labwarden.declared.lab import load_lab
 from labwarden.probe import NodeJob, Probe
 from labwarden.realise.live import LiveLab
@@ -130,6 +131,7 @@ def test_isolation_suite_over_ssh_sees_what_docker_mode_sees(ssh_lab, tmp_path):
         "emulated lab only: it probes the Docker host's bridges, which a live lab does not have"], skipped
     assert len(cases) > 1000
     assert doc["header"]["mode"] == "live (read-only)" and "router_config" not in doc["header"]
+    assert 0 < doc["header"]["peak_pps"] <= 1000, doc["header"]  # the pace kept, inventory's max_pps 1000
     differ = same_verdicts(ssh_lab, doc)
     assert not differ, f"{len(differ)} verdicts differ (docker, live): {dict(list(differ.items())[:20])}"
     leftovers = {n: subprocess.run(["docker", "exec", lab.containers[n].name, "sh", "-c",
@@ -185,3 +187,21 @@ def test_the_pace_holds_across_back_to_back_calls(ssh_lab, tmp_path):
         took = time.monotonic() - began
         assert took >= 4.0, f"500 probes at max_pps 100 in {took:.2f} s"
         assert live.peak_pps() == 100
+        print(f"five calls of 100 probes at max_pps 100: {took:.2f} s")
+
+
+def test_an_unknown_host_key_is_refused_unless_the_node_opts_out(ssh_lab, tmp_path):
+    lab, policy, _, ssh_config = ssh_lab
+    strangers = tmp_path / "ssh_config"  # the same hosts, but no key known for any of them
+    (tmp_path / "empty_known_hosts").write_text("")
+    strangers.write_text(ssh_config.read_text().replace(
+        str(ssh_config.parent / "known_hosts"), str(tmp_path / "empty_known_hosts")))
+    path = write_inventory((lab, policy, None, strangers), tmp_path)
+    with pytest.raises(LabError, match="Host key verification failed"):
+        LiveLab(lab.topology, policy, load_inventory(path, lab.topology), log=lambda m: None).up()
+    doc = yaml.safe_load(path.read_text())
+    for node in doc["nodes"].values():
+        node["check_host_key"] = False
+    path.write_text(yaml.safe_dump(doc))
+    with LiveLab(lab.topology, policy, load_inventory(path, lab.topology), log=lambda m: None) as live:
+        assert len(live.transports) == len(lab.topology.nodes)
