@@ -1,6 +1,8 @@
 """`labwarden up|down|status|matrix`: the lab outside pytest.
 
     labwarden up [--topology homelab] [--router-config FILE]   start a lab and leave it running
+                                          (up, matrix, diff: --allow-unsafe-compose runs a compose
+                                          file that reaches the host; refused by default)
     labwarden down [--topology homelab | --all]                remove it (or every labwarden lab)
     labwarden status                                           list the running labs
     labwarden matrix [--topology homelab] [--router-config FILE]
@@ -23,12 +25,13 @@ from labwarden.realise.cleanup import docker_client, down_all, kept_project, lab
 from labwarden.realise.compose import ComposeLab
 from labwarden.checks.matrix import render_grid, run_matrix
 from labwarden.checks.tunnel import start
+from labwarden.declared.compose_safety import ALLOW_HELP, ALLOW_OPTION
 from labwarden.declared.lab import load_lab
 from labwarden.declared.topology import load_topology
 
 
 def _load(args):
-    return load_lab(args.topology)
+    return load_lab(args.topology, allow_unsafe_compose=args.allow_unsafe_compose)
 
 
 def cmd_up(args):
@@ -44,7 +47,7 @@ def cmd_down(args):
         removed = down_all()
         print("removed: " + (", ".join(removed) if removed else "nothing"))
     else:
-        topology = load_topology(args.topology)
+        topology = load_topology(args.topology, allow_unsafe_compose=True)  # removes, starts nothing
         remove_project(docker_client(), kept_project(topology))
         print(f"removed {kept_project(topology)}")
     return 0
@@ -93,6 +96,7 @@ def main(argv=None) -> int:
             p.add_argument("--topology", default="homelab")
         if name in ("up", "matrix"):
             p.add_argument("--router-config", default=None)
+            p.add_argument(ALLOW_OPTION, action="store_true", help=ALLOW_HELP)
         if name == "matrix":
             p.add_argument("--probe-timeout", type=float, default=1.0)
         if name == "down":

@@ -3,9 +3,11 @@
     labwarden diff --topology homelab --before REF_OR_FILE [--after FILE]
 
 Brings the lab up once with the `before` config, probes the whole
-segmentation matrix, loads the `after` config into the running router (the
-agent's `{"nft": text}` setup replaces the ruleset), probes again, re-probes
-every flow whose verdict changed to confirm it, and prints the changes::
+segmentation matrix, loads the `after` config into the running router (its
+router kind's `load` replaces the whole ruleset; each config's kind is detected
+from its content, so the two may differ: nftables before, iptables after),
+probes again, re-probes every flow whose verdict changed to confirm it, and
+prints the changes::
 
     servers/web -> personal/laptop tcp/22: filtered -> open  VIOLATES the policy (expected filtered, default deny)
 
@@ -35,9 +37,11 @@ from labwarden.realise.lab import Lab
 from labwarden.checks.matrix import MatrixRun, render_grid, run_matrix
 from labwarden.checks.tunnel import start
 from labwarden.declared.fields import shown
+from labwarden.declared.compose_safety import ALLOW_HELP, ALLOW_OPTION
 from labwarden.declared.lab import load_lab
 from labwarden.probe import NodeJob
-from labwarden.report.header import header, nft_version
+from labwarden import routers
+from labwarden.report.header import header, tool_version
 from labwarden.report.model import Report
 
 
@@ -122,7 +126,7 @@ def changes(before: MatrixRun, after: MatrixRun) -> list[Change]:
 async def load_config(lab: Lab, config: Config) -> None:
     router = lab.policy.router
     try:
-        await lab.run({router: NodeJob(setup={"nft": config.text})})
+        await lab.run({router: NodeJob(setup=routers.detect(config.text).load(config.text))})
     except ProbeError as err:
         raise LabwardenError(f"loading {config.shown} into {router} failed: {err}") from None
 
@@ -156,7 +160,9 @@ def diff(topology, policy, before_spec: str, after_spec: str | None, *, timeout:
             log(f"labwarden: lab {lab.project} up with {before.shown}; probing, then loading {after.shown}")
             first, second = asyncio.run(measure(lab, before, after, timeout))
             router = lab.transports[policy.router]
-            nft = nft_version(lambda cmd: router.host.run(cmd).stdout)
+            kinds = {routers.detect(c.text) for c in (before, after)}
+            versions = {k.tool: tool_version(k.version_command, lambda cmd: router.host.run(cmd).stdout)
+                        for k in kinds}
         finally:
             lab.down()
     found = changes(first, second)
@@ -186,7 +192,8 @@ def diff(topology, policy, before_spec: str, after_spec: str | None, *, timeout:
                                       before=before.shown, before_sha256=before.sha256,
                                       probe_timeout_s=timeout))
         report.header.update(router_config=after.shown, router_config_sha256=after.sha256)
-        report.header["versions"]["nft"] = nft
+        report.header.update(routers.detect(after.text).header())
+        report.header["versions"].update(versions)
         report.header["command"] = "labwarden " + " ".join(sys.argv[1:])
         report.add_matrix(first, f"before: {before.shown}")
         report.add_matrix(second, f"after: {after.shown}")
@@ -206,10 +213,11 @@ def add_parser(sub) -> None:
     p.add_argument("--after", default=None, help="file or revision (default: the topology's own config)")
     p.add_argument("--probe-timeout", type=float, default=1.0)
     p.add_argument("--report-dir", type=Path, default=Path("reports"))
+    p.add_argument(ALLOW_OPTION, action="store_true", help=ALLOW_HELP)
     p.set_defaults(func=cmd_diff)
 
 
 def cmd_diff(args) -> int:
-    topology, policy = load_lab(args.topology)
+    topology, policy = load_lab(args.topology, allow_unsafe_compose=args.allow_unsafe_compose)
     return diff(topology, policy, args.before, args.after, timeout=args.probe_timeout,
                 report_dir=args.report_dir)

@@ -161,7 +161,15 @@ class Transport:
     netns: str | None          # /proc/PID/ns/net, or None to probe from the host itself
     agent_path: str            # the agent's path on that host
     near: tuple = ()           # addresses of the node's next-hop routers: 0 hops away, even off-link
+    container: str | None = None    # the full id of the container netns belongs to
+    pid_start: int | None = None    # when netns's process started, once the lab is plumbed
     sudo: bool = False         # run the agent as `sudo -n python3 AGENT REQUEST` (a live host's ?sudo=true)
+
+    def namespace(self) -> dict:
+        """How the agent enters the node: the path, and what it checks before every entry
+        (the pid is still the container's process plumbed: agent/netns.py)."""
+        return {k: v for k, v in (("netns", self.netns), ("container", self.container),
+                                  ("pid_start", self.pid_start)) if v is not None}
 
 
 def encode(request: dict) -> str:
@@ -196,7 +204,7 @@ def _node_requests(transports: dict[str, Transport], jobs: dict[str, NodeJob]) -
     groups: dict[int, tuple[Transport, dict]] = {}
     for node, job in jobs.items():
         transport = transports[node]
-        request = job.request(transport.netns)
+        request = {**job.request(transport.netns), **transport.namespace()}
         if transport.near:
             request["near"] = [str(a) for a in transport.near]
         groups.setdefault(id(transport.host), (transport, {}))[1][node] = request

@@ -3,9 +3,9 @@
 Every labwarden lab is a Compose project named `lw-<topology>-<6 hex>` (or
 `lw-<topology>-kept`, kept with `--keep-lab`/`labwarden up`); its containers,
 networks and volumes carry Docker's `com.docker.compose.project` label, and its
-generated compose file (the prober) is `labwarden-<project>.override.yaml` in the
-temporary folder. Runs of one topology take turns on
-`labwarden-topology-<topology>.lock` there.
+generated compose file (the prober) is `<project>.override.yaml` in labwarden's
+private folder (realise/private.py). Runs of one topology take turns on
+`topology-<topology>.lock` there.
 
 Removing is idempotent: a project already gone, or removed meanwhile by another
 run, is no error. `ComposeLab.down()` removes its own project; `labwarden down
@@ -13,16 +13,15 @@ run, is no error. `ComposeLab.down()` removes its own project; `labwarden down
 """
 
 import os
-import tempfile
 from pathlib import Path
 
 import docker
 
 from labwarden.declared.topology import Topology
 from labwarden.errors import LabError
+from labwarden.realise import private
 
 PROJECT_PREFIX = "lw-"
-OVERRIDE_PREFIX = "labwarden-"
 OVERRIDE_SUFFIX = ".override.yaml"
 PROJECT_LABEL = "com.docker.compose.project"
 
@@ -42,14 +41,18 @@ def kept_project(topology: Topology) -> str:
     return f"{PROJECT_PREFIX}{topology.name}-kept"
 
 
-def topology_lock_path(name: str) -> Path:
-    """The lock that runs of one topology take turns on (their subnets would clash)."""
-    return Path(tempfile.gettempdir()) / f"labwarden-topology-{name}.lock"
+def topology_lock(name: str):
+    """The lock file that runs of one topology take turns on (their subnets would clash)."""
+    return private.open_lock(f"topology-{name}.lock", f"lock of topology {name}")
 
 
 def override_file(project: str) -> Path:
     """The generated compose file (the prober) of a project: removed with the project."""
-    return Path(tempfile.gettempdir()) / f"{OVERRIDE_PREFIX}{project}{OVERRIDE_SUFFIX}"
+    return private.folder() / f"{project}{OVERRIDE_SUFFIX}"
+
+
+def write_override(project: str, text: str) -> Path:
+    return private.write(f"{project}{OVERRIDE_SUFFIX}", text, f"compose file of lab {project}")
 
 
 def remove_project(client, project: str) -> None:
@@ -108,7 +111,7 @@ def down_all() -> list[str]:
             remove_project(client, project)
         except LabError as err:  # the others are removed all the same
             refused.append(str(err))
-    for stale in Path(tempfile.gettempdir()).glob(f"{OVERRIDE_PREFIX}{PROJECT_PREFIX}*{OVERRIDE_SUFFIX}"):
+    for stale in private.folder().glob(f"{PROJECT_PREFIX}*{OVERRIDE_SUFFIX}"):
         stale.unlink(missing_ok=True)
     if refused:
         raise LabError("; ".join(refused))

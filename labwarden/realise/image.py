@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 
 from labwarden.errors import LabError
+from labwarden.realise import private
 
 CONTEXT = Path(__file__).parent / "image"
 REPOSITORY = "labwarden/node"
-LOCK = Path(tempfile.gettempdir()) / "labwarden-image.lock"
 
 
 def image_tag() -> str:
@@ -85,7 +85,7 @@ def ensure_image(log=print) -> str:
     tag = image_tag()
     if _present(tag):
         return tag
-    with open(LOCK, "w") as lock:
+    with private.open_lock("image.lock", "lock of the image build") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two runs at once build once
         if _present(tag):
             return tag

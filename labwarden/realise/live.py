@@ -31,7 +31,6 @@ import base64
 import dataclasses
 import secrets
 import subprocess
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,6 +41,7 @@ from labwarden.declared.inventory import Inventory
 from labwarden.probe.pace import Pace
 from labwarden.probe.ship import agent_bytes
 from labwarden.declared.topology import Topology
+from labwarden.realise import private
 from labwarden.realise.impair import Impairment
 from labwarden.realise.lab import Lab
 from labwarden.realise.ssh import connect
@@ -70,7 +70,7 @@ class LiveLab(Lab):
         self.info: dict[str, dict] = {}
         self.timings: dict[str, float] = {}
         self._agents: dict[str, str] = {}
-        self._control = f"{tempfile.gettempdir()}/labwarden-ssh-{secrets.token_hex(4)}"
+        self._control = f"{private.folder()}/ssh-{secrets.token_hex(4)}"
         self.lead = START_LEAD_S
         self.pace = Pace(inventory.max_pps)  # one bucket per host, for the whole run
 
@@ -80,6 +80,9 @@ class LiveLab(Lab):
 
     def router_firewall(self):
         return None  # the live router's rules are its own business: never read or changed
+
+    def router_kind(self):
+        return None
 
     def allowed_ranges(self, extra=()) -> list[str]:
         return [str(r) for r in self.inventory.ranges]  # no extras: live probes stay in the inventory
@@ -123,7 +126,7 @@ class LiveLab(Lab):
             raise LabError(f"{shown}: could not push the probe agent (needs python3 >= 3.11 there): "
                            f"{pushed.stderr.strip()[-500:]}")
         self._agents[name] = pushed.stdout.strip().splitlines()[-1]
-        self.transports[name] = Transport(live.host, None, self._agents[name], self.near(name), live.sudo)
+        self.transports[name] = Transport(live.host, None, self._agents[name], self.near(name), sudo=live.sudo)
         if live.sudo:  # the agent alone runs as root: try it once, with nothing to do
             tried = live.host.run("sudo -n python3 %s %s", self._agents[name], encode({"nodes": {}}),
                                   timeout=SHORT_S)

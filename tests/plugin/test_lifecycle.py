@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from labwarden.realise.cleanup import topology_lock_path
+from labwarden.realise.cleanup import topology_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,7 +57,7 @@ def test_ctrl_c_tears_the_lab_down(tmp_path):
     client = docker.from_env()
     lab = tmp_path / "ctrlc"
     shutil.copytree(ROOT / "topologies" / "homelab", lab)
-    with open(topology_lock_path("homelab"), "w") as lock:
+    with topology_lock("homelab") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
                                  "suites/isolation/test_matrix.py", "--topology", str(lab)], cwd=ROOT,

@@ -302,7 +302,7 @@ def test_with_sudo_only_the_agent_runs_as_root():
         def run(self, command, *args, **kwargs):
             ran.append(command % args)
             return type("R", (), {"rc": 0, "stdout": '{"nodes": {}}', "stderr": ""})()
-    _call_agent(Transport(Host(), None, "/tmp/labwarden-x/agent.pyz", (), True), {"nodes": {}})
+    _call_agent(Transport(Host(), None, "/tmp/labwarden-x/agent.pyz", sudo=True), {"nodes": {}})
     _call_agent(Transport(Host(), None, "/tmp/labwarden-x/agent.pyz"), {"nodes": {}})
     assert ran[0].startswith("sudo -n python3 /tmp/labwarden-x/agent.pyz ")
     assert ran[1].startswith("python3 /tmp/labwarden-x/agent.pyz ")
