@@ -133,7 +133,7 @@ class LiveLab(Lab):
             if tried.rc != 0:
                 raise LabError(f"{shown}: ?sudo=true, but sudo refused to run the agent "
                                f"({tried.stderr.strip()[-300:]}): allow it in sudoers (README, "
-                               "\"Security model\"), or drop ?sudo=true to probe without root")
+                               "\"The live lab\"), or drop ?sudo=true to probe without root")
         self.privileged[name] = live.sudo or live.host.run("id -u", timeout=SHORT_S).stdout.strip() == "0"
 
     def _check_node(self, name: str, info: dict) -> None:
