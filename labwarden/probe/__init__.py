@@ -107,6 +107,16 @@ class NodeJob:
     trace: bool = False        # run `nft monitor trace` in the node for the window
     start_at: float | None = None  # wall-clock time to start sending at (agents on several hosts)
 
+    SPLIT = ("send", "probes")  # the lists a paced (live) lab may spread over several calls, in order
+
+    def packets(self, kind: str, item) -> int:
+        """How many packets one item of the list `kind` sends (what a live host's pace counts)."""
+        return 1
+
+    def cost(self) -> int:
+        """The packets this job sends: its SPLIT lists' and its fetches' (a connection each)."""
+        return len(self.fetch) + sum(self.packets(k, item) for k in self.SPLIT for item in getattr(self, k))
+
     def request(self, netns: str | None) -> dict:
         item = {"netns": netns, "probes": [p.request(i) for i, p in enumerate(self.probes)]}
         if self.setup:
@@ -155,6 +165,7 @@ class Transport:
     near: tuple = ()           # addresses of the node's next-hop routers: 0 hops away, even off-link
     container: str | None = None    # the full id of the container netns belongs to
     pid_start: int | None = None    # when netns's process started, once the lab is plumbed
+    sudo: bool = False         # run the agent as `sudo -n python3 AGENT REQUEST` (a live host's ?sudo=true)
 
     def namespace(self) -> dict:
         """How the agent enters the node: the path, and what it checks before every entry
@@ -177,8 +188,9 @@ def _call_agent(transport: Transport, request: dict) -> dict:
     parts = request["rounds"] if "rounds" in request else [request]
     nodes = sorted({n for part in parts for n in part.get("nodes", {})})
     where = f"{transport.host.backend.get_pytest_id()} (node{'s' if len(nodes) != 1 else ''} {', '.join(nodes)})"
-    result = run_bounded(transport.host, agent_bound(request), where,
-                         "python3 %s %s", transport.agent_path, encode(request))
+    command = "sudo -n python3 %s %s" if transport.sudo else "python3 %s %s"
+    result = run_bounded(transport.host, agent_bound(request), where, command,
+                         transport.agent_path, encode(request))
     if result.rc != 0:
         raise ProbeError(f"the probe agent failed on {where} "
                          f"(exit {result.rc}): {result.stderr.strip()[-2000:]}")
