@@ -41,13 +41,15 @@ from labwarden.probe.ship import IN_PROBER  # noqa: E402
 LAB = Path(__file__).resolve().parents[1] / "tests" / "integration" / "latency_lab"
 
 # One process, two threads, each in a node's network namespace: a paced UDP sender in
-# the laptop, a counting receiver in the server.
+# the laptop, a counting receiver in the server. Both scripts enter nodes the agent's way
+# (agent/netns.py, imported from the zipapp: argv[1]), with the nodes' Transport.namespace().
 FLOOD = r'''
-import ctypes, json, os, socket, sys, threading, time
-libc = ctypes.CDLL(None, use_errno=True)
-def enter(path):
-    fd = os.open(path, os.O_RDONLY); assert libc.setns(fd, 0x40000000) == 0; os.close(fd)
-src_ns, dst_ns, dst, rate, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+import json, socket, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+import netns
+def enter(spec):
+    netns.enter(json.loads(spec))
+src_ns, dst_ns, dst, rate, seconds = sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]), float(sys.argv[6])
 got = {"n": 0}
 ready = threading.Event()
 def receive():
@@ -84,10 +86,11 @@ print(json.dumps({"sent": sent, "received": got["n"], "elapsed_s": round(elapsed
 
 # An independent visitor: stdlib http.client in the visitor's namespace, one load at a time.
 VISITOR = r'''
-import ctypes, http.client, json, os, sys, time
-libc = ctypes.CDLL(None, use_errno=True)
-fd = os.open(sys.argv[1], os.O_RDONLY); assert libc.setns(fd, 0x40000000) == 0; os.close(fd)
-dst, port, host, loads = sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+import http.client, json, sys, time
+sys.path.insert(0, sys.argv[1])
+import netns
+netns.enter(json.loads(sys.argv[2]))
+dst, port, host, loads = sys.argv[3], int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
 out = []
 for _ in range(loads):
     start = time.time()
@@ -113,8 +116,8 @@ def page(loads: int) -> dict:
         for _ in range(2):
             measured = asyncio.run(latency.measure(lab, [budget]))[budget]
             figures["suite"] += measured.samples
-            proc = subprocess.run(["docker", "exec", lab.containers[PROBER].name, "python3", "-c", VISITOR,
-                                   lab.transports[budget.src].netns, str(budget.dst), str(budget.port),
+            proc = subprocess.run(["docker", "exec", lab.containers[PROBER].name, "python3", "-c", VISITOR, IN_PROBER,
+                                   json.dumps(lab.transports[budget.src].namespace()), str(budget.dst), str(budget.port),
                                    budget.host or str(budget.dst), str(loads)],
                                   capture_output=True, text=True, timeout=300)
             figures["client"] += json.loads(proc.stdout.strip().splitlines()[-1])
@@ -156,8 +159,8 @@ def accuracy(lab, delays) -> list[dict]:
 
 
 def flood(lab, rate: float, seconds: float = 2.0) -> dict:
-    src, dst = lab.transports["laptop"].netns, lab.transports["server"].netns
-    proc = subprocess.run(["docker", "exec", lab.containers[PROBER].name, "python3", "-c", FLOOD, src, dst,
+    src, dst = (json.dumps(lab.transports[n].namespace()) for n in ("laptop", "server"))
+    proc = subprocess.run(["docker", "exec", lab.containers[PROBER].name, "python3", "-c", FLOOD, IN_PROBER, src, dst,
                            "198.18.72.10", str(rate), str(seconds)], capture_output=True, text=True, timeout=60)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["rate_asked"] = rate

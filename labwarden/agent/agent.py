@@ -8,9 +8,10 @@ base64(zlib(JSON)); prints one line of JSON. Request (every node key optional)::
     {"timeout": 1.0, "allowed": ["198.18.0.0/15", ...],
      "nodes": {"laptop": {
         "netns": "/proc/1234/ns/net",        # null: stay where the agent runs (live lab)
+        "container": ID, "pid_start": N,     # what that pid must still be: see netns.py
         "setup": {"rename": {MAC: NAME}, "routes": [[PREFIX|"default", NEXTHOP]],
                   "sysctls": {KEY: VALUE}, "nft": RULESET, "nft_add": TEXT,
-                  "flush_conntrack": true},
+                  "iptables": IPTABLES_RESTORE_FILE, "flush_conntrack": true},
         "info": true, "capture": {"seconds": 2.0}, "trace": true,
         "start_at": EPOCH_S,                 # send from then on (live labs: agents on many hosts)
         "near": [IP],                        # off-link addresses 0 hops away (the gateway's others)
@@ -25,7 +26,9 @@ the other in this one process (a router's ruleset per round, say); the response 
 {"rounds": [RESPONSE, ...]}, each as below.
 
 One thread per node enters the node's namespace with setns(2) (sockets and subprocesses
-made afterwards live there), then: setup -> info -> sniffer (and capture) starts -> a
+made afterwards live there; only after netns.py has checked that the pid still is the
+node's container's process, the one plumbed; the node's answer gets its "pid_start"),
+then: setup -> info -> sniffer (and capture) starts -> a
 barrier shared by all nodes, so every capture runs before anyone sends -> raw sends ->
 all probes at once -> answers, for at most `timeout` after the last probe left -> end of
 the capture window. A whole batch costs about one timeout, not the sum.
@@ -95,14 +98,22 @@ info also lists the node's TCP and UDP sockets: "tcp": [{"local": "IP:PORT", "re
 "state": "LISTEN"|"ESTABLISHED"|...}], "udp": [the same; a bound, unconnected one is "CLOSE"],
 and "tcp6", "udp6" (endpoints "[IP]:PORT").
 
-A node whose setns, setup command or raw send fails has an `error` naming the node, the
-pid or command, and why; the other nodes go on. A request the agent cannot read or
+A node whose setns, setup command or raw send fails, or whose namespace is refused (its pid
+is no longer its container's), has an `error` naming the node, the pid or command, and why;
+the other nodes go on. A request the agent cannot read or
 accept gets {"error": "bad request: ..."}.
 
 nft: the node's whole ruleset is replaced by RULESET in one transaction (`flush ruleset`
 first, whatever the file flushes itself), then `nft list tables` must name exactly the tables
 the file declares, else the node fails. nft_add: TEXT is loaded on top of what is there (a
 table of the engine's own, such as a trace's), after `nft`.
+
+iptables: the node's whole firewall is replaced by an iptables-restore file: once
+`iptables-restore --test` has parsed it (a broken file changes nothing), the nft ruleset
+is flushed (iptables-nft tables are nft tables), `iptables-restore` commits every table of the
+file in one transaction, then `nft list tables` must name exactly the file's tables (`ip
+filter`, ...) and `iptables-save` as many rules per table as the file appends, else the node
+fails. (An `ip6tables` key would do the same with ip6tables-restore, family ip6.)
 
 sysctls: containers mount /proc/sys read-only, so when `sysctl -w` fails they are written
 from a private mount namespace (`unshare -m`) where /proc/sys is remounted read-write;
@@ -128,9 +139,9 @@ import threading
 import time
 import zlib
 
+import netns  # beside this file, as timing is: entering a node's namespace, checked
 import timing  # beside this file (the zipapp's root): latency samples and traceroutes
 
-CLONE_NEWNET = 0x40000000
 ETH_P_ALL, ETH_P_IP, ETH_P_ARP, ETH_P_8021Q = 0x0003, 0x0800, 0x0806, 0x8100
 PACKET_OUTGOING = 4
 SOL_PACKET, PACKET_STATISTICS, SO_ATTACH_FILTER = 263, 6, 26
@@ -226,6 +237,8 @@ NFT_FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
 TABLE_STATEMENT = re.compile(r"^\s*(?:(add|create|delete|destroy)\s+)?table\s+(?:(%s)\s+)?([\w.$-]+)"
                              % "|".join(NFT_FAMILIES))
 TABLE_LINE = re.compile(r"^table (\S+) (\S+)$", re.M)  # `nft list tables`
+XT_TABLE = re.compile(r"^\*(\w+)\s*$(.*?)^COMMIT\s*$", re.M | re.S)  # iptables-restore: *TABLE ... COMMIT
+XT_RULE = re.compile(r"^-[AI] ", re.M)
 
 
 def declared_tables(text: str) -> set[tuple[str, str]]:
@@ -845,8 +858,6 @@ def sockets(proto: str) -> list[dict]:
 # ---------------------------------------------------------------- one node
 
 class NodeRun:
-    libc = ctypes.CDLL(None, use_errno=True)
-
     def __init__(self, name: str, spec: dict, timeout: float, barrier: threading.Barrier):
         self.name, self.spec, self.timeout, self.barrier = name, spec, timeout, barrier
         self.probes = [Probe(p, timeout) for p in spec.get("probes", [])]
@@ -858,7 +869,7 @@ class NodeRun:
         sel, (wake_r, wake_w) = selectors.DefaultSelector(), os.pipe()
         try:
             try:
-                self.enter(spec.get("netns"))
+                self.enter(spec)
                 self.setup(spec.get("setup") or {})
                 if spec.get("info"):
                     self.out["info"] = self.info()
@@ -918,22 +929,14 @@ class NodeRun:
                             error="; ".join(self.errors) or None,
                             elapsed_s=round(time.monotonic() - started, 3))
 
-    def enter(self, path: str | None):
-        if not path:
-            return  # live lab: the agent already runs on the node
-        pid = path.split("/")[2] if path.startswith("/proc/") else "?"
+    def enter(self, spec: dict):
+        """Into the node's namespace, only while it still is the node's (netns.py)."""
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as e:
-            raise AgentError(f"node {self.name}: cannot open the network namespace of pid {pid} "
-                             f"({path}): {e.strerror} (has the container stopped?)") from None
-        try:
-            if self.libc.setns(fd, CLONE_NEWNET) != 0:
-                raise AgentError(f"node {self.name}: setns into the network namespace of pid {pid} "
-                                 f"({path}) failed: {os.strerror(ctypes.get_errno())} "
-                                 "(the prober needs --pid host and CAP_SYS_ADMIN)")
-        finally:
-            os.close(fd)
+            started = netns.enter(spec)
+        except netns.Refused as e:
+            raise AgentError(f"node {self.name}: {e}") from None
+        if started is not None:
+            self.out["pid_start"] = started  # the engine sends it back with every later request
 
     def sh(self, *argv: str, stdin: str | None = None) -> str:
         try:
@@ -970,6 +973,8 @@ class NodeRun:
             self.load_ruleset(setup["nft"])
         if setup.get("nft_add"):
             self.sh("nft", "-f", "-", stdin=setup["nft_add"])
+        if setup.get("iptables") is not None:
+            self.load_xtables(setup["iptables"])
         if setup.get("flush_conntrack"):
             self.flush_conntrack()
 
@@ -988,6 +993,26 @@ class NodeRun:
                              f"{show(have)}, but the file declares {show(want)} (extra: "
                              f"{show(have - want)}; missing: {show(want - have)}); a table made by "
                              "an include, or by something running in the node, is not allowed")
+
+    def load_xtables(self, text: str, tool: str = "iptables", family: str = "ip"):
+        """Replace the whole firewall with an iptables-restore file (iptables-nft), and read it back.
+
+        The file is parsed first (`--test`), so a broken one leaves the old rules in place.
+        Between the flush and the restore the node has no rules for a moment: a loader that
+        cares empties conntrack afterwards (flush_conntrack runs after this)."""
+        self.sh(f"{tool}-restore", "--test", stdin=text)
+        self.sh("nft", "flush", "ruleset")
+        self.sh(f"{tool}-restore", stdin=text)
+        want, rules = set(), {}
+        for table, body in XT_TABLE.findall(text):
+            want.add((family, table))
+            rules[table] = rules.get(table, 0) + len(XT_RULE.findall(body))
+        have = set(TABLE_LINE.findall(self.sh("nft", "list", "tables")))
+        saved = {table: len(XT_RULE.findall(body)) for table, body in XT_TABLE.findall(self.sh(f"{tool}-save"))}
+        if have != want or saved != rules:
+            show = lambda tables: ", ".join(f"{f} {n}" for f, n in sorted(tables)) or "none"
+            raise AgentError(f"node {self.name}: after {tool}-restore the node holds the tables {show(have)} "
+                             f"with rules {saved}, but the file declares {show(want)} with rules {rules}")
 
     def flush_conntrack(self):
         """Forget every tracked connection, so a new ruleset inherits none an earlier one let in.

@@ -11,7 +11,8 @@ node's network namespace (setns), plumbs it, reports what it reads back, then re
 until SIGTERM, when it undoes its plumbing (the TUN devices vanish with it). Request::
 
     {"run_dir": "/run/labwarden-delayline",
-     "nodes": {"sat": {"netns": "/proc/1234/ns/net", "addresses": ["198.18.71.2", ...],
+     "nodes": {"sat": {"netns": "/proc/1234/ns/net", "container": ID, "pid_start": N,  # netns.py
+       "addresses": ["198.18.71.2", ...],
        "links": [{"id": 0, "name": "sky",
                   "profile": {"delay_ms": 300, "jitter_ms": 10, "loss_pct": 0.5,
                               "rate_kbit": 0, "limit": 10000, "reorder": false},
@@ -42,7 +43,8 @@ import sys
 import time
 import zlib
 
-from delayline_setup import Plumbing, PlumbError, readback, setns, tun_of
+import netns
+from delayline_setup import Plumbing, PlumbError, readback, tun_of
 
 RUN_DIR = "/run/labwarden-delayline"
 STATUS_EVERY_S = 1.0
@@ -210,13 +212,13 @@ def daemon(name: str, node: dict, run_dir: str, report_fd: int):
         devnull = os.open(os.devnull, os.O_RDWR)
         log = os.open(f"{run_dir}/{name}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(devnull, 0), os.dup2(log, 1), os.dup2(log, 2)
-        if node.get("netns"):
-            setns(node["netns"])
+        netns.enter(node)  # checked: the pid is still the node's container's (netns.py)
         plumbing = Plumbing(node)
         plumbing.apply()
         relay = Relay(node["links"], plumbing.fds)
         status_file = f"{run_dir}/{name}.json"
-        status = {"node": name, "pid": os.getpid(), "netns": node.get("netns"), "links": node["links"],
+        status = {"node": name, "pid": os.getpid(), "links": node["links"],
+                  **{k: node.get(k) for k in ("netns", "container", "pid_start")},
                   "readback": readback(node), "started": time.time(), "counters": relay.counters()}
         with open(status_file, "w") as f:
             json.dump(status, f)
@@ -230,7 +232,7 @@ def daemon(name: str, node: dict, run_dir: str, report_fd: int):
         code = 1
         if plumbing is not None:
             plumbing.undo()
-        message = str(e) if isinstance(e, PlumbError) else f"{type(e).__name__}: {e}"
+        message = str(e) if isinstance(e, (PlumbError, netns.Refused)) else f"{type(e).__name__}: {e}"
         if report_fd >= 0:
             os.write(report_fd, json.dumps({"error": f"node {name}: {message}"}).encode() + b"\n")
         else:
@@ -282,20 +284,43 @@ def running(run_dir: str, names=None) -> dict[str, dict]:
     return found
 
 
-def alive(pid: int) -> bool:
+def relay_pidfd(pid: int) -> int | None:
+    """A pidfd of the relay `pid` while it runs as a process of this container, else None: the
+    prober shares the host's pid namespace, so a pid reused by a host process is never
+    signalled (the pidfd is opened before the check, so it is the process checked)."""
     try:
-        os.kill(pid, 0)
-        return True
+        fd = os.pidfd_open(pid)
     except OSError:
-        return False
+        return None
+    try:
+        with open(f"/proc/{pid}/cgroup") as theirs, open("/proc/self/cgroup") as ours:
+            if theirs.read() == ours.read():
+                return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def alive(pid: int) -> bool:
+    fd = relay_pidfd(pid)
+    if fd is not None:
+        os.close(fd)
+    return fd is not None
 
 
 def stop(run_dir: str, names=None) -> dict:
     stopped = []
     for name, status in running(run_dir, names).items():
         pid = status.get("pid")
-        if pid and alive(pid):
-            os.kill(pid, signal.SIGTERM)
+        fd = relay_pidfd(pid) if pid else None
+        if fd is not None:
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            finally:
+                os.close(fd)
             deadline = time.time() + 5
             while alive(pid) and time.time() < deadline:
                 time.sleep(0.01)
@@ -318,16 +343,18 @@ def status(run_dir: str, names=None) -> dict:
                 if pid == 0:
                     os.close(r)
                     try:
-                        setns(st["netns"])
-                        os.write(w, json.dumps(readback(st)).encode())
+                        netns.enter(st)
+                        os.write(w, json.dumps({"readback": readback(st)}).encode())
+                    except netns.Refused as e:
+                        os.write(w, json.dumps({"readback_error": f"node {name}: {e}"}).encode())
                     finally:
                         os._exit(0)
                 os.close(w)
                 with os.fdopen(r) as f:
                     text = f.read()
                 os.waitpid(pid, 0)
-                st["readback"] = json.loads(text)
-            except (OSError, ValueError, PlumbError) as e:
+                st.update(json.loads(text))
+            except (OSError, ValueError, PlumbError, netns.Refused) as e:
                 st["readback_error"] = str(e)
         out[name] = st
     return {"nodes": out}

@@ -1,6 +1,7 @@
 """What the delay line sets up in a node, undoes, and reads back: TUN devices, policy
 routing, an nft table, sysctls (the relay itself is delayline.py). Standard library only;
-runs in the daemon that delayline.py forks into each node's network namespace.
+runs in the daemon that delayline.py forks into each node's network namespace (entered
+through netns.py, checked).
 
 How packets reach the relay (policy routing, no netfilter hooks in the path):
 
@@ -22,14 +23,12 @@ How packets reach the relay (policy routing, no netfilter hooks in the path):
   through.
 """
 
-import ctypes
 import fcntl
 import json
 import os
 import struct
 import subprocess
 
-CLONE_NEWNET = 0x40000000
 TUNSETIFF, IFF_TUN, IFF_NO_PI = 0x400454CA, 0x0001, 0x1000
 NFT_TABLE = "labwarden_delayline"
 PREF_BACK, PREF_IN, PREF_LOCAL, PREF_OUT = 100, 200, 300, 400
@@ -218,13 +217,3 @@ def readback(node: dict) -> dict:
                                       for k in ("rp_filter", "accept_local")]
     return {"rules": rules, "tables": tables, "tuns": links, "nft": nft,
             "sysctls": {k: read_sysctl(k) for k in keys}}
-
-
-def setns(path: str):
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise PlumbError(f"setns into {path} failed: {os.strerror(ctypes.get_errno())}")
-    finally:
-        os.close(fd)

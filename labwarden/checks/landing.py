@@ -115,13 +115,16 @@ async def nat_rules(lab, policy: Policy, src: str, flows, timeout: float = 1.0) 
     config = lab.router_firewall()
     if config is None:
         return {}
+    kind = lab.router_kind()
+    if not kind.can_trace:
+        return {f: f"a rule not named (a router of kind {kind.name} cannot be traced)" for f in flows}
     own = set(policy.topology.nodes[src].addresses.values())
     jobs = {src: NodeJob(probes=[Probe(f.proto, f.dst, f.port) for f in flows]),
-            policy.router: NodeJob(setup={"nft_add": nft_trace.trace_ruleset(own)}, trace=True)}
+            policy.router: NodeJob(setup=kind.trace_setup(own), trace=True)}
     try:
         answers = await lab.run(jobs, timeout=timeout)
     finally:
-        await lab.run({policy.router: NodeJob(setup={"nft_add": nft_trace.untrace_ruleset()})}, timeout=timeout)
+        await lab.run({policy.router: NodeJob(setup=kind.untrace_setup())}, timeout=timeout)
     trace = answers[policy.router].raw.get("trace") or {}
     told = nft_trace.stories(nft_trace.parse_events(trace.get("events", [])),
                              {f: (own, f.dst, f.proto, f.port, set()) for f in flows})

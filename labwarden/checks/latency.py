@@ -162,6 +162,15 @@ class TimedJob(NodeJob):
     latency: list[dict] = field(default_factory=list)
     traceroute: list[dict] = field(default_factory=list)
 
+    SPLIT = NodeJob.SPLIT + ("latency", "traceroute")
+
+    def packets(self, kind: str, item) -> int:
+        if kind == "latency":
+            return item["count"]
+        if kind == "traceroute":
+            return item["max_hops"] * item["queries"]
+        return 1
+
     def request(self, netns):
         item = super().request(netns)
         if self.latency:

@@ -168,8 +168,8 @@ async def wait_up(lab: Lab, within_s: float | None = None) -> None:
 def start(lab: Lab) -> Lab:
     """`lab.up()`, then wait for its tunnels (`wait_up`): how the plugin and the CLI start a
     lab, so that no suite sees a tunnel still connecting. On failure the lab is taken down."""
-    lab.up()
-    try:
+    try:  # up() undoes itself when it fails; an interrupt just after it returned is caught here
+        lab.up()
         asyncio.run(wait_up(lab))  # where up() runs its own coroutines: in this thread, so Ctrl-C stops it
     except BaseException:
         lab.down()

@@ -1,6 +1,8 @@
 """`labwarden up|down|status|matrix`: the lab outside pytest.
 
     labwarden up [--topology homelab] [--router-config FILE]   start a lab and leave it running
+                                          (up, matrix, diff: --allow-unsafe-compose runs a compose
+                                          file that reaches the host; refused by default)
     labwarden down [--topology homelab | --all]                remove it (or every labwarden lab)
     labwarden status                                           list the running labs
     labwarden matrix [--topology homelab] [--router-config FILE]
@@ -9,22 +11,32 @@
     labwarden diff --topology homelab --before REF_OR_FILE [--after FILE]
                      probe the matrix under both router configs (one lab), print the flows
                      whose verdict changed; exit 1 when the after config violates the policy
+
+Exit status: 0 ok, 1 the policy is violated (matrix, diff), 2 could not run (a bad
+option or input, Docker unreachable, a lab that cannot start, a probe that failed or
+outlived its bound), 130 interrupted (Ctrl-C or SIGTERM). An interrupted or killed
+(SIGTERM) command removes the lab it started before it exits (not a kept lab that
+`up` had finished starting, nor one it only used).
 """
 
 import argparse
 import asyncio
+import subprocess
 import sys
 from pathlib import Path
+import traceback
 
 import docker
 
 from labwarden.cli import diff
 from labwarden.errors import ConfigError, LabwardenError
-from labwarden.realise.cleanup import docker_client, down_all, kept_project, labwarden_projects, remove_project
+from labwarden.realise.cleanup import (docker_client, down_all, kept_project, labwarden_projects, remove_project,
+                                       sigterm_interrupts)
 from labwarden.realise.compose import ComposeLab
 from labwarden.checks.matrix import render_grid, run_matrix
 from labwarden.checks.tunnel import start
 from labwarden.declared import fields
+from labwarden.declared.compose_safety import ALLOW_HELP, ALLOW_OPTION
 from labwarden.declared.lab import load_lab
 from labwarden.declared.topology import load_topology
 
@@ -34,7 +46,7 @@ def _load(args):
         if not Path(args.router_config).is_file():
             raise ConfigError(args.router_config, "--router-config", "no such file")
         fields.read_text(args.router_config, args.router_config, "--router-config")
-    return load_lab(args.topology)
+    return load_lab(args.topology, allow_unsafe_compose=args.allow_unsafe_compose)
 
 
 def cmd_up(args):
@@ -50,7 +62,7 @@ def cmd_down(args):
         removed = down_all()
         print("removed: " + (", ".join(removed) if removed else "nothing"))
     else:
-        topology = load_topology(args.topology)
+        topology = load_topology(args.topology, allow_unsafe_compose=True)  # removes, starts nothing
         remove_project(docker_client(), kept_project(topology))
         print(f"removed {kept_project(topology)}")
     return 0
@@ -72,10 +84,10 @@ def cmd_status(args):
 def cmd_matrix(args):
     topology, policy = _load(args)
     keep = kept_project(topology) in labwarden_projects(docker_client())
-    lab = start(ComposeLab(topology, policy, router_config=args.router_config, keep=keep,
-                           log=lambda m: print(m, file=sys.stderr)))
+    lab = ComposeLab(topology, policy, router_config=args.router_config, keep=keep,
+                     log=lambda m: print(m, file=sys.stderr))
     try:
-        run = asyncio.run(run_matrix(lab, policy, timeout=args.probe_timeout))
+        run = asyncio.run(run_matrix(start(lab), policy, timeout=args.probe_timeout))
     finally:
         if not keep:
             lab.down()
@@ -90,6 +102,7 @@ def cmd_matrix(args):
 
 
 def main(argv=None) -> int:
+    sigterm_interrupts()  # every lab this command started is removed on the way out
     parser = argparse.ArgumentParser(prog="labwarden", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func in (("up", cmd_up), ("down", cmd_down), ("status", cmd_status), ("matrix", cmd_matrix)):
@@ -99,6 +112,7 @@ def main(argv=None) -> int:
             p.add_argument("--topology", default="homelab")
         if name in ("up", "matrix"):
             p.add_argument("--router-config", default=None)
+            p.add_argument(ALLOW_OPTION, action="store_true", help=ALLOW_HELP)
         if name == "matrix":
             p.add_argument("--probe-timeout", type=fields.probe_timeout, default=1.0)
         if name == "down":
@@ -107,9 +121,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (LabwardenError, docker.errors.DockerException) as err:  # one line, no traceback
+    except (LabwardenError, docker.errors.DockerException, OSError,
+            subprocess.SubprocessError) as err:  # one line, no traceback
         print("labwarden: " + " ".join(str(err).split()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print("labwarden: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug: its traceback, but never the exit status of a violated policy
+        traceback.print_exc()
+        return 2
 

@@ -3,9 +3,11 @@
     labwarden diff --topology homelab --before REF_OR_FILE [--after FILE]
 
 Brings the lab up once with the `before` config, probes the whole
-segmentation matrix, loads the `after` config into the running router (the
-agent's `{"nft": text}` setup replaces the ruleset), probes again, re-probes
-every flow whose verdict changed to confirm it, and prints the changes::
+segmentation matrix, loads the `after` config into the running router (its
+router kind's `load` replaces the whole ruleset; each config's kind is detected
+from its content, so the two may differ: nftables before, iptables after),
+probes again, re-probes every flow whose verdict changed to confirm it, and
+prints the changes::
 
     servers/web -> personal/laptop tcp/22: filtered -> open  VIOLATES the policy (expected filtered, default deny)
 
@@ -13,7 +15,8 @@ A config is a file, or a git revision of the topology's own router config
 (`HEAD~1`, `main`: ``git show REF:topologies/homelab/router/nftables.conf``),
 or an explicit ``REF:path``. Exit status: 0 when the after config keeps the
 policy, 1 when it violates it (any mismatch), 2 when the diff could not be
-made. Both matrices and the changes also go into DIR/diff.{json,html}.
+made, 130 when interrupted (Ctrl-C, SIGTERM: the lab is removed first). Both
+matrices and the changes also go into DIR/diff.{json,html}.
 
 Probes use fresh source ports and ICMP ids, so connection tracking entries
 left by the first matrix do not let the second one's flows in.
@@ -35,10 +38,13 @@ from labwarden.realise.lab import Lab
 from labwarden.checks.matrix import MatrixRun, render_grid, run_matrix
 from labwarden.checks.tunnel import start
 from labwarden.declared.fields import probe_timeout, read_text, shown
+from labwarden.declared.compose_safety import ALLOW_HELP, ALLOW_OPTION
 from labwarden.declared.lab import load_lab
 from labwarden.probe import NodeJob
+from labwarden import routers
+from labwarden.probe.bound import SHORT_S, run_bounded
 from labwarden.routers.nftables.trace import stdin_as
-from labwarden.report.header import header, nft_version
+from labwarden.report.header import header, tool_version
 from labwarden.report.model import Report
 
 
@@ -127,7 +133,7 @@ def changes(before: MatrixRun, after: MatrixRun) -> list[Change]:
 async def load_config(lab: Lab, config: Config) -> None:
     router = lab.policy.router
     try:
-        await lab.run({router: NodeJob(setup={"nft": config.text})})
+        await lab.run({router: NodeJob(setup=routers.detect(config.text).load(config.text))})
     except ProbeError as err:
         raise LabwardenError(f"loading {config.shown} into {router} failed: "
                              f"{stdin_as(str(err), config.shown)}") from None
@@ -157,12 +163,15 @@ def diff(topology, policy, before_spec: str, after_spec: str | None, *, timeout:
         before = resolve_config(before_spec, topology, policy.router, scratch)
         after = resolve_config(after_spec or shown(topology.nodes[policy.router].firewall),
                                topology, policy.router, scratch)
-        lab = start(ComposeLab(topology, policy, router_config=before.path, log=log))
+        lab = ComposeLab(topology, policy, router_config=before.path, log=log)
         try:
+            start(lab)
             log(f"labwarden: lab {lab.project} up with {before.shown}; probing, then loading {after.shown}")
             first, second = asyncio.run(measure(lab, before, after, timeout))
             router = lab.transports[policy.router]
-            nft = nft_version(lambda cmd: router.host.run(cmd).stdout)
+            kinds = {routers.detect(c.text) for c in (before, after)}
+            versions = {k.tool: tool_version(k.version_command, lambda cmd: run_bounded(
+                router.host, SHORT_S, "the router", cmd).stdout) for k in kinds}
         finally:
             lab.down()
     found = changes(first, second)
@@ -192,7 +201,8 @@ def diff(topology, policy, before_spec: str, after_spec: str | None, *, timeout:
                                       before=before.shown, before_sha256=before.sha256,
                                       probe_timeout_s=timeout))
         report.header.update(router_config=after.shown, router_config_sha256=after.sha256)
-        report.header["versions"]["nft"] = nft
+        report.header.update(routers.detect(after.text).header())
+        report.header["versions"].update(versions)
         report.header["command"] = "labwarden " + " ".join(sys.argv[1:])
         report.add_matrix(first, f"before: {before.shown}")
         report.add_matrix(second, f"after: {after.shown}")
@@ -212,10 +222,11 @@ def add_parser(sub) -> None:
     p.add_argument("--after", default=None, help="file or revision (default: the topology's own config)")
     p.add_argument("--probe-timeout", type=probe_timeout, default=1.0)
     p.add_argument("--report-dir", type=Path, default=Path("reports"))
+    p.add_argument(ALLOW_OPTION, action="store_true", help=ALLOW_HELP)
     p.set_defaults(func=cmd_diff)
 
 
 def cmd_diff(args) -> int:
-    topology, policy = load_lab(args.topology)
+    topology, policy = load_lab(args.topology, allow_unsafe_compose=args.allow_unsafe_compose)
     return diff(topology, policy, args.before, args.after, timeout=args.probe_timeout,
                 report_dir=args.report_dir)

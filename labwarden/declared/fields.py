@@ -20,7 +20,12 @@ from labwarden.errors import ConfigError
 TIMES = {"ms": 1.0, "s": 1000.0, "us": 0.001}          # -> ms
 RATES = {"kbit": 1.0, "mbit": 1000.0, "gbit": 1e6, "bit": 0.001}  # -> kbit/s
 PERCENT = {"%": 1.0}
-IFNAME_RULE = "1-15 characters, no '/', ':' or whitespace"
+IFNAME_RULE = "1-15 characters among letters, digits, '-', '_' and '.', the first a letter or digit"
+# The kernel's dev_valid_name() allows any byte but '/', ':' and whitespace; names also reach
+# argv (`tc ... dev NAME`), nftables rules (`iifname "NAME"`) and `ip -batch` lines, where
+# quotes, '#', ';', '*' or a leading '-' would change what is said. Real names fit this.
+_IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
+COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 MAX_BYTES = 1024 * 1024     # a file labwarden reads (compose, policy, inventory, router config)
 MAX_NODES = 100_000         # values in a YAML document, its aliases expanded
 
@@ -31,6 +36,48 @@ def shown(path: Path) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def lab_root(folder: Path) -> Path:
+    """The folder a lab's files must lie in: the lab folder itself, or for a mutant
+    (LAB/mutants/NAME/, whose links point at its lab's files) the folder of its lab."""
+    folder = Path(folder).resolve()
+    lab = folder.parent.parent
+    if folder.parent.name == "mutants" and any((lab / n).is_file() for n in COMPOSE_NAMES):
+        return lab
+    return folder
+
+
+def resolve(folder: Path, raw) -> Path | None:
+    """raw (~ expanded) relative to folder, symlinks followed; None when no path could be
+    (a NUL byte, a name too long, a loop of links)."""
+    try:
+        return (Path(folder) / Path(str(raw)).expanduser()).resolve()
+    except (ValueError, OSError, RuntimeError):
+        return None
+
+
+def is_inside(root: Path, path: Path) -> bool:
+    root, path = Path(root).resolve(), Path(path).resolve()
+    return path == root or root in path.parents
+
+
+def lab_file(f, where: str, folder: Path, raw) -> Path:
+    """A file a lab's own file names (relative to the lab folder), resolved: it must exist
+    and lie inside the lab folder (lab_root), symlinks followed: a topology cannot have
+    labwarden read /etc/passwd or ../../anything for it."""
+    given = Path(folder) / str(raw)
+    path = resolve(folder, raw)
+    if path is None:
+        raise ConfigError(f, where, f"{raw!r} is not a usable path")
+    if not is_inside(lab_root(folder), path):
+        raise ConfigError(f, where, f"{raw!r} is outside the lab folder {lab_root(folder)}"
+                          + (f" (it leads to {path})" if path != given else "")
+                          + ": a lab may only name its own files")
+    if not path.is_file():
+        raise ConfigError(f, where, f"no such file: {given}")
+    return path
+
 
 
 class _DuplicateKey(yaml.YAMLError):
@@ -206,9 +253,9 @@ def network(f, where: str, raw, strict: bool = True) -> IPv4Network:
 
 
 def valid_ifname(name) -> bool:
-    """The kernel's dev_valid_name(): shorter than IFNAMSIZ (16), no '/', ':' or whitespace."""
-    return (isinstance(name, str) and 0 < len(name) <= 15 and name not in (".", "..")
-            and not any(c in "/:" or c.isspace() for c in name))
+    """A name the kernel accepts (dev_valid_name(): shorter than IFNAMSIZ, 16) made of
+    characters that mean nothing in a command line or a ruleset (IFNAME_RULE)."""
+    return isinstance(name, str) and _IFNAME.fullmatch(name) is not None
 
 
 MAX_PROBE_TIMEOUT_S = 60.0

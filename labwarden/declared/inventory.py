@@ -9,16 +9,26 @@ pace (``max_pps``). Declared data only: labwarden.realise.live connects to the h
 from __future__ import annotations
 
 import dataclasses
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, ip_network
 from pathlib import Path
 
 from labwarden.errors import ConfigError
-from labwarden.declared.fields import IFNAME_RULE, address, among, as_mapping, check_keys, network, read_yaml, valid_ifname
+from labwarden.declared.fields import (IFNAME_RULE, address, among, as_mapping, check_keys, network, read_yaml,
+                                      valid_ifname)
+from labwarden.declared.hostspec import masked, parse_spec
 from labwarden.declared.topology import Node, Segment, Topology
 
 KEYS = ("topology", "ranges", "max_pps", "ssh_config", "segments", "public", "nodes")
-NODE_KEYS = ("host", "addresses", "interfaces")
+NODE_KEYS = ("host", "addresses", "interfaces", "check_host_key")
+RANGE_KEYS = ("range", "public_ok")
 DEFAULT_MAX_PPS = 100
+MAX_SWEEP = 4096  # addresses in one segment (a /20): a sweep of it takes 41 s at 100 probes/s
+# Address space nobody can own on the internet: private (RFC 1918), shared/CGNAT (RFC 6598),
+# loopback, link-local, the documentation and benchmarking blocks. ipaddress's is_private
+# is not enough: IPv4Network("0.0.0.0/0").is_private is True (both its ends are "private").
+NOT_PUBLIC = tuple(ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+    "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "198.18.0.0/15"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +42,11 @@ class Inventory:
     addresses: dict[str, dict[str, IPv4Address]] = dataclasses.field(default_factory=dict)
     interfaces: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     public: IPv4Address | None = None
+    unchecked_host_keys: tuple[str, ...] = ()  # nodes whose host key is not checked (check_host_key: false)
+
+    def shown(self, node: str) -> str:
+        """A node's host spec as messages show it: without its password."""
+        return masked(self.hosts[node])
 
 
 def load_inventory(path, topology: Topology) -> Inventory:
@@ -47,7 +62,7 @@ def load_inventory(path, topology: Topology) -> Inventory:
     raw_ranges = doc.get("ranges")
     if not isinstance(raw_ranges, list) or not raw_ranges:
         raise ConfigError(f, "ranges", "missing: list the subnets probes may go to, e.g. [192.168.1.0/24]")
-    ranges = [network(f, f"ranges[{i}]", r) for i, r in enumerate(raw_ranges)]
+    ranges = [_range(f, f"ranges[{i}]", r) for i, r in enumerate(raw_ranges)]
     max_pps = doc.get("max_pps", DEFAULT_MAX_PPS)
     if isinstance(max_pps, bool) or not isinstance(max_pps, int) or max_pps < 1:
         raise ConfigError(f, "max_pps", f"{max_pps!r} is not a positive number of packets per second")
@@ -57,6 +72,12 @@ def load_inventory(path, topology: Topology) -> Inventory:
             raise ConfigError(f, f"segments.{name}", f"unknown segment; segments of {topology.name}: "
                               f"{', '.join(topology.segments)}")
         segments[name] = network(f, f"segments.{name}", raw)
+    for name, seg in topology.segments.items():
+        subnet = segments.get(name, seg.subnet)
+        if subnet.num_addresses > MAX_SWEEP:
+            raise ConfigError(f, f"segments.{name}", f"{subnet} has {subnet.num_addresses} addresses; live sweeps "
+                              f"are capped at {MAX_SWEEP} (a /{33 - MAX_SWEEP.bit_length()}): give the "
+                              "segment's real, smaller subnet")
     nodes = doc.get("nodes")
     if not isinstance(nodes, dict):
         raise ConfigError(f, "nodes", "missing: map every node of the topology to {host: SPEC}")
@@ -64,7 +85,7 @@ def load_inventory(path, topology: Topology) -> Inventory:
     if missing:
         raise ConfigError(f, "nodes", f"no host for {', '.join(missing)}: every node of "
                           f"{topology.name} needs one (nodes: {', '.join(topology.nodes)})")
-    hosts, addresses, interfaces = {}, {}, {}
+    hosts, addresses, interfaces, unchecked = {}, {}, {}, []
     for name, spec in nodes.items():
         where = f"nodes.{name}"
         if name not in topology.nodes:
@@ -74,7 +95,12 @@ def load_inventory(path, topology: Topology) -> Inventory:
         if not isinstance(spec, dict) or not isinstance(spec.get("host"), str):
             raise ConfigError(f, f"{where}.host", "missing: a testinfra host spec such as ssh://admin@192.168.1.10")
         check_keys(f, where, spec, NODE_KEYS)
-        hosts[name] = spec["host"]
+        check = spec.get("check_host_key", True)
+        if not isinstance(check, bool):
+            raise ConfigError(f, f"{where}.check_host_key", f"{check!r} is not true or false")
+        hosts[name] = parse_spec(f, f"{where}.host", spec["host"]).spec
+        if not check:
+            unchecked.append(name)
         node = topology.nodes[name]
         for seg, raw in as_mapping(f, f"{where}.addresses", spec.get("addresses"),
                                      "a mapping of segments to addresses").items():
@@ -96,9 +122,28 @@ def load_inventory(path, topology: Topology) -> Inventory:
         raise ConfigError(f, "ssh_config", f"{doc['ssh_config']!r} is not a path to an ssh_config file")
     ssh_config = str(Path(doc["ssh_config"]).expanduser()) if doc.get("ssh_config") else None
     inventory = Inventory(file.resolve(), hosts, ranges, max_pps, ssh_config, segments, addresses,
-                          interfaces, public)
+                          interfaces, public, tuple(unchecked))
     _check_addresses(f, inventory, topology)
     return inventory
+
+
+def _range(f, where: str, raw) -> IPv4Network:
+    """One entry of `ranges`: a subnet of address space nobody else owns, or public
+    address space the user declares theirs with {range: CIDR, public_ok: true}."""
+    public_ok = False
+    if isinstance(raw, dict):
+        check_keys(f, where, raw, RANGE_KEYS, required=("range",))
+        public_ok = raw.get("public_ok", False)
+        if not isinstance(public_ok, bool):
+            raise ConfigError(f, f"{where}.public_ok", f"{public_ok!r} is not true or false")
+        where, raw = f"{where}.range", raw["range"]
+    subnet = network(f, where, raw)
+    if not public_ok and not any(subnet.subnet_of(block) for block in NOT_PUBLIC):
+        raise ConfigError(f, where, f"{subnet} includes public address space (beyond private, shared, "
+                          "loopback, link-local, documentation and benchmarking ranges): probes there reach "
+                          "other people's networks; if these addresses are yours, write "
+                          f"{{range: {subnet}, public_ok: true}}")
+    return subnet
 
 
 def _check_addresses(f, inventory: Inventory, topology: Topology) -> None:

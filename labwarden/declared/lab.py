@@ -16,9 +16,11 @@ class DeclaredLab(NamedTuple):
     policy: Policy       # the intent and latency budgets, from policy.yaml
 
 
-def load_lab(name_or_path, policy=None, search=(Path("topologies"),)) -> DeclaredLab:
+def load_lab(name_or_path, policy=None, search=(Path("topologies"),), *,
+             allow_unsafe_compose: bool = False) -> DeclaredLab:
     """Read and check a lab folder (a path, or a lab's name looked up in search and among
     the repo's own labs): compose.yaml once, then policy.yaml (or the policy file given).
-    Every mistake is a ConfigError naming file, field and problem."""
-    topology = load_topology(name_or_path, search)
+    Every mistake is a ConfigError naming file, field and problem; so is a compose file
+    that reaches the host (labwarden.declared.compose_safety), unless allow_unsafe_compose."""
+    topology = load_topology(name_or_path, search, allow_unsafe_compose)
     return DeclaredLab(topology, load_policy(topology, policy))

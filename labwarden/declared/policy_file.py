@@ -11,7 +11,7 @@ from pathlib import Path
 
 from labwarden.errors import ConfigError
 from labwarden.declared.budgets import load_budgets
-from labwarden.declared.fields import address, among, as_list, check_keys, read_yaml, shown
+from labwarden.declared.fields import address, among, as_list, check_keys, lab_file, read_yaml, shown
 from labwarden.declared.policy import (BLOCKED, PORT_FORMS, ROUTER_ZONE, Forward, Policy, Rule, Service,
                                        SynLimit, Tunnel)
 from labwarden.declared.topology import Topology
@@ -31,6 +31,8 @@ def load_policy(topology: Topology, path=None) -> Policy:
     if not file.is_file():
         raise ConfigError(shown(file.parent), file.name, "no such file: a lab needs a policy file")
     f = shown(file)
+    if path is None:  # the lab's own: inside its folder (a file given by the caller is theirs)
+        lab_file(f, "policy.yaml", topology.path, file.name)
     doc = read_yaml(file, f)
     check_keys(f, "", doc, KEYS, ("router", "zones"))
     nodes = topology.nodes
@@ -199,11 +201,7 @@ def _tunnels(f, raws: list, topology: Topology, services) -> list[Tunnel]:
             if (other.edge, other.public) == (edge, public):
                 raise ConfigError(f, f"{where}.public", f"tunnel '{other.name}' already publishes "
                                   f"{public} on {edge}")
-        page = None
-        if raw.get("page") is not None:
-            page = (topology.path / str(raw["page"])).resolve()
-            if not page.is_file():
-                raise ConfigError(f, f"{where}.page", f"no such file: {topology.path / str(raw['page'])}")
+        page = lab_file(f, f"{where}.page", topology.path, raw["page"]) if raw.get("page") is not None else None
         host = _host(f, f"{where}.host", raw.get("host"))
         tunnels.append(Tunnel(str(raw.get("name", where)), raw["client"], ports["local"], edge,
                               public, page, host))

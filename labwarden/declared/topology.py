@@ -9,7 +9,9 @@ Naming, once: a *segment* is a Compose network (a bridge, the stand-in for a
 VLAN); a *node* is a Compose service, attached to one or more segments with a
 fixed ``ipv4_address`` on each. ``x-labwarden`` on a service adds what Compose
 cannot say: ``gateway`` (default route), ``routes`` (prefix -> next hop),
-``firewall`` (nftables file, relative to the lab folder) and ``interfaces``
+``firewall`` (the router's config file, relative to the lab folder),
+``router_kind`` (one of ROUTER_KINDS; default: detected from the firewall file's
+content, see labwarden.routers) and ``interfaces``
 (segment -> interface name inside the node, default: the segment's name);
 ``impair`` (segment -> link profile), as is ``x-labwarden: {impair: PROFILE}`` on a
 network: both become the topology's ``links`` (labwarden.declared.links).
@@ -22,12 +24,14 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from labwarden.errors import ConfigError, LabwardenError
-from labwarden.declared.fields import (IFNAME_RULE, address, check_keys, network, read_text, read_yaml,
-                                      valid_ifname)
+from labwarden.declared.compose_safety import check_compose
+from labwarden.declared.fields import (COMPOSE_NAMES, IFNAME_RULE, address, among, check_keys, lab_file, network,
+                                       read_text, read_yaml, valid_ifname)
 from labwarden.declared.links import Link, parse_links
 
-COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
-X_KEYS = ("firewall", "gateway", "impair", "interfaces", "routes")  # impair: see declared/links.py
+X_KEYS = ("firewall", "gateway", "impair", "interfaces", "routes", "router_kind")  # impair: see declared/links.py
+# the router kinds a topology may name: labwarden.routers.KINDS says where each lives
+ROUTER_KINDS = ("nftables", "iptables")
 # the repo's own labs, for when the suite runs from another directory
 PACKAGE_TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
 
@@ -47,6 +51,7 @@ class Node:
     routes: dict[IPv4Network, IPv4Address] = field(hash=False)
     firewall: Path | None
     interfaces: dict[str, str] = field(hash=False)  # segment -> interface name
+    router_kind: str | None = None  # as declared; None: detected from the firewall file
 
     @property
     def segments(self) -> list[str]:
@@ -108,15 +113,19 @@ class Topology:
         return any(b_address in self.segments[s].subnet for s in node.segments)
 
 
-def load_topology(path_or_name, search=(Path("topologies"),)) -> Topology:
+def load_topology(path_or_name, search=(Path("topologies"),), allow_unsafe_compose: bool = False) -> Topology:
     """Load and validate a lab folder's compose.yaml (read once: nodes, segments, links),
-    the folder given as a path or as a lab name to look up."""
+    the folder given as a path or as a lab name to look up. What the file asks of Docker
+    is checked too (labwarden.declared.compose_safety), unless allow_unsafe_compose."""
     folder, shown = _find_folder(path_or_name, search)
     compose = next((folder / n for n in COMPOSE_NAMES if (folder / n).is_file()), None)
     if compose is None:
         raise ConfigError(shown, "compose.yaml", "no such file: a lab folder needs a compose.yaml")
     f = f"{shown}/{compose.name}"
+    lab_file(f, "compose.yaml", folder, compose.name)  # no link out of the folder
     doc = read_yaml(compose, f)
+    if not allow_unsafe_compose:
+        check_compose(f, compose, doc)
     segments = _segments(f, doc.get("networks"))
     services = doc.get("services")
     if not services or not isinstance(services, dict):
@@ -236,14 +245,15 @@ def _extras(f, folder, name, x, addresses, segments) -> Node:
         raise ConfigError(f, f"{where}.routes", "must map prefixes to next hops, e.g. {198.18.0.0/15: 203.0.113.2}")
     routes = {network(f, f"{where}.routes[{p}]", p): on_link(f"{where}.routes[{p}]", hop)
               for p, hop in raw_routes.items()}
-    firewall = None
-    if x.get("firewall") is not None:
-        firewall = (folder / str(x["firewall"])).resolve()
-        if not firewall.is_file():
-            raise ConfigError(f, f"{where}.firewall", f"no such file: {folder / str(x['firewall'])}")
+    firewall = lab_file(f, f"{where}.firewall", folder, x["firewall"]) if x.get("firewall") is not None else None
+    if firewall is not None:
         read_text(firewall, str(folder / str(x["firewall"])))  # UTF-8, not huge: checked before it is loaded
+    kind = x.get("router_kind")
+    if kind is not None and not among(kind, ROUTER_KINDS):
+        raise ConfigError(f, f"{where}.router_kind", f"unknown router kind {kind!r}; known kinds: "
+                          f"{', '.join(ROUTER_KINDS)}")
     interfaces = _interfaces(f, f"{where}.interfaces", name, x.get("interfaces"), addresses)
-    return Node(name, addresses, gateway, routes, firewall, interfaces)
+    return Node(name, addresses, gateway, routes, firewall, interfaces, kind)
 
 
 def _interfaces(f, where, name, raw, addresses) -> dict[str, str]:

@@ -17,6 +17,7 @@ from ipaddress import IPv4Address, IPv4Network
 from hypothesis import strategies as st
 
 from labwarden.realise.lab import run_sync
+from labwarden.routers.nftables import KIND as NFTABLES
 from labwarden.routers.nftables.model import (CT_STATES, EPHEMERAL, REJECT_CODES, Chain, Match, NamedSet, Prediction, Rule, Ruleset,
                         World, outside_ephemeral, port_constants, predict)
 from labwarden.probe import NodeJob, Probe
@@ -266,7 +267,7 @@ class RuleChecker:
         rounds = []
         for ruleset, flows in cases:
             # no connection state from the ruleset before: each ruleset is judged on its own
-            jobs = {self.policy.router: NodeJob(setup={"nft": ruleset.render(), "flush_conntrack": True})}
+            jobs = {self.policy.router: NodeJob(setup={**NFTABLES.load(ruleset.render()), "flush_conntrack": True})}
             for src, dst, proto, port in flows:
                 jobs.setdefault(src, NodeJob()).probes.append(Probe(proto, dst, port))
             rounds.append(jobs)

@@ -6,7 +6,8 @@ fixture (`labwarden_topology`, `labwarden_policy`, `labwarden_router_config`)
 or an option:
 
     --topology NAME|PATH   the lab to run (default: homelab)
-    --router-config PATH   load this nftables file into the router instead
+    --router-config PATH   load this config into the router instead (its kind, nftables or
+                           iptables, detected from its content)
     --keep-lab             leave the lab up afterwards, and reuse it next run
     --probe-timeout S      how long a probe waits before calling it filtered
     --fuzz-profile NAME    hypothesis profile of suites/fuzz: ci (default) or nightly
@@ -14,12 +15,13 @@ or an option:
     --report-dir DIR       where junit.xml, labwarden.json and labwarden.html go (default: reports/)
     --impair METHOD        impaired links: auto (netem, else the delay line), netem, delayline, none
     --lab live --inventory PATH   run against the real hosts of an inventory, read-only
+    --allow-unsafe-compose run a compose file that reaches the host (refused by default:
+                           labwarden.declared.compose_safety)
 
 Configuration is loaded and checked at configure time, before collection and before anything starts:
 a mistake ends the run with the file, field and problem.
 """
 
-import signal
 from pathlib import Path
 
 import docker
@@ -27,10 +29,12 @@ import pytest
 import pytest_asyncio
 
 from labwarden.errors import ConfigError, LabwardenError
+from labwarden.realise.cleanup import sigterm_interrupts
 from labwarden.realise.compose import ComposeLab
 from labwarden.checks.matrix import check_controls, matrix_flows, run_matrix
 from labwarden.checks.tunnel import start
 from labwarden.declared import fields
+from labwarden.declared.compose_safety import ALLOW_HELP, ALLOW_OPTION
 from labwarden.declared.lab import load_lab
 from labwarden.fuzz.flows.flow import FuzzFlow
 
@@ -44,7 +48,8 @@ def pytest_addoption(parser):
     group = parser.getgroup("labwarden")
     group.addoption("--topology", default="homelab", help="topology name or folder (default: homelab)")
     group.addoption("--router-config", default=None, type=Path,
-                    help="nftables file to load into the lab router instead of the topology's own")
+                    help="router config (nftables, or an iptables-restore file) to load into the lab router "
+                         "instead of the topology's own")
     group.addoption("--keep-lab", action="store_true",
                     help="leave the lab running after the run and reuse it next time")
     group.addoption("--probe-timeout", default=1.0, type=fields.probe_timeout,
@@ -56,6 +61,7 @@ def pytest_addoption(parser):
     group.addoption("--impair", default="auto", choices=("auto", "netem", "delayline", "none"),
                     help="how the lab's impaired links are emulated: tc netem where the kernel has it, "
                          "else the userspace delay line (auto, the default), or not at all (none)")
+    group.addoption(ALLOW_OPTION, action="store_true", help=ALLOW_HELP)
     reporting.addoption(group)
     livemode.addoption(group)
 
@@ -66,8 +72,7 @@ def pytest_configure(config):
     livemode.configure(config)
     config.addinivalue_line("markers", "lab: the test brings up (or uses) a Docker lab")
     # Ctrl-C and SIGTERM both unwind through fixture teardown: nothing is left running.
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    sigterm_interrupts()
     # the lab (the default one too) is checked now, before collection: a mistake ends
     # the run at once with one line naming file, field and problem (exit 4), not with
     # one collection error per suite file
@@ -78,7 +83,8 @@ def lab_config(config) -> tuple:
     """(topology, policy) of this run, loaded once; a config mistake ends the run."""
     if _CONFIG not in config.stash:
         try:
-            topology, policy = load_lab(config.getoption("--topology"))
+            topology, policy = load_lab(config.getoption("--topology"),
+                                        allow_unsafe_compose=config.getoption(ALLOW_OPTION))
             router_config = config.getoption("--router-config")
             if router_config is not None and not router_config.is_file():
                 raise ConfigError(router_config, "--router-config", "no such file")

@@ -3,7 +3,8 @@
 The agent (labwarden/agent/, standard library only, shipped as one zipapp: see
 `ship`) is the program that runs in the nodes' network namespaces. This module
 encodes a request for it, sends each transport (a pytest-testinfra host) its
-share, all transports at once, and turns the answers into `Observation` values.
+share, all transports at once (each call within a bound derived from its batch: `bound`),
+and turns the answers into `Observation` values.
 
 A transport is where the agent runs: in the Docker lab one prober container
 enters every node's namespace, so one call carries all nodes; in a live lab
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from labwarden.errors import CaptureIncomplete, ProbeError
+from labwarden.probe.bound import agent_bound, run_bounded
 
 DOCUMENTATION_RANGES = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
 
@@ -105,6 +107,16 @@ class NodeJob:
     trace: bool = False        # run `nft monitor trace` in the node for the window
     start_at: float | None = None  # wall-clock time to start sending at (agents on several hosts)
 
+    SPLIT = ("send", "probes")  # the lists a paced (live) lab may spread over several calls, in order
+
+    def packets(self, kind: str, item) -> int:
+        """How many packets one item of the list `kind` sends (what a live host's pace counts)."""
+        return 1
+
+    def cost(self) -> int:
+        """The packets this job sends: its SPLIT lists' and its fetches' (a connection each)."""
+        return len(self.fetch) + sum(self.packets(k, item) for k in self.SPLIT for item in getattr(self, k))
+
     def request(self, netns: str | None) -> dict:
         item = {"netns": netns, "probes": [p.request(i) for i, p in enumerate(self.probes)]}
         if self.setup:
@@ -151,6 +163,15 @@ class Transport:
     netns: str | None          # /proc/PID/ns/net, or None to probe from the host itself
     agent_path: str            # the agent's path on that host
     near: tuple = ()           # addresses of the node's next-hop routers: 0 hops away, even off-link
+    container: str | None = None    # the full id of the container netns belongs to
+    pid_start: int | None = None    # when netns's process started, once the lab is plumbed
+    sudo: bool = False         # run the agent as `sudo -n python3 AGENT REQUEST` (a live host's ?sudo=true)
+
+    def namespace(self) -> dict:
+        """How the agent enters the node: the path, and what it checks before every entry
+        (the pid is still the container's process plumbed: agent/netns.py)."""
+        return {k: v for k, v in (("netns", self.netns), ("container", self.container),
+                                  ("pid_start", self.pid_start)) if v is not None}
 
 
 def encode(request: dict) -> str:
@@ -164,9 +185,14 @@ def _observation(item: dict) -> Observation:
 
 
 def _call_agent(transport: Transport, request: dict) -> dict:
-    result = transport.host.run("python3 %s %s", transport.agent_path, encode(request))
+    parts = request["rounds"] if "rounds" in request else [request]
+    nodes = sorted({n for part in parts for n in part.get("nodes", {})})
+    where = f"{transport.host.backend.get_pytest_id()} (node{'s' if len(nodes) != 1 else ''} {', '.join(nodes)})"
+    command = "sudo -n python3 %s %s" if transport.sudo else "python3 %s %s"
+    result = run_bounded(transport.host, agent_bound(request), where, command,
+                         transport.agent_path, encode(request))
     if result.rc != 0:
-        raise ProbeError(f"the probe agent failed on {transport.host.backend.get_pytest_id()} "
+        raise ProbeError(f"the probe agent failed on {where} "
                          f"(exit {result.rc}): {result.stderr.strip()[-2000:]}")
     try:
         answer = json.loads(result.stdout.strip().splitlines()[-1])
@@ -184,7 +210,7 @@ def _node_requests(transports: dict[str, Transport], jobs: dict[str, NodeJob]) -
     groups: dict[int, tuple[Transport, dict]] = {}
     for node, job in jobs.items():
         transport = transports[node]
-        request = job.request(transport.netns)
+        request = {**job.request(transport.netns), **transport.namespace()}
         if transport.near:
             request["near"] = [str(a) for a in transport.near]
         groups.setdefault(id(transport.host), (transport, {}))[1][node] = request

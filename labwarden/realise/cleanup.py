@@ -3,28 +3,35 @@
 Every labwarden lab is a Compose project named `lw-<topology>-<6 hex>` (or
 `lw-<topology>-kept`, kept with `--keep-lab`/`labwarden up`); its containers,
 networks and volumes carry Docker's `com.docker.compose.project` label, and its
-generated compose file (the prober) is `labwarden-<project>.override.yaml` in the
-temporary folder. Runs of one topology take turns on
-`labwarden-topology-<topology>.lock` there.
+generated compose file (the prober) is `<project>.override.yaml` in labwarden's
+private folder (realise/private.py). Runs of one topology take turns on
+`topology-<topology>.lock` there.
 
 Removing is idempotent: a project already gone, or removed meanwhile by another
-run, is no error. `ComposeLab.down()` removes its own project; `labwarden down
---all` (`down_all`) removes every labwarden project, like Mininet's `mn -c`.
+run, is no error. It is not interrupted: Ctrl-C or SIGTERM arriving meanwhile waits
+until everything is removed (`interrupts_deferred`), then takes effect.
+`ComposeLab.down()` removes its own project; `labwarden down --all` (`down_all`)
+removes every labwarden project, like Mininet's `mn -c`. SIGTERM unwinds like
+Ctrl-C in the CLI and the pytest plugin (`sigterm_interrupts`).
 """
 
+import contextlib
 import os
-import tempfile
+import signal
+import threading
 from pathlib import Path
 
 import docker
 
 from labwarden.declared.topology import Topology
 from labwarden.errors import LabError
+from labwarden.probe.bound import stop_calls
+from labwarden.realise import private
 
 PROJECT_PREFIX = "lw-"
-OVERRIDE_PREFIX = "labwarden-"
 OVERRIDE_SUFFIX = ".override.yaml"
 PROJECT_LABEL = "com.docker.compose.project"
+REMOVE_PASSES = 3  # a create that was in flight when its compose was killed may land after a pass
 
 
 def docker_client():
@@ -42,22 +49,67 @@ def kept_project(topology: Topology) -> str:
     return f"{PROJECT_PREFIX}{topology.name}-kept"
 
 
-def topology_lock_path(name: str) -> Path:
-    """The lock that runs of one topology take turns on (their subnets would clash)."""
-    return Path(tempfile.gettempdir()) / f"labwarden-topology-{name}.lock"
+def topology_lock(name: str):
+    """The lock file that runs of one topology take turns on (their subnets would clash)."""
+    return private.open_lock(f"topology-{name}.lock", f"lock of topology {name}")
 
 
 def override_file(project: str) -> Path:
     """The generated compose file (the prober) of a project: removed with the project."""
-    return Path(tempfile.gettempdir()) / f"{OVERRIDE_PREFIX}{project}{OVERRIDE_SUFFIX}"
+    return private.folder() / f"{project}{OVERRIDE_SUFFIX}"
+
+
+def write_override(project: str, text: str) -> Path:
+    return private.write(f"{project}{OVERRIDE_SUFFIX}", text, f"compose file of lab {project}")
+
+
+def _on_sigterm(signum, frame):
+    stop_calls()  # as a Ctrl-C at a terminal reaches the `docker exec`s too: no batch is waited for
+    raise KeyboardInterrupt
+
+
+def sigterm_interrupts() -> None:
+    """SIGTERM unwinds like Ctrl-C (KeyboardInterrupt: every lab started is removed on the
+    way out), unless the program has a SIGTERM handler of its own."""
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Run the block to its end whatever SIGINT/SIGTERM arrive meanwhile; afterwards the
+    first of them is raised again, to its own handler (KeyboardInterrupt for Ctrl-C).
+    Only the main thread receives signals: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+            for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def remove_project(client, project: str) -> None:
     """Remove a project's containers, networks, volumes and override file, whatever is left.
 
     What is already gone is no error; what Docker refuses to remove is tried to the end,
-    then named in one LabError (a network another run's lab still uses, say)."""
+    then named in one LabError (a network another run's lab still uses, say). The project
+    is listed again after each pass, until a listing finds nothing of it: what a killed
+    `compose up` had in flight may be created after the first pass."""
     override_file(project).unlink(missing_ok=True)
+    for _ in range(REMOVE_PASSES):
+        if not _remove_pass(client, project):
+            return
+
+
+def _remove_pass(client, project: str) -> bool:
+    """One pass over what is left of a project; whether there was anything."""
     label = {"label": f"{PROJECT_LABEL}={project}"}
     # containers that share another's network namespace (tunnel clients) go first: removing
     # the namespace's owner first left its endpoint behind on Docker 20.10, and the network
@@ -77,12 +129,15 @@ def remove_project(client, project: str) -> None:
     for container in containers:
         name = (container.get("Names") or [container["Id"][:12]])[0].lstrip("/")
         remove("container", name, client.api.remove_container, container["Id"], force=True)
-    for network in client.api.networks(filters=label):
+    networks = client.api.networks(filters=label)
+    for network in networks:
         remove("network", network.get("Name", network["Id"][:12]), client.api.remove_network, network["Id"])
-    for volume in client.api.volumes(filters=label).get("Volumes") or []:  # e.g. a tunnel's keys
+    volumes = client.api.volumes(filters=label).get("Volumes") or []
+    for volume in volumes:  # e.g. a tunnel's keys
         remove("volume", volume["Name"], client.api.remove_volume, volume["Name"], force=True)
     if refused:
         raise LabError(f"lab {project}: Docker refused to remove " + "; ".join(refused))
+    return bool(containers or networks or volumes)
 
 
 def labwarden_projects(client) -> set[str]:
@@ -108,7 +163,7 @@ def down_all() -> list[str]:
             remove_project(client, project)
         except LabError as err:  # the others are removed all the same
             refused.append(str(err))
-    for stale in Path(tempfile.gettempdir()).glob(f"{OVERRIDE_PREFIX}{PROJECT_PREFIX}*{OVERRIDE_SUFFIX}"):
+    for stale in private.folder().glob(f"{PROJECT_PREFIX}*{OVERRIDE_SUFFIX}"):
         stale.unlink(missing_ok=True)
     if refused:
         raise LabError("; ".join(refused))

@@ -12,6 +12,7 @@ every container and network of the run (realise/cleanup.py); both are idempotent
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import os
@@ -22,12 +23,15 @@ import sys
 import time
 from pathlib import Path
 
+import docker
 import testinfra
 
+from labwarden import routers
 from labwarden.realise import impair
 from labwarden.errors import LabError, ProbeError
-from labwarden.realise.cleanup import (PROJECT_PREFIX, docker_client, kept_project, labwarden_projects,
-                                       override_file, remove_project, topology_lock_path)
+from labwarden.realise.cleanup import (PROJECT_PREFIX, docker_client, interrupts_deferred, kept_project,
+                                       labwarden_projects, override_file, remove_project, topology_lock,
+                                       write_override)
 from labwarden.realise.image import REPOSITORY, ensure_image
 from labwarden.realise.impair import Impairment
 from labwarden.realise.lab import Lab, run_sync
@@ -40,6 +44,7 @@ from labwarden.declared.topology import Topology
 PROBER = "labwarden-prober"
 READY_TIMEOUT_S = 30.0
 LOCK_WAIT_S = 900.0
+SETTLE_S = 1.0  # after a `compose up` killed midway, before the last look for what it created
 
 
 @functools.cache
@@ -93,6 +98,8 @@ class ComposeLab(Lab):
         self._client = docker_client()
         self._override = override_file(self.project)
         self._lock = None
+        self._interrupted_compose = False
+        self._attached = False  # up() found this kept lab running: down() leaves it
 
     # ---- lifecycle -------------------------------------------------------
     def up(self) -> "ComposeLab":
@@ -102,7 +109,10 @@ class ComposeLab(Lab):
             self.timings["image_s"] = time.monotonic() - started
             self._take_topology_lock()
             self._refuse_twin()
+            self._attached = self.keep and self.project in labwarden_projects(self._client)
+            self._interrupted_compose = True  # until it returns: what it had in flight may land late
             self._compose("up", "-d", "--no-build", "--quiet-pull", "--remove-orphans")
+            self._interrupted_compose = False
             self.timings["compose_s"] = time.monotonic() - started - self.timings["image_s"]
             self._find_containers()
             asyncio.run(self._plumb())
@@ -117,17 +127,28 @@ class ComposeLab(Lab):
         return self
 
     def down(self) -> None:
-        """Remove everything of this run; safe to call twice or on a half-started lab."""
-        if self._override.exists():
-            self._compose("down", "--volumes", "--remove-orphans", "--timeout", "1", check=False)
-        remove_project(self._client, self.project)  # and the override file
-        self._release_topology_lock()
+        """Remove everything of this run; safe to call twice or on a half-started lab, and not
+        interrupted by Ctrl-C or SIGTERM (they take effect once everything is removed). A
+        kept lab that was already running when up() attached to it is left alone."""
+        with interrupts_deferred():
+            try:
+                if self._attached:  # a kept lab that was running before: not this run's to remove
+                    return
+                if self._override.exists():
+                    self._compose("down", "--volumes", "--remove-orphans", "--timeout", "1", check=False)
+                remove_project(self._client, self.project)  # and the override file
+                if self._interrupted_compose:  # a create it had sent may land after that pass
+                    time.sleep(SETTLE_S)
+                    remove_project(self._client, self.project)
+                    self._interrupted_compose = False
+            finally:
+                self._release_topology_lock()
 
     def _take_topology_lock(self) -> None:
         """Runs of one topology on one machine take turns (their subnets would clash)."""
         if self.keep:
             return  # a kept lab outlives this process; _refuse_twin guards it instead
-        self._lock = open(topology_lock_path(self.topology.name), "w")
+        self._lock = topology_lock(self.topology.name)
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
@@ -161,7 +182,7 @@ class ComposeLab(Lab):
                            "--keep-lab reuses a kept lab)")
 
     def _compose(self, *args, check=True):
-        self._override.write_text(prober_override(agent_zipapp()))
+        write_override(self.project, prober_override(agent_zipapp()))
         env = dict(os.environ, LABWARDEN_IMAGE=self.image)
         cmd = [*compose_command(), "--project-name", self.project,
                "--file", str(self.topology.compose_file), "--file", str(self._override), *args]
@@ -184,13 +205,56 @@ class ComposeLab(Lab):
         self.containers = by_service
         prober = testinfra.get_host(f"docker://{by_service[PROBER].name}")
         self.transports = {name: Transport(prober, f"/proc/{by_service[name].attrs['State']['Pid']}/ns/net",
-                                           IN_PROBER, self.near(name))
+                                           IN_PROBER, self.near(name), container=by_service[name].id)
                            for name in self.topology.nodes}
+
+    def _record_namespaces(self, answers: list[dict]) -> None:
+        """Each node's process as plumbed (its start time): the agent refuses any other from
+        now on (a restarted container's, or whatever process has its pid then)."""
+        started = {node: answer.raw.get("pid_start") for batch in answers for node, answer in batch.items()}
+        self.transports = {n: dataclasses.replace(t, pid_start=started[n]) for n, t in self.transports.items()}
+
+    @contextlib.contextmanager
+    def _restarts_named(self):
+        """An agent call that failed because a node's container is not the one plumbed any
+        more (the agent refused to enter it) fails naming what Docker reports instead."""
+        try:
+            yield
+        except ProbeError as err:
+            changed = self._changed_containers()
+            if changed:
+                raise ProbeError(f"lab {self.project}: {'; '.join(changed)}: the prober enters only the "
+                                 "namespaces it plumbed, so nothing was entered there; start the lab "
+                                 f"again ({err})") from None
+            raise
+
+    def _changed_containers(self) -> list[str]:
+        """The nodes whose container Docker reports stopped, gone, or with another pid than the
+        one the lab enters it by."""
+        changed = []
+        for name, transport in self.transports.items():
+            entered = int(transport.netns.split("/")[2])
+            try:
+                state = self._client.api.inspect_container(transport.container)["State"]
+            except docker.errors.NotFound:
+                changed.append(f"node {name}: its container is gone")
+                continue
+            if not state.get("Running"):
+                changed.append(f"node {name}: its container is {state.get('Status', 'not running')}")
+            elif state.get("Pid") != entered:
+                changed.append(f"node {name}: its container restarted (Docker reports pid {state.get('Pid')}, "
+                               f"the lab was plumbed through pid {entered})")
+        return changed
 
     # ---- plumbing --------------------------------------------------------
     def router_firewall(self) -> Path | None:
         router = self.topology.nodes[self.policy.router]
         return self.router_config or router.firewall
+
+    def router_kind(self) -> routers.RouterKind:
+        """Declared on the router for its own config; detected from a --router-config's content."""
+        router = self.topology.nodes[self.policy.router]
+        return routers.of_router(router, self.router_firewall(), declared=self.router_config is None)
 
     @contextlib.contextmanager
     def router_on_loan(self):
@@ -211,7 +275,7 @@ class ComposeLab(Lab):
             yield
         finally:
             own = self.router_firewall()
-            run_sync(self.run({self.policy.router: NodeJob(setup={"nft": own.read_text(),
+            run_sync(self.run({self.policy.router: NodeJob(setup={**self.router_kind().load(own.read_text()),
                                                                    "flush_conntrack": True})}))
             for c in sidecars:
                 c.start()
@@ -231,7 +295,7 @@ class ComposeLab(Lab):
             routes.insert(0, ["default", str(node.gateway)])
         setup = {"rename": rename, "routes": routes, "sysctls": node_sysctls()}
         if name == self.policy.router and self.router_firewall():
-            setup["nft"] = self.router_firewall().read_text()
+            setup.update(self.router_kind().load(self.router_firewall().read_text()))
         return setup
 
     async def _plumb(self) -> None:
@@ -245,7 +309,7 @@ class ComposeLab(Lab):
         rounds = [{n: j for n, j in jobs.items() if n in routers},
                   {n: j for n, j in jobs.items() if n not in routers}]
         try:
-            await self.run_rounds([r for r in rounds if r])
+            self._record_namespaces(await self.run_rounds([r for r in rounds if r]))
         except ProbeError as err:
             config = self.router_firewall()  # nft names the config it read /dev/stdin: name the file
             said = stdin_as(str(err), shown_path(config, self.topology)) if config else str(err)
@@ -292,11 +356,13 @@ class ComposeLab(Lab):
         return [str(r) for r in self.topology.lab_ranges()] + list(DOCUMENTATION_RANGES) + list(extra)
 
     async def run(self, jobs: dict[str, NodeJob], timeout: float = 1.0, allow_extra=()):
-        return await run_jobs(self.transports, jobs, self.allowed_ranges(allow_extra), timeout)
+        with self._restarts_named():
+            return await run_jobs(self.transports, jobs, self.allowed_ranges(allow_extra), timeout)
 
     async def run_rounds(self, rounds: list[dict[str, NodeJob]], timeout: float = 1.0):
         """Batches one after the other in one agent call: saves ~0.1 s of `docker exec` each."""
-        return await run_rounds(self.transports, rounds, self.allowed_ranges(), timeout)
+        with self._restarts_named():
+            return await run_rounds(self.transports, rounds, self.allowed_ranges(), timeout)
 
     def mac(self, node: str, segment: str) -> str:
         """The MAC address of the node's interface on that segment."""
@@ -309,11 +375,17 @@ class ComposeLab(Lab):
                               capture_output=True, text=True, timeout=60)
 
     def prober_exec(self, *argv: str, detach: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
-        """Run a command in the prober (labwarden's image, the host's pid namespace): how the
-        links are impaired (`nsenter --net=NETNS ...` enters a node's namespace)."""
+        """Run a command in the prober (labwarden's image, the host's pid namespace)."""
         prober = self.containers[PROBER].name
         return subprocess.run(["docker", "exec", *(["-d"] if detach else []), prober, *argv],
                               capture_output=True, text=True, timeout=timeout)
+
+    def netns_exec(self, node: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run a command of the prober's image in the node's network namespace (how links are
+        impaired), entered only while it still is the node's: else exit 125, why on stderr."""
+        checks = [f"--{key.replace('_', '-')}={value}" for key, value in self.transports[node].namespace().items()]
+        return self.prober_exec("python3", IN_PROBER, "enter", f"--node={node}", *checks, "--", *argv,
+                                timeout=timeout)
 
 
 def listens(info: dict, service: Service, addr) -> bool:

@@ -5,11 +5,14 @@ to the services script builds a new image and an old one is never run by
 mistake. The Dockerfile's base (`FROM debian:bookworm`) is pulled where a
 registry answers; where none does (our CI machines), it is made locally with
 debootstrap from the Debian mirror apt already uses and imported under the
-same tag, so both paths build the same Dockerfile.
+same tag, so both paths build the same Dockerfile. Whatever debootstrap mounted
+in its folder (proc, sys) is unmounted on every way out, an interrupt included,
+before the folder is removed.
 """
 
 import fcntl
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -17,10 +20,12 @@ import tempfile
 from pathlib import Path
 
 from labwarden.errors import LabError
+from labwarden.realise import private
+from labwarden.realise.cleanup import interrupts_deferred
 
 CONTEXT = Path(__file__).parent / "image"
 REPOSITORY = "labwarden/node"
-LOCK = Path(tempfile.gettempdir()) / "labwarden-image.lock"
+MOUNTS = Path("/proc/self/mounts")
 
 
 def image_tag() -> str:
@@ -67,17 +72,49 @@ def bootstrap_base(ref: str, log) -> None:
     suite = ref.partition(":")[2] or "bookworm"
     mirror = debian_mirror()
     log(f"labwarden: no registry for {ref}; debootstrapping {suite} from {mirror}")
-    with tempfile.TemporaryDirectory(prefix="labwarden-rootfs-") as root:
+    root = tempfile.mkdtemp(prefix="labwarden-rootfs-")
+    try:
         proc = subprocess.run(["debootstrap", "--variant=minbase", suite, root, mirror],
                               capture_output=True, text=True, timeout=900)
         if proc.returncode != 0:
             raise LabError(f"debootstrap {suite} failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+        unmount_under(root)  # nothing of the host goes into the image
         tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
         imp = subprocess.run(["docker", "import", "-", ref], stdin=tar.stdout,
                              capture_output=True, text=True)
         tar.wait()
         if imp.returncode != 0:
             raise LabError(f"docker import of the debootstrapped {suite} failed: {imp.stderr}")
+    finally:  # also on Ctrl-C, SIGTERM or a timeout, which kill debootstrap before it unmounts
+        with interrupts_deferred():
+            unmount_under(root)
+            shutil.rmtree(root)  # only once nothing is mounted there: never into the host's /proc or /dev
+
+
+def mount_points(mounts: str) -> list[str]:
+    """The mount points of a mount table (/proc/self/mounts: octal escapes for spaces)."""
+    points = []
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 2:
+            points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1]))
+    return points
+
+
+def umount(*argv: str) -> bool:
+    return subprocess.run(["umount", *argv], capture_output=True, text=True, timeout=60).returncode == 0
+
+
+def unmount_under(root: str) -> None:
+    """Unmount whatever is mounted at or under `root` (debootstrap's proc, sys, dev/pts),
+    deepest first; a LabError naming what stays mounted, then (and the folder is kept)."""
+    base = os.path.realpath(root)
+    inside = [p for p in mount_points(MOUNTS.read_text()) if p == base or p.startswith(base + "/")]
+    stuck = [p for p in sorted(set(inside), key=lambda p: -p.count("/"))
+             if not umount(p) and not umount("--lazy", p)]
+    if stuck:
+        raise LabError(f"{', '.join(stuck)} stayed mounted after debootstrap: unmount "
+                       f"(`umount --lazy PATH`), then remove {root}")
 
 
 def ensure_image(log=print) -> str:
@@ -85,7 +122,7 @@ def ensure_image(log=print) -> str:
     tag = image_tag()
     if _present(tag):
         return tag
-    with open(LOCK, "w") as lock:
+    with private.open_lock("image.lock", "lock of the image build") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two runs at once build once
         if _present(tag):
             return tag

@@ -176,8 +176,9 @@ class Impairment:
 
 def netem_available(lab) -> tuple[bool, str]:
     """Try a netem qdisc on the prober's own loopback (its namespace has nothing else)."""
-    proc = lab.prober_exec("sh", "-c", "tc qdisc add dev lo root netem delay 0ms && tc qdisc del dev lo root")
+    proc = lab.prober_exec("tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "0ms")
     if proc.returncode == 0:
+        lab.prober_exec("tc", "qdisc", "del", "dev", "lo", "root")
         return True, "tc netem works on this kernel"
     why = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
     return False, (f"this kernel has no sch_netem (`tc qdisc add ... netem`: {why[-1] if why else 'failed'}); "
@@ -213,18 +214,20 @@ def apply(lab, method: str = "auto", links: list[Link] | None = None) -> Impairm
 
 
 def _apply_netem(lab, impairment: Impairment) -> None:
+    """One argv per `tc` command, never a shell: interface names come from the lab's files."""
     plan = netem_plan(lab.topology, impairment.links)
     for node, cmds in plan.items():
-        netns = lab.transports[node].netns
-        script = " && ".join(" ".join(c) for c in cmds)
-        proc = lab.prober_exec("nsenter", f"--net={netns}", "sh", "-c", script)
-        if proc.returncode != 0:
-            raise LabError(f"impairing {node} with netem failed: {proc.stderr.strip()}")
+        for cmd in cmds:
+            proc = lab.netns_exec(node, *cmd)
+            if proc.returncode != 0:
+                raise LabError(f"impairing {node} with netem failed: `{' '.join(cmd)}`: {proc.stderr.strip()}")
         devs = sorted({c[4] for c in cmds})
-        shown = lab.prober_exec("nsenter", f"--net={netns}", "sh", "-c",
-                                " ; ".join(f"tc -j qdisc show dev {d}" for d in devs))
-        qdiscs = [q for line in shown.stdout.splitlines() if line.strip().startswith("[")
-                  for q in json.loads(line)]
+        shown = lab.netns_exec(node, "tc", "-j", "qdisc", "show")
+        try:
+            qdiscs = [q for q in json.loads(shown.stdout or "[]") if q.get("dev") in devs]
+        except ValueError:
+            raise LabError(f"impairing {node}: `tc -j qdisc show` did not answer JSON: "
+                           f"{(shown.stderr or shown.stdout).strip()[-500:]}") from None
         netems = [q for q in qdiscs if q.get("kind") == "netem"]
         wanted = sum(1 for c in cmds if "netem" in c)
         if len(netems) != wanted:
@@ -237,7 +240,7 @@ def _apply_delayline(lab, impairment: Impairment) -> None:
     topology = lab.topology
     macs = {(n, s): lab.mac(n, s) for n, node in topology.nodes.items() for s in node.addresses}
     plan = delayline_plan(topology, impairment.links, firewalled_nodes(lab), macs)
-    request = {"nodes": {node: {"netns": lab.transports[node].netns,
+    request = {"nodes": {node: {**lab.transports[node].namespace(),
                                 "addresses": [str(a) for a in topology.nodes[node].addresses.values()],
                                 "links": entries} for node, entries in plan.items()}}
     encoded = base64.b64encode(zlib.compress(json.dumps(request).encode())).decode()

@@ -25,6 +25,7 @@ from pathlib import Path
 from labwarden.declared.policy import Policy
 from labwarden.declared.topology import Topology
 from labwarden.probe import NodeAnswer, NodeJob, Transport
+from labwarden.routers import RouterKind
 from labwarden.realise.impair import Impairment
 
 
@@ -63,7 +64,11 @@ class Lab(abc.ABC):
         """The router's firewall config when labwarden loaded it (the rules are known, so a
         trace can name the deciding rule); None when the router's rules are not ours."""
 
-    # The router's kind (nftables, iptables: labwarden.routers) goes here, beside its config.
+    @abc.abstractmethod
+    def router_kind(self) -> RouterKind | None:
+        """How the router loads that config (nftables, iptables: labwarden.routers): what
+        reloads it, names its tool's version, and says whether a trace can name the
+        deciding rule; None when the router's rules are not ours."""
 
     # ---- probing ---------------------------------------------------------
     @abc.abstractmethod

@@ -11,9 +11,14 @@ own. `LiveLab` is a `Lab` (realise/lab.py), like the Compose lab, but:
   on each host at `up()` and removed at `down()`;
 - every probe and raw packet must go to an address inside the inventory's
   `ranges` (the agent refuses the whole batch otherwise, before sending);
-- it paces itself: each node starts at most `max_pps` probes and raw packets
-  per second (one burst per second), so a nightly run cannot look like an attack;
-- the agent runs as whoever the spec logs in as (`?sudo=true` for root).
+- it paces itself: at most `max_pps` packets per host in any one second, for the
+  whole run (one bucket per host, labwarden.probe.pace, shared by every call, check
+  and suite; latency samples and traceroutes count), so a nightly run cannot look
+  like an attack; `peak_pps()` is the peak it reached (in the report's header);
+- hosts are reached as labwarden.realise.ssh says: known host keys, bounded
+  commands, no password on a command line, specs shown masked;
+- the agent runs as whoever the spec logs in as (`?sudo=true`: only the agent
+  runs as root, as `sudo -n python3 AGENT REQUEST`).
   Without root it cannot sniff or send raw packets: it falls back to
   connect()-based probes, and the checks that need raw packets skip; `up()`
   says which nodes are in which mode.
@@ -26,22 +31,24 @@ import base64
 import dataclasses
 import secrets
 import subprocess
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import testinfra
-
 from labwarden.errors import LabError, ProbeError
-from labwarden.probe import NodeJob, NodeAnswer, Transport, run_jobs
+from labwarden.probe import NodeJob, NodeAnswer, Transport, encode, run_jobs
 from labwarden.declared.inventory import Inventory
+from labwarden.probe.pace import Pace
 from labwarden.probe.ship import agent_bytes
 from labwarden.declared.topology import Topology
+from labwarden.realise import private
 from labwarden.realise.impair import Impairment
 from labwarden.realise.lab import Lab
+from labwarden.realise.ssh import connect
 
 START_LEAD_S, START_TRIES, LATE_S = 1.0, 3, 0.02  # synchronised rounds: lead time, tries, tolerance
+MERGED_ROWS = ("latency", "traceroute")  # the agent's per-item answers, when a job went in several rounds
+SHORT_S = 60  # pushing, removing the agent, asking who we are
 PUSH = ("import base64, os, sys, tempfile; d = tempfile.mkdtemp(prefix='labwarden-'); "
         "p = os.path.join(d, 'agent.pyz'); open(p, 'wb').write(base64.b64decode(sys.argv[1])); "
         "print(p)")  # the agent zipapp (labwarden.probe.ship), into a private temporary folder
@@ -63,11 +70,19 @@ class LiveLab(Lab):
         self.info: dict[str, dict] = {}
         self.timings: dict[str, float] = {}
         self._agents: dict[str, str] = {}
-        self._control = f"{tempfile.gettempdir()}/labwarden-ssh-{secrets.token_hex(4)}"
+        self._control = f"{private.folder()}/ssh-{secrets.token_hex(4)}"
         self.lead = START_LEAD_S
+        self.pace = Pace(inventory.max_pps)  # one bucket per host, for the whole run
+
+    def peak_pps(self) -> int:
+        """The most packets any one host was allowed to send within one second."""
+        return self.pace.peak()
 
     def router_firewall(self):
         return None  # the live router's rules are its own business: never read or changed
+
+    def router_kind(self):
+        return None
 
     def allowed_ranges(self, extra=()) -> list[str]:
         return [str(r) for r in self.inventory.ranges]  # no extras: live probes stay in the inventory
@@ -97,24 +112,29 @@ class LiveLab(Lab):
         return (f"labwarden: live lab from {self.inventory.file.name}: {len(self.transports)} hosts; "
                 + (f"no root on {', '.join(plain)}: connect()-based probes only there, "
                    "raw-packet checks skip" if plain else "raw-socket probes everywhere (root)")
-                + f"; at most {self.inventory.max_pps} probes/s per node")
+                + f"; at most {self.inventory.max_pps} packets per host in any second")
 
     def _connect(self, name: str, spec: str, blob: str) -> None:
-        kwargs = {"ssh_config": self.inventory.ssh_config} if self.inventory.ssh_config else {}
-        if spec.startswith("ssh://"):  # one connection per host, reused by every call (ControlMaster)
-            kwargs["controlpath"] = f"{self._control}-{name}"
-        host = testinfra.get_host(spec, **kwargs)
-        shown = f"node {name} ({spec})"
+        shown = f"node {name} ({self.inventory.shown(name)})"
+        live = connect(spec, name not in self.inventory.unchecked_host_keys, self.inventory.ssh_config,
+                       f"{self._control}-{name}")  # one ssh connection per host, reused (ControlMaster)
         try:
-            pushed = host.run("python3 -c %s %s", PUSH, blob)
+            pushed = live.host.run("python3 -c %s %s", PUSH, blob, timeout=SHORT_S)
         except Exception as err:  # testinfra raises plain exceptions for a host it cannot reach
             raise LabError(f"{shown}: cannot reach it: {err}") from None
         if pushed.rc != 0:
             raise LabError(f"{shown}: could not push the probe agent (needs python3 >= 3.11 there): "
                            f"{pushed.stderr.strip()[-500:]}")
         self._agents[name] = pushed.stdout.strip().splitlines()[-1]
-        self.transports[name] = Transport(host, None, self._agents[name], self.near(name))
-        self.privileged[name] = host.run("id -u").stdout.strip() == "0"
+        self.transports[name] = Transport(live.host, None, self._agents[name], self.near(name), sudo=live.sudo)
+        if live.sudo:  # the agent alone runs as root: try it once, with nothing to do
+            tried = live.host.run("sudo -n python3 %s %s", self._agents[name], encode({"nodes": {}}),
+                                  timeout=SHORT_S)
+            if tried.rc != 0:
+                raise LabError(f"{shown}: ?sudo=true, but sudo refused to run the agent "
+                               f"({tried.stderr.strip()[-300:]}): allow it in sudoers (README, "
+                               "\"The live lab\"), or drop ?sudo=true to probe without root")
+        self.privileged[name] = live.sudo or live.host.run("id -u", timeout=SHORT_S).stdout.strip() == "0"
 
     def _check_node(self, name: str, info: dict) -> None:
         """The host really is the node: it holds the node's addresses; learn its interfaces."""
@@ -123,7 +143,7 @@ class LiveLab(Lab):
         for seg, address in node.addresses.items():
             link = held.get(str(address))
             if link is None:
-                raise LabError(f"node {name} ({self.inventory.hosts[name]}) does not hold {address} "
+                raise LabError(f"node {name} ({self.inventory.shown(name)}) does not hold {address} "
                                f"(its address on {seg}); it holds {', '.join(sorted(held)) or 'nothing'}: "
                                "fix the inventory's addresses")
             if node.interfaces[seg] != link["name"]:
@@ -134,7 +154,7 @@ class LiveLab(Lab):
     def down(self) -> None:
         for name, path in list(self._agents.items()):
             try:
-                self.transports[name].host.run("rm -rf %s", str(Path(path).parent))
+                self.transports[name].host.run("rm -rf %s", str(Path(path).parent), timeout=SHORT_S)
             except Exception:  # an unreachable host keeps a file in its temp folder: nothing to undo
                 pass
             self._agents.pop(name, None)
@@ -158,12 +178,12 @@ class LiveLab(Lab):
         one wall-clock time (hosts' clocks agree to ms under NTP) far enough ahead that all have
         their sniffers running; a round in which an agent was late is run again, with more lead."""
         if not any(job.capture_s for job in jobs.values()):
-            return await run_jobs(self.transports, jobs, self.allowed_ranges(), timeout)
+            return await self._paced(jobs, timeout)
         lead = self.lead
         for _ in range(START_TRIES):
             start_at = time.time() + lead
             timed = {n: dataclasses.replace(job, start_at=start_at) for n, job in jobs.items()}
-            answers = await run_jobs(self.transports, timed, self.allowed_ranges(), timeout)
+            answers = await self._paced(timed, timeout)
             late = {n: a.raw.get("late_s", 0.0) for n, a in answers.items() if a.raw.get("late_s", 0.0) > LATE_S}
             if not late:
                 return answers
@@ -172,6 +192,17 @@ class LiveLab(Lab):
             lead *= 2
         raise ProbeError(f"agents kept starting late ({late}): captures could miss what others sent, "
                          "so this round proves nothing (are the hosts' clocks in sync?)")
+
+    async def _paced(self, jobs: dict[str, NodeJob], timeout: float) -> dict[str, NodeAnswer]:
+        """One agent call per host, once every host's bucket holds its packets (labwarden.probe.pace)."""
+        need: dict[str, int] = {}
+        for name, job in jobs.items():
+            need[self.inventory.hosts[name]] = need.get(self.inventory.hosts[name], 0) + job.cost()
+        ticket = await self.pace.take(need)
+        try:
+            return await run_jobs(self.transports, jobs, self.allowed_ranges(), timeout)
+        finally:
+            self.pace.give_back(ticket)
 
     def mac(self, node: str, segment: str) -> str:
         ifname = self.topology.nodes[node].interfaces[segment]
@@ -184,7 +215,8 @@ class LiveLab(Lab):
         raise LabError("live mode runs nothing in the nodes but the probe agent")
 
     async def run(self, jobs: dict[str, NodeJob], timeout: float = 1.0, allow_extra=()) -> dict[str, NodeAnswer]:
-        """Like `ComposeLab.run`, read-only and paced: rounds of at most max_pps packets per node, a second apart."""
+        """Like `ComposeLab.run`, read-only and paced: each node's packets in rounds of at most
+        max_pps, every round waiting for its hosts' buckets (`_paced`)."""
         for name, job in jobs.items():
             if job.setup:
                 raise ProbeError(f"live mode never changes a host: refused the setup of {name}")
@@ -193,29 +225,40 @@ class LiveLab(Lab):
             raise NeedsRoot(f"no root on {', '.join(raw)} (inventory {self.inventory.file.name}): "
                             "this check captures or sends raw packets there")
         self._enough_threads()
-        pps = self.inventory.max_pps
         rounds: list[dict[str, NodeJob]] = []
         for name, job in jobs.items():
-            sends = [("send", s) for s in job.send] + [("probe", p) for p in job.probes]
-            chunks = [sends[i:i + pps] for i in range(0, len(sends), pps)] or [[]]
-            for i, chunk in enumerate(chunks):
+            for i, chunk in enumerate(self._chunks(job)):
                 while len(rounds) <= i:
                     rounds.append({})
                 # every round captures its own answers; the rest goes with the first
                 rest = {"info": False, "fetch": [], "trace": False} if i else {}
-                rounds[i][name] = dataclasses.replace(job, probes=[p for k, p in chunk if k == "probe"],
-                                                      send=[s for k, s in chunk if k == "send"], **rest)
+                rounds[i][name] = dataclasses.replace(
+                    job, **{k: [item for kind, item in chunk if kind == k] for k in job.SPLIT}, **rest)
         merged: dict[str, NodeAnswer] = {}
-        for i, round_jobs in enumerate(rounds):
-            began = time.monotonic()
+        for round_jobs in rounds:
             answers = await self._together(round_jobs, timeout)
             for name, answer in answers.items():
                 if name not in merged:
                     merged[name] = answer
-                else:
-                    merged[name].observations += answer.observations
-                    merged[name].frames += answer.frames
-                    merged[name].lost += answer.lost
-            if i + 1 < len(rounds):
-                await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
+                    continue
+                merged[name].observations += answer.observations
+                merged[name].frames += answer.frames
+                merged[name].lost += answer.lost
+                for key in MERGED_ROWS:
+                    merged[name].raw.setdefault(key, []).extend(answer.raw.get(key, []))
         return merged
+
+    def _chunks(self, job: NodeJob) -> list[list[tuple[str, object]]]:
+        """The job's items (job.SPLIT, in order) in chunks of at most max_pps packets; an item
+        bigger than that (a latency spec of many samples) alone in its chunk."""
+        chunks: list[list] = [[]]
+        room = self.inventory.max_pps - len(job.fetch)   # the fetches go with the first chunk
+        for kind in job.SPLIT:
+            for item in getattr(job, kind):
+                cost = job.packets(kind, item)
+                if cost > room and chunks[-1]:
+                    chunks.append([])
+                    room = self.inventory.max_pps
+                chunks[-1].append((kind, item))
+                room -= cost
+        return chunks

@@ -17,11 +17,12 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def nft_version(run: Callable[[str], str] | None = None) -> str | None:
-    """`nft --version` where the router's rules are loaded from (run), else on this machine."""
+def tool_version(command: str, run: Callable[[str], str] | None = None) -> str | None:
+    """A router tool's version (`nft --version`, the kind's version_command) where the router's
+    rules are loaded from (run), else on this machine."""
     try:
-        out = run("nft --version") if run else subprocess.run(
-            ["nft", "--version"], capture_output=True, text=True, timeout=10).stdout
+        out = run(command) if run else subprocess.run(
+            command.split(), capture_output=True, text=True, timeout=10).stdout
     except Exception:  # a version string is decoration: never fail a run for it
         return None
     return out.strip() or None

@@ -45,6 +45,7 @@ MISMATCH_ROWS = 200
 SEVERITY = (LEAK, WRONG, PASS, BLOCKED)  # a cell takes the first status any of its probes has
 HEAD_KEYS = (("topology", "topology"), ("topology_path", "lab folder"), ("policy", "policy"),
              ("router_config", "router config"), ("router_config_sha256", "router config sha256"),
+             ("router_kind", "router kind"), ("router_trace", "deciding rule"),
              ("before", "before (diff)"), ("before_sha256", "before sha256"),
              ("mode", "mode"), ("delay_mode", "delay mode"), ("probe_timeout_s", "probe timeout (s)"),
              ("date", "date"), ("command", "command"), ("outcome", "tests"))

@@ -71,6 +71,7 @@ class Lab:
         self.containers: list[str] = []
         self.networks: list[str] = []
         self.pids: dict[str, int] = {}
+        self.ids: dict[str, str] = {}
         self.macs: dict[str, str] = {}
 
     def network(self, name: str, subnet: str) -> str:
@@ -103,7 +104,7 @@ class Lab:
                   "-v", f"{agent_zipapp()}:{IN_PROBER}:ro", "--entrypoint", "sleep", image, "infinity")
         for name in ("router", "server", "client"):
             state = json.loads(docker("inspect", f"{self.prefix}-{name}"))[0]
-            self.pids[name] = state["State"]["Pid"]
+            self.pids[name], self.ids[name] = state["State"]["Pid"], state["Id"]
             for net, settings in state["NetworkSettings"]["Networks"].items():
                 self.macs[f"{name}@{net.removeprefix(self.prefix + '-')}"] = settings["MacAddress"]
 
@@ -119,6 +120,7 @@ class Lab:
     def agent(self, nodes: dict, timeout: float = TIMEOUT, allowed=ALLOWED, stdin=False, rounds=()) -> dict:
         for name, spec in [*nodes.items(), *(item for r in rounds for item in r.items())]:
             spec.setdefault("netns", self.netns(name) if name in self.pids else None)
+            spec.setdefault("container", self.ids.get(name))
         request = {"timeout": timeout, "allowed": allowed}
         request.update({"rounds": [{"nodes": r} for r in rounds]} if rounds else {"nodes": nodes})
         request = encode_request(request)
@@ -132,7 +134,8 @@ class Lab:
         return json.loads(lines[0])
 
     def in_node(self, name: str, *argv: str) -> str:
-        return docker("exec", self.prober, "nsenter", f"--net={self.netns(name)}", *argv)
+        return docker("exec", self.prober, "python3", IN_PROBER, "enter", "--node", name, "--netns", self.netns(name),
+                      "--container", self.ids[name], "--", *argv)
 
 
 @pytest.fixture(scope="module")

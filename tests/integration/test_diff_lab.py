@@ -56,3 +56,17 @@ def test_a_config_without_flush_replaces_the_whole_ruleset(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert re.search(rf"^  {re.escape(broken)}: filtered -> open  VIOLATES the policy", proc.stdout, re.M), \
         proc.stdout
+
+
+def test_the_iptables_config_keeps_the_homelab_as_the_nftables_one_does(tmp_path):
+    """Two router kinds, one intent: the diff from nftables.conf to iptables.rules (each
+    loaded by its own kind, detected from its content) changes no flow."""
+    nftables = ROOT / "topologies" / "homelab" / "router" / "nftables.conf"
+    iptables = ROOT / "topologies" / "homelab" / "router" / "iptables.rules"
+    proc = diff("--before", str(nftables), "--after", str(iptables), report_dir=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no flow changed verdict" in proc.stdout
+    assert "after config keeps the policy of homelab" in proc.stdout
+    head = json.loads((tmp_path / "diff.json").read_text())["header"]
+    assert head["router_kind"] == "iptables" and head["router_trace"].startswith("not traced")
+    assert head["versions"]["nft"].startswith("nftables v") and head["versions"]["iptables"].startswith("iptables v")

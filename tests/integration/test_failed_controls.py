@@ -24,7 +24,7 @@ import pytest
 def lab(lab):
     """The lab, with the GPU VM's only interface down (its namespace entered by the prober)."""
     iface = lab.topology.nodes["gpu"].interfaces[lab.topology.nodes["gpu"].segments[0]]
-    done = lab.prober_exec("nsenter", f"--net={lab.transports['gpu'].netns}", "ip", "link", "set", iface, "down")
+    done = lab.netns_exec("gpu", "ip", "link", "set", iface, "down")
     assert done.returncode == 0, done.stderr
     return lab
 '''

@@ -14,13 +14,20 @@ runs in live mode in a subprocess:
   packets there skip, naming the phone;
 - the latency suite: every budget's samples and every budgeted path's traceroute
   come from the agent pushed over SSH (one zipapp, its timing module inside),
-  and pass; only the checks of emulated links skip (nothing is emulated live).
+  and pass; only the checks of emulated links skip (nothing is emulated live);
+- the pace holds across calls: five back-to-back calls of 100 probes at
+  max_pps 100 take at least four seconds, and the peak is 100.
+
+Host keys are checked: the nodes' sshd keys go into a known_hosts file the
+ssh_config names (live mode runs ssh with StrictHostKeyChecking=yes).
 """
 
 import asyncio
 import json
 import subprocess
 import sys
+import time
+from ipaddress import IPv4Address
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -29,7 +36,11 @@ import yaml
 
 from labwarden.realise.compose import ComposeLab
 from labwarden.checks.matrix import run_matrix
+from labwarden.declared.inventory import load_inventory
+from labwarden.errors import LabError
 from labwarden.declared.lab import load_lab
+from labwarden.probe import NodeJob, Probe
+from labwarden.realise.live import LiveLab
 
 ROOT = Path(__file__).resolve().parents[2]
 SSH_PORT = 2222
@@ -47,6 +58,13 @@ def start_sshd(lab: ComposeLab, node: str, public_key: str) -> None:
                     "-o", "PidFile=/run/sshd-live.pid"], check=True, timeout=30)
 
 
+def host_key(lab: ComposeLab, node: str) -> str:
+    """The node's sshd key, as known_hosts holds it ("ssh-ed25519 AAAA...")."""
+    pub = subprocess.run(["docker", "exec", lab.containers[node].name, "cat", "/etc/ssh/ssh_host_ed25519_key.pub"],
+                         capture_output=True, text=True, check=True, timeout=30).stdout
+    return " ".join(pub.split()[:2])
+
+
 @pytest.fixture(scope="module")
 def ssh_lab(tmp_path_factory):
     """(lab, policy, the Docker mode's matrix, ssh_config), sshd running in every node."""
@@ -60,24 +78,30 @@ def ssh_lab(tmp_path_factory):
             start_sshd(lab, node, (tmp / "id_ed25519.pub").read_text())
         subprocess.run(["docker", "exec", lab.containers["phone"].name, "useradd", "-m", PLAIN_USER],
                        check=True, timeout=30)
+        known_hosts = tmp / "known_hosts"  # each node's own host key, under the name ssh is given
+        known_hosts.write_text("".join(f"{node} {host_key(lab, node)}\n" for node in topology.nodes))
         ssh_config = tmp / "ssh_config"
         ssh_config.write_text(
             "Host *\n  User root\n  IdentityFile {key}\n  IdentitiesOnly yes\n"
-            "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
-            "  ConnectTimeout 20\n"
+            "  UserKnownHostsFile {known}\n  LogLevel ERROR\n  ConnectTimeout 20\n"
             "  ProxyCommand docker exec -i {project}-%h-1 socat - TCP:127.0.0.1:{port}\n"
-            .format(key=key, project=lab.project, port=SSH_PORT))
+            .format(key=key, known=known_hosts, project=lab.project, port=SSH_PORT))
         yield lab, policy, docker_mode, ssh_config
 
 
-def run_live(ssh_lab, tmp_path, suites, users=None):
-    lab, policy, _, ssh_config = ssh_lab
+def write_inventory(ssh_lab, tmp_path, users=None, max_pps=1000):
+    lab, _, _, ssh_config = ssh_lab
     users = users or {}
     inventory = tmp_path / "live.yaml"
     inventory.write_text(yaml.safe_dump({
-        "topology": "homelab", "max_pps": 1000, "ssh_config": str(ssh_config),
+        "topology": "homelab", "max_pps": max_pps, "ssh_config": str(ssh_config),
         "ranges": [str(s.subnet) for s in lab.topology.segments.values()],
         "nodes": {n: {"host": f"ssh://{users[n] + '@' if n in users else ''}{n}"} for n in lab.topology.nodes}}))
+    return inventory
+
+
+def run_live(ssh_lab, tmp_path, suites, users=None):
+    inventory = write_inventory(ssh_lab, tmp_path, users)
     out = tmp_path / "live-report"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", *suites, "-q", "-p", "no:cacheprovider", "--tb=short", "-rs",
@@ -107,6 +131,7 @@ def test_isolation_suite_over_ssh_sees_what_docker_mode_sees(ssh_lab, tmp_path):
         "emulated lab only: it probes the Docker host's bridges, which a live lab does not have"], skipped
     assert len(cases) > 1000
     assert doc["header"]["mode"] == "live (read-only)" and "router_config" not in doc["header"]
+    assert 0 < doc["header"]["peak_pps"] <= 1000, doc["header"]  # the pace kept, inventory's max_pps 1000
     differ = same_verdicts(ssh_lab, doc)
     assert not differ, f"{len(differ)} verdicts differ (docker, live): {dict(list(differ.items())[:20])}"
     leftovers = {n: subprocess.run(["docker", "exec", lab.containers[n].name, "sh", "-c",
@@ -147,3 +172,36 @@ def test_latency_suite_over_ssh_measures_budgets_and_traces_routes(ssh_lab, tmp_
     assert "latency budgets" in tables and any(t.startswith("traceroute ") for t in tables), tables
     traced = [s["data"]["rows"] for s in doc["sections"] if s["title"].startswith("traceroute ")]
     assert all(rows and rows[-1]["cells"][1] != "*" for rows in traced), traced
+
+
+def test_the_pace_holds_across_back_to_back_calls(ssh_lab, tmp_path):
+    lab, policy = ssh_lab[0], ssh_lab[1]
+    inventory = load_inventory(write_inventory(ssh_lab, tmp_path, max_pps=100), lab.topology)
+    web = lab.topology.nodes["web"].addresses["servers"]
+    probes = [Probe("tcp", IPv4Address(web), port) for port in range(1000, 1100)]
+    with LiveLab(lab.topology, policy, inventory, log=lambda m: None) as live:
+        began = time.monotonic()
+        for _ in range(5):
+            answers = asyncio.run(live.run({"laptop": NodeJob(probes=probes)}))
+            assert len(answers["laptop"].observations) == 100
+        took = time.monotonic() - began
+        assert took >= 4.0, f"500 probes at max_pps 100 in {took:.2f} s"
+        assert live.peak_pps() == 100
+        print(f"five calls of 100 probes at max_pps 100: {took:.2f} s")
+
+
+def test_an_unknown_host_key_is_refused_unless_the_node_opts_out(ssh_lab, tmp_path):
+    lab, policy, _, ssh_config = ssh_lab
+    strangers = tmp_path / "ssh_config"  # the same hosts, but no key known for any of them
+    (tmp_path / "empty_known_hosts").write_text("")
+    strangers.write_text(ssh_config.read_text().replace(
+        str(ssh_config.parent / "known_hosts"), str(tmp_path / "empty_known_hosts")))
+    path = write_inventory((lab, policy, None, strangers), tmp_path)
+    with pytest.raises(LabError, match="Host key verification failed"):
+        LiveLab(lab.topology, policy, load_inventory(path, lab.topology), log=lambda m: None).up()
+    doc = yaml.safe_load(path.read_text())
+    for node in doc["nodes"].values():
+        node["check_host_key"] = False
+    path.write_text(yaml.safe_dump(doc))
+    with LiveLab(lab.topology, policy, load_inventory(path, lab.topology), log=lambda m: None) as live:
+        assert len(live.transports) == len(lab.topology.nodes)

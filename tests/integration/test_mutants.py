@@ -21,11 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from labwarden.realise.cleanup import topology_lock_path
+from labwarden.realise.cleanup import topology_lock
 from labwarden.declared.mutants import TRACEBACK, outcomes, read_header, suites, unmet
 
 ROOT = Path(__file__).resolve().parents[2]
 MUTANTS = sorted((ROOT / "topologies").glob("*/mutants/*.nft")) + \
+    sorted((ROOT / "topologies").glob("*/mutants/*.rules")) + \
     sorted((ROOT / "topologies").glob("*/mutants/*/compose.yaml"))
 
 
@@ -42,7 +43,7 @@ def lab_lock(mutant: Path):
     if mutant.name != "compose.yaml":
         yield
         return
-    with open(topology_lock_path(mutant.parents[2].name), "w") as lock:
+    with topology_lock(mutant.parents[2].name) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 

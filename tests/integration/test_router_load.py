@@ -29,9 +29,7 @@ def lab():
 
 def tables(lab) -> list[str]:
     """`nft list tables` in the router's namespace, from the prober (the router lacks NET_ADMIN)."""
-    proc = subprocess.run(["docker", "exec", lab.containers[PROBER].name, "nsenter",
-                           f"--net={lab.transports[lab.policy.router].netns}", "nft", "list", "tables"],
-                          capture_output=True, text=True, timeout=60)
+    proc = lab.netns_exec(lab.policy.router, "nft", "list", "tables")
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.split("\n")[:-1]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from labwarden.realise.cleanup import topology_lock_path
+from labwarden.realise.cleanup import topology_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,13 +51,15 @@ def test_missing_router_config_is_named(tmp_path):
     assert "--router-config: no such file" in proc.stderr
 
 
-def test_ctrl_c_tears_the_lab_down(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_tears_the_lab_down(tmp_path, sig):
     """The home lab under a name of its own (other runs of the home lab on this engine are
-    not it), holding the home lab's lock meanwhile (their subnets are the same)."""
+    not it), holding the home lab's lock meanwhile (their subnets are the same). SIGTERM
+    (a CI runner cancelling the job) unwinds the same way."""
     client = docker.from_env()
     lab = tmp_path / "ctrlc"
     shutil.copytree(ROOT / "topologies" / "homelab", lab)
-    with open(topology_lock_path("homelab"), "w") as lock:
+    with topology_lock("homelab") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
                                  "suites/isolation/test_matrix.py", "--topology", str(lab)], cwd=ROOT,
@@ -68,7 +70,7 @@ def test_ctrl_c_tears_the_lab_down(tmp_path):
                           for c in client.containers.list()):
                 assert proc.poll() is None and time.monotonic() < deadline, "the lab never came up"
                 time.sleep(0.2)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             out, _ = proc.communicate(timeout=120)
         finally:
             if proc.poll() is None:

@@ -10,7 +10,7 @@ import pytest
 from labwarden.checks import tunnel
 from labwarden.declared.lab import load_lab
 from labwarden.errors import LabError, ProbeError
-from labwarden.realise import cleanup
+from labwarden.realise import cleanup, private
 from labwarden.realise.compose import ComposeLab
 from labwarden.realise.impair import Impairment
 from labwarden.realise.lab import Lab
@@ -42,6 +42,9 @@ class StartedLab(Lab):
         self.events.append("down")
 
     def router_firewall(self):
+        return None
+
+    def router_kind(self):
         return None
 
     def allowed_ranges(self, extra=()):
@@ -163,7 +166,7 @@ def test_down_all_removes_every_labwarden_project_and_stale_override_files(tmp_t
     monkeypatch.setattr(cleanup, "docker_client", lambda: FakeClient(engine))
     stale = cleanup.override_file("lw-homelab-dead00")  # a run killed before its containers started
     stale.write_text("services: {}\n")
-    unrelated = tmp_tempdir / "labwarden-image.lock"
+    unrelated = private.folder() / "image.lock"
     unrelated.write_text("")
     assert cleanup.down_all() == ["lw-airplane-kept"]
     assert engine.removed == ["tunnel", "web", "servers", "keys"]  # not someone else's container

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from labwarden.errors import LabwardenError
 from labwarden.realise.lab import run_sync
-from labwarden.routers.nftables.trace import explain as tell, parse_events, shown_path, stories, trace_ruleset, untrace_ruleset
+from labwarden.routers.nftables.trace import explain as tell, parse_events, shown_path, stories
 from labwarden.probe import NodeJob
 from labwarden.fuzz.flows.flow import FuzzFlow
 from labwarden.fuzz.flows.fuzzer import Failure, FlowFuzzer
@@ -37,11 +37,14 @@ def replay_command(flow: FuzzFlow, topology: str, router_config=None, test: str 
 
 def explain(fuzzer: FlowFuzzer, flows: list[FuzzFlow]) -> dict[FuzzFlow, str]:
     """Per flow, 'was ACCEPTED by forward rule '...' (file:line)' from an nft trace of the
-    router, when the router is ours (its config is known and it runs nftables)."""
+    router, when the router is ours (its config is known) and its kind can trace."""
     policy, lab = fuzzer.policy, fuzzer.lab
     config = lab.router_firewall()
     if config is None or not flows:
         return {}
+    kind = lab.router_kind()
+    if not kind.can_trace:
+        return {f: f"(not traced: a router of kind {kind.name} cannot tell which rule decided)" for f in flows}
     topology = policy.topology
     keys, addresses = {}, set()
     for flow in flows:
@@ -52,13 +55,13 @@ def explain(fuzzer: FlowFuzzer, flows: list[FuzzFlow]) -> dict[FuzzFlow, str]:
                                   for f in policy.forwards if flow.dst == policy.public}
         keys[flow] = (srcs, flow.dst, flow.proto, flow.port, answerers)
         addresses |= srcs | answerers
-    trace = {"setup": {"nft_add": trace_ruleset(addresses)}}
+    trace = {"setup": kind.trace_setup(addresses)}
     try:
         fuzzer.observe(flows, fuzzer.confirm_timeout, trace=trace)
     except LabwardenError as err:
         return {f: f"(could not trace the router: {err})" for f in flows}
     finally:
-        run_sync(lab.run({policy.router: NodeJob(setup={"nft_add": untrace_ruleset()})}))
+        run_sync(lab.run({policy.router: NodeJob(setup=kind.untrace_setup())}))
     raw = (trace.get("answer").raw if trace.get("answer") else {}).get("trace") or {}
     told = stories(parse_events(raw.get("events", [])), keys)
     out = {}
