@@ -124,8 +124,10 @@ def stop_calls() -> None:
 def run_bounded(host, seconds: float, what: str, command: str, *args: str):
     """`host.run(command, *args)` that takes at most `seconds`, else a ProbeError naming `what`.
 
-    Backends that run a local command (docker://, ssh://, local://) get it killed at the
-    bound; the others (paramiko://) are waited for in a thread that is abandoned at the bound."""
+    Live mode's own backends (labwarden.realise.ssh: TAKES_TIMEOUT) are handed the bound and
+    stop the command themselves; testinfra's backends that run a local command (docker://,
+    ssh://, local://) get it killed at the bound; any other is waited for in a thread that
+    is abandoned at the bound."""
     backend = host.backend
     if getattr(backend, "TAKES_TIMEOUT", False):  # live mode's backends bound their own commands
         return host.run(command, *args, timeout=seconds)
