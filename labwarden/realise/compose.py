@@ -293,7 +293,11 @@ class ComposeLab(Lab):
         routes = [[str(prefix), str(hop)] for prefix, hop in node.routes.items()]
         if node.gateway:
             routes.insert(0, ["default", str(node.gateway)])
-        setup = {"rename": rename, "routes": routes, "sysctls": node_sysctls()}
+        routes += [["default", str(node.gateway6)]] if node.gateway6 else []
+        routes += [[str(prefix), str(hop)] for prefix, hop in node.routes6.items()]
+        prefixes = {s: self.topology.segments[s].subnet6.prefixlen for s in node.addresses6}
+        addrs = [[node.interfaces[s], f"{a}/{prefixes[s]}"] for s, a in node.addresses6.items()]
+        setup = {"rename": rename, "addrs": addrs, "routes": routes, "sysctls": node_sysctls()}
         if name == self.policy.router and self.router_firewall():
             setup.update(self.router_kind().load(self.router_firewall().read_text()))
         return setup
@@ -327,8 +331,8 @@ class ComposeLab(Lab):
         So do the public sides of the policy's tunnels, but a tunnel that does not come
         up does not stop the lab: suites/tunnel says what is wrong with it. Whether each
         tunnel's page comes through its edge is a check (labwarden.checks.tunnel.start)."""
-        pending = {name: [(s, addr) for s in sorted(self.policy.listening(name)) if s.proto != "icmp"
-                          for addr in self.topology.nodes[name].addresses.values()]
+        pending = {name: [(s, addr) for addr in self.topology.nodes[name].all_addresses()
+                          for s in sorted(self.policy.listening(name, addr.version)) if s.proto != "icmp"]
                    for name in self.topology.nodes}
         tunnels = {(t.edge, t.public) for t in self.policy.tunnels}
         pending = {n: p for n, p in pending.items() if p}
@@ -353,7 +357,8 @@ class ComposeLab(Lab):
 
     # ---- probing ---------------------------------------------------------
     def allowed_ranges(self, extra=()) -> list[str]:
-        return [str(r) for r in self.topology.lab_ranges()] + list(DOCUMENTATION_RANGES) + list(extra)
+        return [str(r) for r in [*self.topology.lab_ranges(), *self.topology.lab_ranges6()]] + \
+            list(DOCUMENTATION_RANGES) + list(extra)
 
     async def run(self, jobs: dict[str, NodeJob], timeout: float = 1.0, allow_extra=()):
         with self._restarts_named():
@@ -390,9 +395,12 @@ class ComposeLab(Lab):
 
 def listens(info: dict, service: Service, addr) -> bool:
     """Whether the node's sockets (the agent's `info`) have `service` listening on `addr`:
-    bound to it or to the wildcard, IPv4 or dual-stack IPv6."""
+    bound to it or to the wildcard, IPv4 or dual-stack IPv6 (an IPv6 address: IPv6's only)."""
     port = service.port
-    wanted = {f"{addr}:{port}", f"0.0.0.0:{port}", f"[::]:{port}", f"[::ffff:{addr}]:{port}"}
+    if ":" in str(addr):
+        wanted = {f"[{addr}]:{port}", f"[::]:{port}"}
+    else:
+        wanted = {f"{addr}:{port}", f"0.0.0.0:{port}", f"[::]:{port}", f"[::ffff:{addr}]:{port}"}
     state = "LISTEN" if service.proto == "tcp" else "CLOSE"  # a bound, unconnected UDP socket
     return any(sock["local"] in wanted and sock["state"] == state
                for family in (service.proto, service.proto + "6") for sock in info.get(family, []))

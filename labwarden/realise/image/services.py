@@ -70,9 +70,30 @@ import time
 PAGE = b"<!doctype html><title>lab</title><p>served by %s</p>\n"
 
 
+def ipv6_on() -> bool:
+    """Whether this node has IPv6 (compose `sysctls:` turn it on; Docker's default is off)."""
+    try:
+        with open("/proc/sys/net/ipv6/conf/all/disable_ipv6") as f:
+            return f.read().strip() == "0"
+    except OSError:
+        return False
+
+
 class Server(http.server.ThreadingHTTPServer):
+    """Dual-stack where the node has IPv6 (one socket on [::], IPv4 as mapped addresses)."""
     request_queue_size = 1024
     daemon_threads = True
+
+    def __init__(self, address, handler):
+        if ipv6_on():
+            self.address_family = socket.AF_INET6
+            address = ("::", address[1])
+        super().__init__(address, handler)
+
+    def server_bind(self):
+        if self.address_family == socket.AF_INET6:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
 
 
 class PageHandler(http.server.BaseHTTPRequestHandler):
@@ -133,6 +154,12 @@ def discovery_responder():
                 sock.sendto(b"labwarden-discovery " + name, peer)
 
         threading.Thread(target=answer, daemon=True).start()
+        if ipv6_on():  # unicast queries over IPv6 too (ff02::fb and friends are not joined)
+            sock6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            sock6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock6.bind(("::", port))
+            threading.Thread(target=answer, args=(sock6,), daemon=True).start()
 
 
 CONTROL = "/run/lab-services.ctl"
@@ -349,7 +376,8 @@ def starter(kind, port, extra):
         return lambda: KiteFront(port, extra)
     if kind == "git":
         return lambda: Child([
-            "socat", f"TCP-LISTEN:{port},fork,reuseaddr,backlog=1024",
+            "socat", f"TCP6-LISTEN:{port},ipv6only=0,fork,reuseaddr,backlog=1024" if ipv6_on()
+            else f"TCP-LISTEN:{port},fork,reuseaddr,backlog=1024",
             "EXEC:git daemon --inetd --export-all --base-path=/srv/git /srv/git",
         ])
     if kind == "dns":
