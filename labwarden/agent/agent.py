@@ -348,6 +348,7 @@ def connected_subnets() -> list:
 class Probe:
     def __init__(self, spec: dict, timeout: float):
         self.id, self.proto, self.dst, self.port = spec["id"], spec["proto"], spec["dst"], spec.get("port")
+        self.addr = self.dst.split("%")[0]  # as answers name it: a link-local dst without its zone
         self.payload = (bytes.fromhex(spec["payload"]) if spec.get("payload") is not None
                         else DEFAULT_PAYLOADS.get(self.port, b"lw-probe"))
         self.timeout, self.sent, self.sock, self.result = timeout, None, None, None
@@ -395,7 +396,7 @@ class Book:
                     os.write(self.wake_fd, b"!")
 
     def answers(self, probe: Probe, src: str) -> bool:
-        return src == probe.dst or is_group(probe.dst) or probe.dst in self.broadcasts
+        return src == probe.addr or is_group(probe.addr) or probe.dst in self.broadcasts
 
     def feed(self, pkt, iface: str, when: float):
         src, dst, proto, ttl, l4 = pkt
@@ -438,7 +439,7 @@ class Book:
         return self.hops[dst]
 
     def judge_rst(self, probe, src, ttl, iface, when):
-        dst = ipaddress.ip_address(probe.dst)
+        dst = ipaddress.ip_address(probe.addr)
         if ttl in (64, 128, 255) and iface != "lo" and dst not in self.near \
                 and not in_nets(dst, self.onlink):
             hop = self.first_hop(probe.dst)
@@ -463,19 +464,19 @@ class Book:
             probe = probe if probe and probe.port == dport else None
         else:
             return
-        if not probe or probe.dst != about:
+        if not probe or probe.addr != about:
             return
         name, hops = ("ICMPv6 " + icmp6_name(kind, code), "hop limit") if v6 else ("ICMP " + icmp_name(kind, code), "ttl")
         port_unreachable = (kind, code) == ((1, 4) if v6 else (3, 3))
-        if probe.proto == "udp" and port_unreachable and src == probe.dst:
+        if probe.proto == "udp" and port_unreachable and src == probe.addr:
             self.settle(probe, "closed", src, ttl, when, f"{name} from {src} ({hops} {ttl})")
         else:
             self.settle(probe, "rejected", src, ttl, when, f"{name} from {src} ({hops} {ttl})")
 
     def zero_hops(self, dst: str) -> bool:
         """Whether only dst itself can answer in its name: on-link, ours, or our first hop's."""
-        ip = ipaddress.ip_address(dst)
-        return dst in self.local or ip in self.near or in_nets(ip, self.onlink)
+        ip = ipaddress.ip_address(dst.split("%")[0])
+        return ip.is_link_local or dst in self.local or ip in self.near or in_nets(ip, self.onlink)
 
 
 def unprove_silences(probes: list[Probe], drops: int):
