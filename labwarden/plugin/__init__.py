@@ -49,13 +49,14 @@ _REPLAY = pytest.StashKey[object]()
 
 def pytest_addoption(parser):
     group = parser.getgroup("labwarden")
-    group.addoption("--lw-topology", default="homelab", help="topology name or folder (default: homelab)")
-    group.addoption("--lw-router-config", default=None, type=Path,
+    group.addoption("--lw-topology", default="homelab", metavar="NAME|PATH",
+                    help="topology name or folder (default: homelab)")
+    group.addoption("--lw-router-config", default=None, type=Path, metavar="FILE",
                     help="router config (nftables, or an iptables-restore file) to load into the lab router "
                          "instead of the topology's own")
     group.addoption("--lw-keep-lab", action="store_true",
                     help="leave the lab running after the run and reuse it next time")
-    group.addoption("--lw-probe-timeout", default=1.0, type=fields.probe_timeout,
+    group.addoption("--lw-probe-timeout", default=1.0, type=fields.probe_timeout, metavar="S",
                     help="seconds a probe waits for an answer (default 1.0)")
     group.addoption("--lw-fuzz-profile", default="ci", choices=("ci", "nightly"),
                     help="hypothesis profile of suites/fuzz: ci (fixed seed) or nightly (default ci)")

@@ -19,7 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def lab_leftovers(client, topology: str) -> list[str]:
     prefix = f"lw-{topology}-"
-    names = [c.name for c in client.containers.list(all=True) if c.name.startswith(prefix)]
+    # filtered by the engine: listing every container inspects each, and another run's may be
+    # gone by then (404)
+    names = [c.name for c in client.containers.list(all=True, filters={"name": prefix})
+             if c.name.startswith(prefix)]
     return names + [n.name for n in client.networks.list() if n.name.startswith(prefix)]
 
 
