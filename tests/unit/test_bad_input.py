@@ -148,7 +148,7 @@ TOPOLOGY_CASES = {
         "is not an IPv4 subnet"),
     "unknown x-labwarden key": (
         x("web", gw="198.18.10.1"), "services.web.x-labwarden.gw",
-        "unknown key; known keys: firewall, gateway, impair, interfaces, routes"),
+        "unknown key; known keys: firewall, gateway, gateway6, impair, interfaces, ipv6, routes"),
     "interface for a segment not attached": (
         x("web", interfaces={"wan": "eth0"}), "services.web.x-labwarden.interfaces.wan",
         "wan is not a segment web is attached to (attached: servers)"),
