@@ -374,10 +374,13 @@ class ComposeLab(Lab):
         return subprocess.run(["docker", "exec", self.containers[node].name, *argv],
                               capture_output=True, text=True, timeout=60)
 
-    def prober_exec(self, *argv: str, detach: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
-        """Run a command in the prober (labwarden's image, the host's pid namespace)."""
+    def prober_exec(self, *argv: str, detach: bool = False, timeout: float = 60,
+                    stdin: str | None = None) -> subprocess.CompletedProcess:
+        """Run a command in the prober (labwarden's image, the host's pid namespace); `stdin`
+        is its standard input (a request of any size: one argument is limited to 128 KiB)."""
         prober = self.containers[PROBER].name
-        return subprocess.run(["docker", "exec", *(["-d"] if detach else []), prober, *argv],
+        flags = ["-d"] if detach else ["-i"] if stdin is not None else []
+        return subprocess.run(["docker", "exec", *flags, prober, *argv], input=stdin,
                               capture_output=True, text=True, timeout=timeout)
 
     def netns_exec(self, node: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
