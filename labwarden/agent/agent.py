@@ -77,7 +77,7 @@ Response::
         "captured": [{"iface": "eth0", "dir": "in"|"out", "hex": FRAME}],
         "capture_truncated": N,              # only when frames beyond MAX_FRAMES were not kept
         "sniffer_drops": N}},                # only when the kernel dropped frames for the sniffer
-     "elapsed_s": 0.6}
+     "elapsed_s": 0.6, "rusage": {"maxrss_kb": N, "cpu_s": S, "children_cpu_s": S}}
 
 trace: `nft -a monitor trace` runs in the node from before the barrier (the agent waits
 until it has joined the trace group) until the end of the capture window; the node's
@@ -1139,8 +1139,19 @@ def main(argv: list[str]) -> int:
     except (ValueError, zlib.error) as e:
         print(json.dumps({"error": f"bad request: cannot decode it: {e}"}))
         return 0
-    print(json.dumps(handle(request), separators=(",", ":")))
+    answer = handle(request)
+    if "error" not in answer:  # a refusal is the error alone
+        answer["rusage"] = rusage()
+    print(json.dumps(answer, separators=(",", ":")))
     return 0
+
+
+def rusage() -> dict:
+    """What this call cost the agent: its peak memory and its CPU time (the commands it ran
+    apart), the figures benchmarks/scale.py reports."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"maxrss_kb": own.ru_maxrss, "cpu_s": round(own.ru_utime + own.ru_stime, 3),
+            "children_cpu_s": round(kids.ru_utime + kids.ru_stime, 3)}
 
 
 if __name__ == "__main__":
