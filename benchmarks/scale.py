@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import labwarden.probe  # noqa: E402
 from labwarden.checks.matrix import run_matrix  # noqa: E402
 from labwarden.declared.lab import load_lab  # noqa: E402
+from labwarden.errors import LabError  # noqa: E402
 from labwarden.realise.compose import ComposeLab  # noqa: E402
 from labwarden.realise.image import ensure_image  # noqa: E402
 
@@ -168,7 +169,10 @@ def measure(folder: Path, n: int, base: str, log) -> dict:
         figures["request_kib"] = round(max(c["request_bytes"] for c in calls.calls) / 1024, 1)
     finally:
         started = time.monotonic()
-        lab.down()
+        try:
+            lab.down()
+        except LabError as err:  # the figures stand; what was left behind is said, and fails the run
+            figures["down_error"] = str(err)
         figures["down_s"] = round(time.monotonic() - started, 3)
     return figures
 
@@ -192,14 +196,16 @@ def main() -> int:
     signal.signal(signal.SIGTERM, interrupted)
     ensure_image()
     log = print if args.verbose else (lambda m: None)
+    failed = False
     with tempfile.TemporaryDirectory(prefix="labwarden-scale-") as tmp:
         for n in sizes:
             figures = measure(Path(tmp), n, args.base, log)
+            failed |= "down_error" in figures
             if args.json:
                 print(json.dumps(figures), flush=True)
             else:
                 print(" ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

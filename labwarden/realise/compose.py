@@ -114,17 +114,25 @@ class ComposeLab(Lab):
             self._compose("up", "-d", "--no-build", "--quiet-pull", "--remove-orphans")
             self._interrupted_compose = False
             self.timings["compose_s"] = time.monotonic() - started - self.timings["image_s"]
-            self._find_containers()
-            asyncio.run(self._plumb())
-            self.impairment = impair.apply(self, self.impair_method)
+            self._timed("find_s", self._find_containers)
+            self._timed("plumb_s", lambda: asyncio.run(self._plumb()))
+            self.impairment = self._timed("impair_s", lambda: impair.apply(self, self.impair_method))
             if self.impairment.links:
                 self.log(f"labwarden: {self.impairment.summary()}")
-            asyncio.run(self._wait_ready())
+            self._timed("ready_s", lambda: asyncio.run(self._wait_ready()))
         except BaseException:
             self.down()
             raise
         self.timings["up_s"] = time.monotonic() - started - self.timings["image_s"]
         return self
+
+    def _timed(self, name: str, step):
+        """Run one step of up(), its seconds into timings[name] (benchmarks read them)."""
+        began = time.monotonic()
+        try:
+            return step()
+        finally:
+            self.timings[name] = time.monotonic() - began
 
     def down(self) -> None:
         """Remove everything of this run; safe to call twice or on a half-started lab, and not
