@@ -18,8 +18,8 @@ on its stdin). With --json one JSON line per size.
 
 Each lab is removed before the next starts, and on Ctrl-C or SIGTERM too (the lab's
 `down` runs in `finally`; the temporary folder goes with it). The generated labs use
-10.100.0.0/16 unless --base says otherwise; their topology names (scale-nN) key their
-locks.
+10.100.0.0/16 unless --base says otherwise; their topology names (scale-nN-10-100: size
+and range) key their locks.
 """
 
 import argparse
@@ -71,9 +71,9 @@ def plan(n: int) -> tuple[int, dict[str, int]]:
 
 
 def generate(folder: Path, n: int, base: str) -> Path:
-    """compose.yaml, policy.yaml and router/nftables.conf of the size-n lab, in folder/scale-nN."""
+    """compose.yaml, policy.yaml and router/nftables.conf of the size-n lab, in a folder of folder."""
     segments, hosts = plan(n)
-    lab = folder / f"scale-n{n}"
+    lab = folder / f"scale-n{n}-{base.replace('.', '-')}"  # the name keys the lock: size and range
     (lab / "router").mkdir(parents=True)
     net = lambda s: f"{base}.{s}"  # noqa: E731
     seq = {s: 0 for s in range(segments)}
