@@ -11,8 +11,9 @@ the router's nftables config saying the same. Every host serves http:80.
 Per size it prints: up_s (compose up, plumbing, readiness), matrix_s (the full
 segmentation matrix, controls and re-probes included), verdicts, verdicts_per_s,
 mismatches (0 expected: the config matches the policy), the agent's peak memory
-(agent_maxrss_mb, the largest of its calls) and CPU time (agent_cpu_s, summed over the
-matrix's calls; commands it ran counted apart), this process's CPU time for the matrix
+(agent_maxrss_mb, the largest of its calls), its time (agent_elapsed_s, from reading the
+request to its answer) and CPU time (agent_cpu_s; commands it ran counted apart), summed
+over the matrix's calls, this process's CPU time for the matrix
 (engine_cpu_s), and the request's size (request_kib: the largest one agent call carried
 on its stdin). With --json one JSON line per size.
 
@@ -134,7 +135,7 @@ class AgentCalls:
     def __enter__(self):
         def counted(transport, request):
             answer = self._call(transport, request)
-            self.calls.append({**answer.get("rusage", {}),
+            self.calls.append({**answer.get("rusage", {}), "elapsed_s": answer.get("elapsed_s", 0.0),
                                "request_bytes": len(labwarden.probe.encode(request))})
             return answer
         labwarden.probe._call_agent = counted
@@ -164,6 +165,7 @@ def measure(folder: Path, n: int, base: str, log) -> dict:
         figures["mismatches"] = sum(not c.ok for c in run.cells.values())
         figures["agent_calls"] = len(calls.calls)
         figures["agent_maxrss_mb"] = round(max(c.get("maxrss_kb", 0) for c in calls.calls) / 1024, 1)
+        figures["agent_elapsed_s"] = round(sum(c.get("elapsed_s", 0) for c in calls.calls), 3)
         figures["agent_cpu_s"] = round(sum(c.get("cpu_s", 0) for c in calls.calls), 3)
         figures["agent_children_cpu_s"] = round(sum(c.get("children_cpu_s", 0) for c in calls.calls), 3)
         figures["request_kib"] = round(max(c["request_bytes"] for c in calls.calls) / 1024, 1)

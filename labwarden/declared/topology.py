@@ -96,8 +96,8 @@ class Topology:
         matrix's engine time). A topology is not changed once loaded."""
         held: dict[IPv4Address, Node] = {}
         for node in self.nodes.values():
-            for address in node.addresses.values():
-                held.setdefault(address, node)
+            for held_address in node.addresses.values():
+                held.setdefault(held_address, node)
         return held
 
     def node_at(self, address) -> Node | None:
