@@ -163,6 +163,7 @@ def measure(folder: Path, n: int, base: str, log) -> dict:
         figures["verdicts"] = len(run.cells)
         figures["verdicts_per_s"] = round(len(run.cells) / figures["matrix_s"], 1)
         figures["mismatches"] = sum(not c.ok for c in run.cells.values())
+        figures["resent"] = len(run.reprobes.sent)  # misses of the first burst, sent again
         figures["agent_calls"] = len(calls.calls)
         figures["agent_maxrss_mb"] = round(max(c.get("maxrss_kb", 0) for c in calls.calls) / 1024, 1)
         figures["agent_elapsed_s"] = round(sum(c.get("elapsed_s", 0) for c in calls.calls), 3)
