@@ -30,6 +30,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -164,6 +165,11 @@ def measure(folder: Path, n: int, base: str, log) -> dict:
         figures["verdicts_per_s"] = round(len(run.cells) / figures["matrix_s"], 1)
         figures["mismatches"] = sum(not c.ok for c in run.cells.values())
         figures["resent"] = len(run.reprobes.sent)  # misses of the first burst, sent again
+        wrong = Counter(f"{'|'.join(sorted(c.expected.verdicts))}->{c.observed.verdict}"
+                        for c in run.cells.values() if not c.ok)
+        figures["mismatch_kinds"] = dict(wrong.most_common(4))  # expected->observed: what went wrong
+        details = Counter(c.observed.detail.split(" (")[0][:60] for c in run.cells.values() if not c.ok)
+        figures["mismatch_details"] = dict(details.most_common(3))
         figures["agent_calls"] = len(calls.calls)
         figures["agent_maxrss_mb"] = round(max(c.get("maxrss_kb", 0) for c in calls.calls) / 1024, 1)
         figures["agent_elapsed_s"] = round(sum(c.get("elapsed_s", 0) for c in calls.calls), 3)
