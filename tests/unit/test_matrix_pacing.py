@@ -253,3 +253,21 @@ def test_thousands_of_misses_are_re_sent_in_one_batch_not_paced_for_minutes():
     assert all(policy.expect(f).admits(o.verdict) for f, o in observed.items())
     assert len(lab.batches) == 2 and ELAPSED.get() < 5.0  # one re-send, not len/2 waves 0.5 s apart
     assert not reprobes.answered  # they answered at once: no rate limit to name
+
+
+def test_a_batch_bigger_than_the_prober_s_sockets_goes_in_calls_of_whole_nodes(monkeypatch):
+    policy = homelab()
+    flows = matrix_flows(policy)
+    monkeypatch.setattr(matrix, "MAX_PROBES_PER_CALL", 300)
+    lab = FakeLab(policy, lambda f: False, 1.0, 1)
+    sizes = []
+    run = lab.run
+
+    async def counted(jobs, timeout=1.0):
+        sizes.append(sum(len(j.probes) for j in jobs.values()))
+        return await run(jobs, timeout)
+    lab.run = counted
+    observed = asyncio.run(observe(lab, flows))
+    assert set(observed) == set(flows) and all(policy.expect(f).admits(o.verdict) for f, o in observed.items())
+    per_node = max(sum(1 for f in flows if f.src == n) for n in policy.topology.nodes)
+    assert sum(sizes) == len(flows) and len(sizes) > 1 and max(sizes) <= max(300, per_node), sizes
