@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from html import escape
 
+from labwarden.report.drawing import CSS as DRAWING_CSS, lab_svg
 from labwarden.report.records import BLOCKED, LEAK, LEGEND, PASS, WRONG
 from labwarden.report.sections import section_html, table
 
@@ -155,6 +156,9 @@ def render_html(doc: dict) -> str:
     body.append(f"<div id=verdict class=\"verdict {'bad' if bad_total else 'ok'}\" data-mismatches={bad_total} "
                 f"data-probes={len(probes)}>{len(probes)} probes, {bad_total} "
                 f"mismatch{'es' if bad_total != 1 else ''} with the policy</div>")
+    if doc.get("lab"):
+        body.append(f"<section id=drawing><h2>The lab: {escape(str(doc['lab'].get('name', '')))}</h2>"
+                    f"{lab_svg(doc['lab'], probes)}</section>")
     legend = "<div class=legend>" + "".join(f"<span><i class={k}></i>{escape(v)}</span>"
                                             for k, v in LEGEND.items()) + "</div>"
     for index, matrix in enumerate(doc.get("matrices", [])):
@@ -194,5 +198,6 @@ def render_html(doc: dict) -> str:
     if probes:
         body.append(f"<details><summary>All {len(probes)} probes</summary>{_probe_table(probes)}</details>")
     return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-            f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
+            "<meta name=viewport content=\"width=device-width,initial-scale=1\">"
+            f"<title>{escape(title)}</title><style>{CSS}{DRAWING_CSS}</style></head><body>"
             + "\n".join(body) + "</body></html>\n")
