@@ -19,7 +19,7 @@ from ipaddress import ip_address, ip_network
 from labwarden.report.records import LEAK
 
 NODE_W, NODE_H, NODE_GAP = 156, 40, 8
-SEG_W, SEG_PAD, SEG_GAP = 186, 15, 84
+SEG_W, SEG_PAD, SEG_GAP = 186, 15, 70
 HOP_W, HOP_H, HOP_GAP = 156, 40, 24
 TOP, HOP_TO_SEG = 14, 74
 SEG_HEAD = 50
