@@ -16,7 +16,7 @@ from labwarden.report.sections import section_html, table
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:20px 28px;color:#1d2329;background:#fff}
-h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:26px 0 8px}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:26px 0 8px} h1,h2,p{overflow-wrap:anywhere}
 .head{display:grid;grid-template-columns:max-content auto;gap:2px 14px;font-size:13px;color:#333}
 .head dt{font-weight:600} .head dd{margin:0;font-family:ui-monospace,monospace;word-break:break-all}
 .verdict{display:inline-block;margin:12px 0 4px;padding:6px 12px;border-radius:6px;font-size:16px;font-weight:600}
