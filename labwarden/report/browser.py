@@ -63,6 +63,7 @@ _MEASURE = """<script>
   }
   for (const svg of document.querySelectorAll("svg.lab, svg.plot")) {
     const box = svg.getBoundingClientRect(), vb = svg.viewBox.baseVal;
+    if (!box.width) continue;  // not shown at this size (the narrow drawing on a wide screen)
     const scale = vb && vb.width ? box.width / vb.width : 1;
     const wrap = svg.parentElement, texts = [];
     for (const t of svg.querySelectorAll("text")) {
@@ -85,8 +86,8 @@ def layout(page: Path, width: int, height: int) -> dict:
     """How headless Chromium lays the page out in a window of this size: the page's width
     (wider than the window: the whole page scrolls sideways), the elements that stick out
     of the window without a box of their own that scrolls (`too_wide`), and, for each picture (the lab
-    drawing, the plots), its size, whether its box scrolls, and every text's on-screen
-    font size and box."""
+    drawing, the plots) shown at that size, its size, whether its box scrolls, and every
+    text's on-screen font size and box."""
     measured = Path(page).read_text().replace("</body>", _MEASURE + "</body>")
     frame = (f"<!DOCTYPE html><html><body style=margin:0><iframe style=\"border:0;width:{width}px;"
              f"height:{height}px\" srcdoc=\"{escape(measured)}\"></iframe></body></html>")
@@ -116,7 +117,8 @@ def overlapping(texts: list[dict], slack: float = 1.0) -> list[tuple[str, str]]:
 class _PageReader(HTMLParser):
     def __init__(self):
         super().__init__()
-        self.summary = {"cells": [], "matrices": [], "verdict": None, "arrows": []}
+        self.summary = {"cells": [], "matrices": [], "verdict": None, "arrows": [], "narrow_arrows": []}
+        self._drawing = "arrows"
         self._in = None
 
     def handle_starttag(self, tag, attrs):
@@ -126,8 +128,10 @@ class _PageReader(HTMLParser):
             self.summary["cells"].append({"src": a.get("data-src"), "dst": a.get("data-dst"),
                                           "state": next(c for c in classes if c != "cell"),
                                           "mismatches": int(a.get("data-mismatches", 0))})
+        elif tag == "svg" and "lab" in classes:
+            self._drawing = "narrow_arrows" if "narrow" in classes else "arrows"
         elif tag == "path" and "mismatch" in classes:
-            self.summary["arrows"].append({"src": a.get("data-src"), "dst": a.get("data-dst"),
+            self.summary[self._drawing].append({"src": a.get("data-src"), "dst": a.get("data-dst"),
                                            "mismatches": int(a.get("data-count", 0)),
                                            "state": next((c for c in classes if c != "mismatch"), None)})
         elif "mismatch-count" in classes:
@@ -150,8 +154,8 @@ class _PageReader(HTMLParser):
 
 def page_summary(html: str) -> dict:
     """What a report page shows: its grid cells (src, dst, state, mismatches), each
-    matrix's mismatch count as printed, the overall verdict line, and the drawing's red
-    arrows (src, dst, state, mismatches)."""
+    matrix's mismatch count as printed, the overall verdict line, and the red arrows
+    (src, dst, state, mismatches) of the wide drawing and of the narrow one."""
     reader = _PageReader()
     reader.feed(html)
     return reader.summary

@@ -1,9 +1,10 @@
-"""The lab as a drawing: one inline SVG from the report's ``lab`` record and its probes.
+"""The lab as a drawing: inline SVG from the report's ``lab`` record and its probes.
 
-Segments are boxes in a row, each holding the nodes attached to it alone; nodes on
-several segments (the router first, then other hops such as a satellite) stand in a
-row above, joined to each of their segments by a line labelled with their address
-there. Impaired links are tagged in orange, tunnels are dashed purple arcs from the
+Segments are boxes, each holding the nodes attached to it alone; nodes on several
+segments (the router first, then other hops such as a satellite) are joined to each of
+their segments by a line and their address there: where everything stands, wide (for
+screens) or narrow (for a phone; the page shows one or the other), is
+`labwarden.report.layout`'s. Impaired links are tagged in orange, tunnels are dashed purple arcs from the
 client to the edge, and every (source, destination) pair with a mismatching probe is
 one red arrow (solid: got through although forbidden; dashed: blocked or answered
 otherwise than the policy says) with its count. Plain data in, SVG text out: no
@@ -12,24 +13,18 @@ scripts, no fonts or files fetched, every name escaped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from html import escape
-from ipaddress import ip_address, ip_network
 
+from labwarden.report.layout import N_MARGIN, SEG_GAP, SEG_PAD, SEG_W, Box, Layout, impairment_lines
 from labwarden.report.records import LEAK
 
-NODE_W, NODE_H, NODE_GAP = 156, 40, 8
-SEG_W, SEG_PAD, SEG_GAP = 186, 15, 70
-HOP_W, HOP_H, HOP_GAP = 156, 40, 24
-TOP, HOP_TO_SEG = 14, 74
-SEG_HEAD = 50
-MARGIN = 36
 LANE_GAP = 9  # between the lanes of arrows that run below the segments
-NAME_CHARS = 21  # a 13px name longer than this is cut (the whole name is its tooltip)
+CHAR_W = 7.6  # about, of a 13px name: a longer name is cut to its box (the whole name is its tooltip)
 
 CSS = """
-.drawing-wrap{overflow-x:auto;max-width:100%}
-svg.lab{font:13px system-ui,sans-serif;background:#fff;display:block}
+.drawing-wrap{overflow-x:auto;max-width:100%} .drawing-wrap.narrow{display:none}
+@media (max-width:700px){.drawing-wrap.wide{display:none} .drawing-wrap.narrow{display:block}}
+svg.lab{font:13px system-ui,sans-serif;background:#fff;display:block} svg.lab.narrow{width:100%;height:auto}
 svg.lab .seg rect{fill:#f3f6f9;stroke:#aab4bf;stroke-width:1.2}
 svg.lab .seg text.name{font-weight:700;font-size:14px;fill:#1d2329} svg.lab .seg text.sub{font-size:12px;fill:#4d5761}
 svg.lab .node rect{fill:#fff;stroke:#5c6b7a;stroke-width:1.2}
@@ -44,7 +39,7 @@ svg.lab path.tunnel{fill:none;stroke:#7048e8;stroke-width:2.5;stroke-dasharray:7
 svg.lab text.tunnel{font-size:12px;fill:#5f3dc4;font-weight:600;paint-order:stroke;stroke:#fff;stroke-width:4px}
 svg.lab path.mismatch{fill:none;stroke:#d01f1f;stroke-width:2.5}
 svg.lab path.mismatch.wrong{stroke-dasharray:6 4}
-svg.lab .badge circle{fill:#d01f1f;stroke:#fff;stroke-width:1.5} svg.lab .badge text{fill:#fff;font-size:11px;font-weight:700}
+svg.lab .badge circle{fill:#d01f1f;stroke:#fff;stroke-width:1.5} svg.lab .badge text{fill:#fff;font-size:12px;font-weight:700}
 .drawing-legend{display:flex;gap:16px;flex-wrap:wrap;margin:6px 0 0;font-size:13px}
 .drawing-legend span{display:inline-flex;align-items:center;gap:6px}
 """
@@ -60,123 +55,25 @@ LEGEND = ("<div class=drawing-legend>"
           "</svg>mismatch: blocked or answered otherwise than the policy says</span></div>")
 
 
-@dataclass
-class Box:
-    x: float
-    y: float
-    w: float
-    h: float
-
-    @property
-    def cx(self) -> float:
-        return self.x + self.w / 2
-
-    @property
-    def cy(self) -> float:
-        return self.y + self.h / 2
-
-
-def _cut(text: str, chars: int = NAME_CHARS) -> str:
+def _cut(text: str, chars: int) -> str:
     return text if len(text) <= chars else text[:chars - 1] + "…"
 
 
-def _delay(link: dict) -> tuple[str, str]:
-    """An impaired link as two lines: its profile, and what it does each way."""
-    text = f"{link.get('delay_ms', 0):g} ms"
-    if link.get("jitter_ms"):
-        text += f" ±{link['jitter_ms']:g}"
-    if link.get("loss_pct"):
-        text += f", {link['loss_pct']:g}% loss"
-    return f"{link.get('profile') or 'impaired'}, each way:", text
-
-
-def _order(segments: list[str], hops: list[dict], router: str) -> list[str]:
-    """Segments in the order a walk from the router meets them (a chain of hops stays a chain)."""
-    seen: list[str] = []
-    todo = [h for h in hops if h["name"] == router] + [h for h in hops if h["name"] != router]
-    frontier = [todo[0]] if todo else []
-    done = set()
-    while frontier or len(done) < len(todo):
-        if not frontier:
-            frontier = [next(h for h in todo if h["name"] not in done)]
-        hop = frontier.pop(0)
-        if hop["name"] in done:
-            continue
-        done.add(hop["name"])
-        for seg in hop["addresses"]:
-            if seg in segments and seg not in seen:
-                seen.append(seg)
-                frontier += [h for h in todo if seg in h["addresses"] and h["name"] not in done]
-    return seen + [s for s in segments if s not in seen]
-
-
-class Layout:
-    """Where every segment and node stands."""
-
-    def __init__(self, lab: dict):
-        self.lab = lab
-        self.router = lab.get("router")
-        names = [s["name"] for s in lab.get("segments", [])]
-        nodes = lab.get("nodes", [])
-        self.hops = [n for n in nodes if len(n.get("addresses", {})) != 1 or n["name"] == self.router]
-        self.hops.sort(key=lambda n: n["name"] != self.router)
-        self.order = _order(names, self.hops, self.router)
-        self.segments = {s["name"]: s for s in lab.get("segments", [])}
-        self.members = {seg: [n for n in nodes if n not in self.hops and seg in n["addresses"]]
-                        for seg in self.order}
-        self.impaired = {}  # segment -> its link; (node, segment) -> the attachment's
-        for link in lab.get("links", []):
-            self.impaired[(link.get("node"), link["segment"]) if link.get("node") else link["segment"]] = link
-        seg_top = TOP + (HOP_H + HOP_TO_SEG if self.hops else 0)
-        self.seg_box: dict[str, Box] = {}
-        for i, seg in enumerate(self.order):
-            head = SEG_HEAD + (34 if seg in self.impaired else 0)
-            rows = len(self.members[seg])
-            h = head + rows * (NODE_H + NODE_GAP) + (SEG_PAD - NODE_GAP if rows else 0)
-            self.seg_box[seg] = Box(MARGIN + i * (SEG_W + SEG_GAP), seg_top, SEG_W, h)
-        self.node_box: dict[str, Box] = {}
-        for seg in self.order:
-            box = self.seg_box[seg]
-            head = SEG_HEAD + (34 if seg in self.impaired else 0)
-            for j, node in enumerate(self.members[seg]):
-                self.node_box[node["label"]] = Box(box.x + (SEG_W - NODE_W) / 2,
-                                                   box.y + head + j * (NODE_H + NODE_GAP), NODE_W, NODE_H)
-        right = MARGIN
-        for hop in self.hops:  # above the middle of its segments, never on another hop
-            mine = [self.seg_box[s].cx for s in hop["addresses"] if s in self.seg_box] or [MARGIN + HOP_W / 2]
-            x = max(sum(mine) / len(mine) - HOP_W / 2, right)
-            self.node_box[hop["label"]] = Box(x, TOP, HOP_W, HOP_H)
-            right = x + HOP_W + HOP_GAP
-        self.width = max([b.x + b.w for b in [*self.seg_box.values(), *self.node_box.values()]]
-                         + [MARGIN]) + MARGIN + 40  # room for arrows that loop out to the right
-        self.bottom = max([b.y + b.h for b in self.seg_box.values()] + [TOP + HOP_H])
-
-    def target(self, label: str, address: str | None = None) -> Box | None:
-        """Where a probe's source or destination is drawn: its node, the router for
-        'router@segment', else the segment whose subnet holds the address."""
-        if label in self.node_box:
-            return self.node_box[label]
-        name = label.split("@")[0]
-        hop = next((h for h in self.hops if h["name"] == name or h["label"] == name), None)
-        if hop is not None:
-            return self.node_box[hop["label"]]
-        for text in (address, label):
-            try:
-                where = ip_address(text)
-            except (TypeError, ValueError):
-                continue
-            for seg, box in self.seg_box.items():
-                if where in ip_network(self.segments[seg]["subnet"], strict=False):
-                    return Box(box.x, box.y, box.w, 44)
-        return None
-
-
-def _node(box: Box, node: dict, kind: str, address: str) -> str:
-    name = node["name"]
+def _node(box: Box, node: dict, kind: str, lines: list[str]) -> str:
+    chars = int((box.w - 14) / CHAR_W)
+    texts = "".join(f'<text class="addr" x="{box.x + 9:.1f}" y="{box.y + 33 + 15 * i:.1f}">{escape(_cut(line, chars + 3))}'
+                    "</text>" for i, line in enumerate(lines))
     return (f'<g class="node {kind}" data-node="{escape(node["label"])}"><title>{escape(node["label"])}</title>'
             f'<rect x="{box.x:.1f}" y="{box.y:.1f}" width="{box.w}" height="{box.h}" rx="6"/>'
-            f'<text class="name" x="{box.x + 9:.1f}" y="{box.y + 17:.1f}">{escape(_cut(name))}</text>'
-            f'<text class="addr" x="{box.x + 9:.1f}" y="{box.y + 33:.1f}">{escape(address)}</text></g>')
+            f'<text class="name" x="{box.x + 9:.1f}" y="{box.y + 17:.1f}">{escape(_cut(node["name"], chars))}</text>'
+            f'{texts}</g>')
+
+
+def _sub(info: dict, seg: str, box: Box) -> str:
+    """A segment's second line: its subnet, and its zone when that is another name and fits."""
+    subnet, zone = info.get("subnet", ""), info.get("zone")
+    with_zone = f"{subnet} · zone {zone}"
+    return with_zone if zone and zone != seg and len(with_zone) * 6.6 <= box.w - 16 else subnet
 
 
 def _segments(layout: Layout) -> tuple[list[str], list[str]]:
@@ -187,18 +84,16 @@ def _segments(layout: Layout) -> tuple[list[str], list[str]]:
         parts.append(f'<g class="seg" data-segment="{escape(seg)}"><title>{escape(seg)}</title>'
                      f'<rect x="{box.x:.1f}" y="{box.y:.1f}" width="{box.w}" height="{box.h}" rx="9"/>'
                      f'<text class="name" x="{box.x + 12:.1f}" y="{box.y + 21:.1f}">{escape(_cut(seg, 19))}</text>'
-                     f'<text class="sub" x="{box.x + 12:.1f}" y="{box.y + 39:.1f}">'
-                     f'{escape(info.get("subnet", ""))}{escape(" · zone " + zone) if zone and zone != seg else ""}'
-                     '</text>')
+                     f'<text class="sub" x="{box.x + 12:.1f}" y="{box.y + 39:.1f}">{escape(_sub(info, seg, box))}</text>')
         if seg in layout.impaired:
-            for i, line in enumerate(_delay(layout.impaired[seg])):
+            for i, line in enumerate(impairment_lines(layout.impaired[seg])):
                 parts.append(f'<text class="impair" x="{box.x + 12:.1f}" y="{box.y + 58 + 16 * i:.1f}">'
-                             f'{escape(_cut(line, 26))}</text>')
+                             f'{escape(_cut(line, int((box.w - 14) / 6.8)))}</text>')
         parts.append("</g>")
         for node in layout.members[seg]:
             link = layout.impaired.get((node["name"], seg))
             address = node["addresses"][seg] + (" ~" + f"{link.get('delay_ms', 0):g} ms" if link else "")
-            nodes.append(_node(layout.node_box[node["label"]], node, "host", address))
+            nodes.append(_node(layout.node_box[node["label"]], node, "host", [address]))
     return parts, nodes
 
 
@@ -211,6 +106,15 @@ def _hops(layout: Layout) -> list[str]:
     for hop in layout.hops:
         top = layout.node_box[hop["label"]]
         mine = [s for s in hop["addresses"] if s in layout.seg_box]
+        kind = "router" if hop["name"] == layout.router else "hop"
+        if layout.narrow:  # the addresses in the box, a wire from each to its segment's side
+            for i, seg in enumerate(mine):
+                box = layout.seg_box[seg]
+                y2 = box.y + 16 + 10 * attached[seg].index(hop["name"])
+                wires.append(f'<line class="wire" x1="{top.x + top.w:.1f}" y1="{top.y + 29 + 15 * i:.1f}" '
+                             f'x2="{box.x:.1f}" y2="{y2:.1f}"/>')
+            boxes.append(_node(top, hop, kind, [hop["addresses"][s] for s in mine]))
+            continue
         for i, seg in enumerate(mine):
             box = layout.seg_box[seg]
             k, at = len(attached[seg]), attached[seg].index(hop["name"])
@@ -223,10 +127,9 @@ def _hops(layout: Layout) -> list[str]:
             w = 7.3 * len(text) + 6
             labels.append(f'<rect class="wire" x="{lx - w / 2:.1f}" y="{ly - 8:.1f}" width="{w:.1f}" height="16"/>'
                           f'<text class="wire" x="{lx:.1f}" y="{ly + 4:.1f}" text-anchor="middle">{escape(text)}</text>')
-        kind = "router" if hop["name"] == layout.router else "hop"
         role = "router" if kind == "router" else f"hop, {len(mine)} segments"
         link = next((layout.impaired[(hop["name"], s)] for s in mine if (hop["name"], s) in layout.impaired), None)
-        boxes.append(_node(top, hop, kind, role + (f" ~{link.get('delay_ms', 0):g} ms" if link else "")))
+        boxes.append(_node(top, hop, kind, [role + (f" ~{link.get('delay_ms', 0):g} ms" if link else "")]))
     return wires + labels + boxes
 
 
@@ -239,15 +142,16 @@ def _on_bezier(p: tuple[Point, Point, Point, Point], t: float) -> Point:
             u ** 3 * p[0][1] + 3 * u * u * t * p[1][1] + 3 * u * t * t * p[2][1] + t ** 3 * p[3][1])
 
 
-def _curve(a: Box, b: Box, out: float, into: float) -> tuple[Point, Point, Point, Point]:
+def _curve(a: Box, b: Box, out: float, into: float, hops=(False, False),
+           reach_max: float = 200) -> tuple[Point, Point, Point, Point]:
     """A cubic from box a to box b, leaving and entering by the sides facing each other (a
     loop out to the right when both sit in one column); out and into (0..1) say where along
     those sides, so that arrows sharing a node stay apart."""
     if abs(a.cx - b.cx) < 1:  # one column: out of the right side and back in
         p0, p3 = (a.x + a.w, a.y + a.h * out), (b.x + b.w, b.y + b.h * into)
-        reach = 34 + 12 * abs(a.cy - b.cy) / (NODE_H + NODE_GAP)
+        reach = min(30 + 12 * abs(a.cy - b.cy) / 48, reach_max)
         return p0, (p0[0] + reach, p0[1]), (p3[0] + reach, p3[1]), p3
-    a_hop, b_hop = a.y < TOP + HOP_H, b.y < TOP + HOP_H
+    a_hop, b_hop = hops
     if b_hop and not a_hop:  # up to a hop: into its bottom
         right = b.cx >= a.cx
         p0, p3 = (a.x + a.w if right else a.x, a.y + a.h * out), (b.x + b.w * into, b.y + b.h)
@@ -316,17 +220,18 @@ def _arrows(layout: Layout, probes: list[dict]) -> tuple[list[str], list[str], i
     outs = [id(a) for _, _, _, a, _ in placed]
     ins = [id(b) for _, _, _, _, b in placed]
     lanes = 0
-    in_row = TOP + HOP_H
     for n, (src, dst, bad, a, b) in enumerate(placed):
         out = _spread(outs[:n].count(id(a)), outs.count(id(a)))
         into = _spread(ins[:n].count(id(b)), ins.count(id(b)))
-        if a.y > in_row and b.y > in_row and abs(a.cx - b.cx) > SEG_W + SEG_GAP + 1:
+        hops = (layout.is_hop(a), layout.is_hop(b))
+        if not layout.narrow and not any(hops) and abs(a.cx - b.cx) > SEG_W + SEG_GAP + 1:
             y = layout.bottom + LANE_GAP * (lanes + 1)
             path, g1, g2 = _lane(a, b, y, out, into)
             spots = [(g1 + (g2 - g1) * t, y) for t in TRIES]
             lanes += 1
         else:
-            curve = _curve(a, b, out, into)
+            curve = _curve(a, b, out, into, (False, False) if layout.narrow else hops,
+                           reach_max=24 if layout.narrow else 200)
             (x1, y1), c1, c2, (x2, y2) = curve
             path = f"M{x1:.1f} {y1:.1f} C{c1[0]:.1f} {c1[1]:.1f} {c2[0]:.1f} {c2[1]:.1f} {x2:.1f} {y2:.1f}"
             spots = [_on_bezier(curve, t) for t in TRIES]
@@ -345,37 +250,58 @@ def _arrows(layout: Layout, probes: list[dict]) -> tuple[list[str], list[str], i
     return arrows + badges, notes, lanes
 
 
-def _tunnels(layout: Layout, below: float) -> list[str]:
-    parts = []
-    for i, t in enumerate(layout.lab.get("tunnels", [])):
+def _tunnels(layout: Layout, below: float) -> tuple[list[str], float]:
+    """Each tunnel as a dashed arc from its client to its edge, and the height they take:
+    wide, along the bottom with its label on it; narrow, a loop on the right, labelled below."""
+    parts, y = [], below
+    for t in layout.lab.get("tunnels", []):
         a, b = layout.target(t["client"]), layout.target(t["edge"])
         if a is None or b is None:
             continue
-        y = below + 20 + i * 34
-        path = (f"M{a.cx:.1f} {a.y + a.h:.1f} C{a.cx:.1f} {y:.1f} {a.cx:.1f} {y:.1f} {a.cx + 30:.1f} {y:.1f} "
-                f"L{b.cx - 30:.1f} {y:.1f} C{b.cx:.1f} {y:.1f} {b.cx:.1f} {y:.1f} {b.cx:.1f} {b.y + b.h:.1f}")
         label = f"tunnel {t['name']}: {t['client']} {t['local']} → {t['edge']} {t['public']}"
-        parts.append(f'<g class="tunnel-g" data-tunnel="{escape(t["name"])}"><path class="tunnel" d="{path}"/>'
-                     f'<text class="tunnel" x="{(a.cx + b.cx) / 2:.1f}" y="{y - 6:.1f}" text-anchor="middle">'
-                     f'{escape(label)}</text></g>')
-    return parts
+        if layout.narrow:
+            x1, x2, right = a.x + a.w, b.x + b.w, max(a.x + a.w, b.x + b.w) + 22
+            path = f"M{x1:.1f} {a.cy + 8:.1f} C{right:.1f} {a.cy + 8:.1f} {right:.1f} {b.cy + 8:.1f} {x2:.1f} {b.cy + 8:.1f}"
+            lines = [f"tunnel {t['name']}:", f"{t['client']} {t['local']} → {t['edge']} {t['public']}"]
+            text = "".join(f'<text class="tunnel" x="{N_MARGIN}" y="{y + 18 + 16 * i:.1f}">'
+                           f'{escape(line)}</text>' for i, line in enumerate(lines))
+            y += 40
+        else:
+            y += 34
+            path = (f"M{a.cx:.1f} {a.y + a.h:.1f} C{a.cx:.1f} {y - 14:.1f} {a.cx:.1f} {y - 14:.1f} {a.cx + 30:.1f} "
+                    f"{y - 14:.1f} L{b.cx - 30:.1f} {y - 14:.1f} C{b.cx:.1f} {y - 14:.1f} {b.cx:.1f} {y - 14:.1f} "
+                    f"{b.cx:.1f} {b.y + b.h:.1f}")
+            text = (f'<text class="tunnel" x="{(a.cx + b.cx) / 2:.1f}" y="{y - 20:.1f}" text-anchor="middle">'
+                    f'{escape(label)}</text>')
+        parts.append(f'<g class="tunnel-g" data-tunnel="{escape(t["name"])}"><title>{escape(label)}</title>'
+                     f'<path class="tunnel" d="{path}"/>{text}</g>')
+    return parts, y - below
 
 
-def lab_svg(lab: dict, probes: list[dict] = ()) -> str:
-    """The drawing (an HTML fragment: the SVG, its legend and any note)."""
-    layout = Layout(lab)
+def lab_svg(lab: dict, probes: list[dict] = (), narrow: bool = False) -> str:
+    """One drawing of the lab, wide or narrow (an SVG element)."""
+    layout = Layout(lab, narrow)
     segments, nodes = _segments(layout)
     arrows, notes, lanes = _arrows(layout, list(probes))
     below = layout.bottom + LANE_GAP * lanes + (10 if lanes else 0)
-    tunnels = _tunnels(layout, below)
-    height = below + 20 + 34 * len(tunnels)
-    defs = ('<defs><marker id="lw-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="11" markerHeight="11" '
-            'orient="auto-start-reverse"><path d="M0 0L10 5L0 10z" fill="#d01f1f"/></marker></defs>')
-    svg = (f'<svg class="lab" xmlns="http://www.w3.org/2000/svg" width="{layout.width:.0f}" height="{height:.0f}" '
-           f'viewBox="0 0 {layout.width:.0f} {height:.0f}" role="img" '
-           f'aria-label="{escape("lab " + str(lab.get("name", "")))}">{defs}'
-           + "".join(segments + tunnels + nodes + _hops(layout) + arrows) + "</svg>")
+    tunnels, room = _tunnels(layout, below)
+    height = below + 12 + room
+    kind = "narrow" if narrow else "wide"
+    defs = (f'<defs><marker id="lw-arrow-{kind}" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" '
+            'markerWidth="11" markerHeight="11" orient="auto-start-reverse"><path d="M0 0L10 5L0 10z" fill="#d01f1f"/>'
+            '</marker></defs>')
+    arrows = [a.replace("url(#lw-arrow)", f"url(#lw-arrow-{kind})") for a in arrows]
+    return (f'<svg class="lab {kind}" xmlns="http://www.w3.org/2000/svg" width="{layout.width:.0f}" height="{height:.0f}" '
+            f'viewBox="0 0 {layout.width:.0f} {height:.0f}" style="max-width:{layout.width:.0f}px" role="img" '
+            f'aria-label="{escape("lab " + str(lab.get("name", "")))}">{defs}'
+            + "".join(segments + tunnels + nodes + _hops(layout) + arrows) + "</svg>" + "".join(notes))
+
+
+def lab_drawings(lab: dict, probes: list[dict] = ()) -> str:
+    """The lab for the page: the wide drawing, the narrow one (shown instead on a phone), the
+    legend and the port forwards (an HTML fragment)."""
     forwards = lab.get("forwards", [])
     caption = ("<p class=forwards>Port forwards: " + escape("; ".join(
-        f"{layout.router} {f['public']} → {f['to']}:{f['port']}" for f in forwards)) + "</p>") if forwards else ""
-    return f"<div class=drawing-wrap>{svg}</div>{LEGEND}{caption}{''.join(notes)}"
+        f"{lab.get('router')} {f['public']} → {f['to']}:{f['port']}" for f in forwards)) + "</p>") if forwards else ""
+    return (f"<div class='drawing-wrap wide'>{lab_svg(lab, probes)}</div>"
+            f"<div class='drawing-wrap narrow'>{lab_svg(lab, probes, narrow=True)}</div>{LEGEND}{caption}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from html import escape
 
-from labwarden.report.drawing import CSS as DRAWING_CSS, lab_svg
+from labwarden.report.drawing import CSS as DRAWING_CSS, lab_drawings
 from labwarden.report.plots import CSS as PLOT_CSS
 from labwarden.report.records import BLOCKED, LEAK, LEGEND, PASS, WRONG
 from labwarden.report.sections import section_html, table
@@ -166,7 +166,7 @@ def render_html(doc: dict) -> str:
     body.append(_header_html(head))
     if doc.get("lab"):
         body.append(f"<section id=drawing><h2>The lab: {escape(str(doc['lab'].get('name', '')))}</h2>"
-                    f"{lab_svg(doc['lab'], probes)}</section>")
+                    f"{lab_drawings(doc['lab'], probes)}</section>")
     legend = "<div class=legend>" + "".join(f"<span><i class={k}></i>{escape(v)}</span>"
                                             for k, v in LEGEND.items()) + "</div>"
     for index, matrix in enumerate(doc.get("matrices", [])):

@@ -64,11 +64,12 @@ def run_with(policy, wrong: dict) -> Report:
     return report
 
 
+@pytest.mark.parametrize("narrow", [False, True], ids=["wide", "narrow"])
 @pytest.mark.parametrize("name", LABS)
-def test_every_node_and_segment_is_drawn_once_and_inside(name):
+def test_every_node_and_segment_is_drawn_once_and_inside(name, narrow):
     policy = load_lab(name).policy
     lab = lab_record(policy)
-    svg = svg_of(lab_svg(lab))
+    svg = svg_of(lab_svg(lab, narrow=narrow))
     nodes = groups(svg, "node")
     assert Counter(g.get("data-node") for g in nodes) == Counter(policy.label(n) for n in policy.topology.nodes)
     assert [g.get("data-node") for g in groups(svg, "router")] == [policy.router]
@@ -108,7 +109,8 @@ def test_tunnels_and_impaired_links_are_drawn():
                     if len(n.addresses) > 1 and n.name != policy.router}
 
 
-def test_red_arrows_are_exactly_the_mismatching_pairs():
+@pytest.mark.parametrize("narrow", [False, True], ids=["wide", "narrow"])
+def test_red_arrows_are_exactly_the_mismatching_pairs(narrow):
     policy = load_lab("homelab").policy
     wrong = {"servers/web -> personal/laptop tcp/22": "open", "servers/web -> personal/laptop icmp": "open",
              "servers/git -> personal/tv tcp/22": "open", "personal/laptop -> servers/web tcp/80": "filtered",
@@ -119,14 +121,16 @@ def test_red_arrows_are_exactly_the_mismatching_pairs():
     doc = report.to_dict()
     bad = [p for p in doc["probes"] if not p["ok"]]
     assert len(bad) == len(wrong) + 1
-    svg = svg_of(lab_svg(doc["lab"], doc["probes"]))
+    svg = svg_of(lab_svg(doc["lab"], doc["probes"], narrow=narrow))
     drawn = {(a.get("data-src"), a.get("data-dst")): a for a in arrows(svg)}
     assert {pair: int(a.get("data-count")) for pair, a in drawn.items()} == \
         dict(Counter((p["src"], p["dst"]) for p in bad))
     assert ("servers/web", "personal/laptop") in drawn and ("wan/visitor", "router@wan") in drawn
     assert "leak" in drawn[("servers/web", "personal/laptop")].get("class")
     assert "wrong" in drawn[("personal/laptop", "servers/web")].get("class")
-    assert all(a.get("marker-end") == "url(#lw-arrow)" for a in drawn.values())
+    marker = f"lw-arrow-{'narrow' if narrow else 'wide'}"
+    assert all(a.get("marker-end") == f"url(#{marker})" for a in drawn.values())
+    assert [m.get("id") for m in svg.iter(f"{SVG}marker")] == [marker]
     badges = groups(svg, "badge")
     assert sorted(int("".join(b.itertext()).split(")")[-1]) for b in badges) == \
         sorted(int(a.get("data-count")) for a in drawn.values())
@@ -137,13 +141,14 @@ def test_red_arrows_are_exactly_the_mismatching_pairs():
     assert not arrows(svg_of(lab_svg(clean["lab"], clean["probes"]))) and not mismatch_pairs(clean["probes"])
 
 
-def test_a_mutants_crowd_of_arrows_keeps_its_counts_apart():
+@pytest.mark.parametrize("narrow", [False, True], ids=["wide", "narrow"])
+def test_a_mutants_crowd_of_arrows_keeps_its_counts_apart(narrow):
     """The servers-to-personal mutant: every server reaches every personal device (6 arrows)."""
     policy = load_lab("homelab").policy
     wrong = {f.label(policy): "open" for f in matrix_flows(policy)
              if f.src in ("web", "git") and f.dst_node in ("laptop", "phone", "tv") and str(f.service) == "tcp/22"}
     doc = run_with(policy, wrong).to_dict()
-    svg = svg_of(lab_svg(doc["lab"], doc["probes"]))
+    svg = svg_of(lab_svg(doc["lab"], doc["probes"], narrow=narrow))
     assert len(arrows(svg)) == 6
     centres = [(float(c.get("cx")), float(c.get("cy"))) for b in groups(svg, "badge") for c in b.iter(f"{SVG}circle")]
     for (x1, y1), (x2, y2) in combinations(centres, 2):
@@ -192,7 +197,8 @@ def test_the_page_draws_the_lab_and_a_report_without_one_still_renders():
     doc = run_with(policy, {"servers/web -> personal/laptop tcp/22": "open"}).to_dict()
     page = render_html(doc)
     assert page.index("id=drawing") < page.index("class=matrix")  # the picture before the grid
-    assert 'data-src="servers/web" data-dst="personal/laptop"' in page
+    assert page.count('data-src="servers/web" data-dst="personal/laptop" data-count') == 2  # wide, narrow
+    assert page.count('<svg class="lab wide"') == page.count('<svg class="lab narrow"') == 1
     assert "<script" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     del doc["lab"]
     assert "id=drawing" not in render_html(doc)
