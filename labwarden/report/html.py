@@ -19,7 +19,7 @@ body{font:14px/1.4 system-ui,sans-serif;margin:20px 28px;color:#1d2329;backgroun
 h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:26px 0 8px} h1,h2,p{overflow-wrap:anywhere}
 .head{display:grid;grid-template-columns:max-content auto;gap:2px 14px;font-size:13px;color:#333}
 .head dt{font-weight:600} .head dd{margin:0;font-family:ui-monospace,monospace;word-break:break-all}
-.verdict{display:inline-block;margin:12px 0 4px;padding:6px 12px;border-radius:6px;font-size:16px;font-weight:600}
+.verdict{display:inline-block;align-self:flex-start;margin:12px 0 4px;padding:6px 12px;border-radius:6px;font-size:16px;font-weight:600}
 .verdict.ok{background:#d6f5dc;color:#0b5d1e} .verdict.bad{background:#fbd5d5;color:#8a1010}
 table.grid{border-collapse:separate;border-spacing:3px;margin-top:6px}
 .grid th{font-size:12px;font-weight:600;padding:2px 4px}
@@ -41,7 +41,8 @@ table.list{border-collapse:collapse;font-size:12px;margin-top:4px}
 .bad{color:#8a1010} pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:12px}
 .scroll{overflow-x:auto;max-width:100%}
 @media (max-width:640px){body{margin:12px 12px} .head{grid-template-columns:1fr;gap:0} .head dd{margin-bottom:6px}
- h1{font-size:19px}}
+ h1{font-size:19px} body{display:flex;flex-direction:column} body>*{order:3} h1,#verdict{order:0}
+ #drawing{order:1} .head{order:2}}
 """
 MISMATCH_ROWS = 200
 SEVERITY = (LEAK, WRONG, PASS, BLOCKED)  # a cell takes the first status any of its probes has
