@@ -2,10 +2,10 @@
 
 Segments are boxes, each holding the nodes attached to it alone; nodes on several
 segments (the router first, then other hops such as a satellite) are joined to each of
-their segments by a line and their address there: where everything stands, wide (for
-screens) or narrow (for a phone; the page shows one or the other), is
-`labwarden.report.layout`'s. Impaired links are tagged in orange, tunnels are dashed purple arcs from the
-client to the edge, and every (source, destination) pair with a mismatching probe is
+their segments by a line and their address there. Where everything stands, wide (for
+screens) or narrow (for a phone; the page shows one or the other), is for
+`labwarden.report.layout` to say. Impaired links are tagged in orange, tunnels are
+dashed purple arcs from the client to the edge, and every (source, destination) pair with a mismatching probe is
 one red arrow (solid: got through although forbidden; dashed: blocked or answered
 otherwise than the policy says) with its count. Plain data in, SVG text out: no
 scripts, no fonts or files fetched, every name escaped.
@@ -80,8 +80,8 @@ def _segments(layout: Layout) -> tuple[list[str], list[str]]:
     parts, nodes = [], []
     for seg in layout.order:
         box, info = layout.seg_box[seg], layout.segments[seg]
-        zone = info.get("zone")
-        parts.append(f'<g class="seg" data-segment="{escape(seg)}"><title>{escape(seg)}</title>'
+        title = seg + (f" (zone {info['zone']})" if info.get("zone") else "")
+        parts.append(f'<g class="seg" data-segment="{escape(seg)}"><title>{escape(title)}</title>'
                      f'<rect x="{box.x:.1f}" y="{box.y:.1f}" width="{box.w}" height="{box.h}" rx="9"/>'
                      f'<text class="name" x="{box.x + 12:.1f}" y="{box.y + 21:.1f}">{escape(_cut(seg, 19))}</text>'
                      f'<text class="sub" x="{box.x + 12:.1f}" y="{box.y + 39:.1f}">{escape(_sub(info, seg, box))}</text>')
@@ -127,7 +127,7 @@ def _hops(layout: Layout) -> list[str]:
             w = 7.3 * len(text) + 6
             labels.append(f'<rect class="wire" x="{lx - w / 2:.1f}" y="{ly - 8:.1f}" width="{w:.1f}" height="16"/>'
                           f'<text class="wire" x="{lx:.1f}" y="{ly + 4:.1f}" text-anchor="middle">{escape(text)}</text>')
-        role = "router" if kind == "router" else f"hop, {len(mine)} segments"
+        role = f"{'router' if kind == 'router' else 'hop'}, {len(mine)} segments"
         link = next((layout.impaired[(hop["name"], s)] for s in mine if (hop["name"], s) in layout.impaired), None)
         boxes.append(_node(top, hop, kind, [role + (f" ~{link.get('delay_ms', 0):g} ms" if link else "")]))
     return wires + labels + boxes
