@@ -32,7 +32,7 @@ from labwarden.report.records import LEAK, lab_record
 
 ROOT = Path(__file__).resolve().parents[2]
 MUTANT = ROOT / "topologies" / "homelab" / "mutants" / "servers-to-personal.nft"
-RUNS = {"own-config": [], "mutant": ["--router-config", str(MUTANT)]}
+RUNS = {"own-config": [], "mutant": ["--lw-router-config", str(MUTANT)]}
 SIZES = {"laptop": (1366, 768), "desktop": (1920, 1080), "phone": (390, 844)}
 SMALLEST_PX = 11
 
@@ -43,7 +43,7 @@ def run(request, tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=no", "--no-header",
          "suites/isolation/test_matrix.py", "suites/isolation/test_stateful.py",
-         "--report-dir", str(out), *RUNS[request.param]],
+         "--lw-report-dir", str(out), *RUNS[request.param]],
         cwd=ROOT, capture_output=True, text=True, timeout=1200)
     return request.param, proc, out
 
