@@ -12,8 +12,8 @@ scroll sideways as a whole (a wide grid or plot scrolls in its own box), the
 drawing must fit (the phone gets the narrow one), no text of the drawing or the
 plots may be smaller than 11 px on screen, and no two texts of one picture may
 overlap. The same holds for a page drawn from a made-up
-report with latency plots (no lab needed). The screenshots are kept in the test's
-temporary folder for people to look at.
+report with latency plots (no lab needed). The screenshots are written into the
+test's temporary folder for people to look at (pytest keeps the last few runs').
 """
 
 import json
