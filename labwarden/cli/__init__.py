@@ -28,7 +28,7 @@ import traceback
 
 import docker
 
-from labwarden.cli import diff, init
+from labwarden.cli import diff, init, learn
 from labwarden.errors import ConfigError, LabwardenError
 from labwarden.realise.cleanup import (docker_client, down_all, kept_project, labwarden_projects, remove_project,
                                        sigterm_interrupts)
@@ -119,6 +119,7 @@ def main(argv=None) -> int:
             p.add_argument("--all", action="store_true", help="remove every labwarden lab")
     diff.add_parser(sub)
     init.add_parser(sub)
+    learn.add_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
