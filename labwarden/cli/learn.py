@@ -54,8 +54,9 @@ def _lab(args, log):
             raise ConfigError(args.topology, "--inventory", "--lab live needs --inventory FILE")
         if args.router_config is not None:
             raise ConfigError(args.router_config, "--router-config", "live mode never loads a router config")
-        topology, policy = apply_inventory(load_inventory(args.inventory, topology), topology, policy)
-        return topology, policy, LiveLab(topology, policy, load_inventory(args.inventory, topology), log=log), True
+        inventory = load_inventory(args.inventory, topology)
+        topology, policy = apply_inventory(inventory, topology, policy)
+        return topology, policy, LiveLab(topology, policy, inventory, log=log), False  # down(): its agents removed
     if args.router_config is not None:
         fields.read_text(Path(args.router_config), args.router_config, "--router-config")
     keep = kept_project(topology) in labwarden_projects(docker_client())
