@@ -1,16 +1,22 @@
-"""`labwarden init NAME --openwrt BACKUP [--ruleset FILE]`: a lab folder drafted from a router's
-own configuration (labwarden.declared.openwrt says what is drafted and how)."""
+"""`labwarden init NAME --openwrt BACKUP [--ruleset FILE]` | `--from-router HOSTSPEC`: a lab folder
+drafted from a router's own configuration (labwarden.declared.openwrt and
+labwarden.declared.linux_router say what is drafted and how)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import tarfile
 from ipaddress import IPv4Network
 from pathlib import Path
 
+import testinfra
+
 from labwarden.errors import ConfigError
 from labwarden.declared.fields import MAX_BYTES, read_text
+from labwarden.declared.hostspec import masked, parse_spec
+from labwarden.declared.linux_router import draft_from_router, ruleset_from_router
 from labwarden.declared.openwrt import draft
 from labwarden.declared.openwrt_files import compose_text, policy_text, ruleset_text
 from labwarden.declared.uci import parse_uci
@@ -21,6 +27,7 @@ HELP = """\
 examples:
   labwarden init myhome --openwrt backup-OpenWrt-2026-11-30.tar.gz --ruleset ruleset.nft
   labwarden init example --openwrt examples/openwrt-backup      (a folder: etc/config/..., ruleset.nft)
+  labwarden init myhome --from-router 'ssh://root@192.168.1.1'   (reads ip -j addr/route, nft list ruleset)
   pytest suites/isolation --lw-topology topologies/myhome
 
 BACKUP is what LuCI's System > Backup / Flash Firmware > "Generate archive" downloads, or a
@@ -94,22 +101,13 @@ def read_backup(backup: Path, ruleset: Path | None) -> tuple[dict[str, str], str
 def init_lab(name: str, backup: Path, ruleset: Path | None, into: Path, wan_subnet: IPv4Network,
              force: bool = False) -> Path:
     """Write INTO/NAME/ (compose.yaml, policy.yaml, router/ruleset.nft); returns the folder."""
-    if not _LAB_NAME.match(name):
-        raise ConfigError(name, "NAME", "use lower-case letters, digits and '-' (it names a folder and a "
-                          "Compose project)")
-    folder = into / name
-    if folder.exists() and not force:
-        raise ConfigError(folder, "NAME", "already exists: pick another name or pass --force to replace its files")
+    folder = _folder(name, into, force)
     texts, rules, origin = read_backup(backup, ruleset)
     network = parse_uci(texts[CONFIGS[0]], f"{backup}/{CONFIGS[0]}")
     firewall = parse_uci(texts[CONFIGS[1]], f"{backup}/{CONFIGS[1]}")
     lab = draft(network, firewall, wan_subnet)
     source = f"{backup} (etc/config/network, etc/config/firewall)"
-    (folder / "router").mkdir(parents=True, exist_ok=True)
-    (folder / "compose.yaml").write_text(compose_text(lab, name, source))
-    (folder / "policy.yaml").write_text(policy_text(lab, name, source))
-    (folder / "router" / "ruleset.nft").write_text(ruleset_text(lab, rules, origin))
-    return folder
+    return _write(folder, lab, name, source, ruleset_text(lab, rules, origin))
 
 
 def _subnet(text: str) -> IPv4Network:
@@ -126,8 +124,11 @@ def add_parser(sub) -> None:
     p = sub.add_parser("init", help="draft a lab (compose.yaml, policy.yaml, router config) from your router's config",
                        epilog=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", metavar="NAME", help="the lab's name: topologies/NAME is written")
-    p.add_argument("--openwrt", metavar="BACKUP", type=Path, required=True,
-                   help="an OpenWrt backup (tar.gz) or a folder with etc/config/{network,firewall}")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--openwrt", metavar="BACKUP", type=Path,
+                        help="an OpenWrt backup (tar.gz) or a folder with etc/config/{network,firewall}")
+    source.add_argument("--from-router", metavar="HOSTSPEC",
+                        help="a running Linux router (ssh://root@192.168.1.1, paramiko://..., local://), read only")
     p.add_argument("--ruleset", metavar="FILE", type=Path, default=None,
                    help="firewall4's rendered ruleset (`fw4 print` on the router)")
     p.add_argument("--wan-subnet", type=_subnet, default=IPv4Network("10.29.0.0/24"),
@@ -138,8 +139,56 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_init)
 
 
+def router_outputs(spec: str) -> tuple[list, list, dict, str]:
+    """`ip -j addr`, `ip -j route`, `nft -j list ruleset` and `nft list ruleset` of a router,
+    read over testinfra; nothing on the router is changed."""
+    parse_spec("--from-router", "HOSTSPEC", spec)
+    host = testinfra.get_host(spec)
+    outputs = []
+    for command in ("ip -j addr", "ip -j route", "nft -j list ruleset", "nft list ruleset"):
+        result = host.run(command)
+        if result.rc != 0:
+            raise ConfigError(masked(spec), "--from-router", f"`{command}` failed (exit {result.rc}): "
+                              f"{result.stderr.strip()[:200]} (nft needs root: add ?sudo=true or log in as root)")
+        outputs.append(result.stdout)
+    try:
+        return json.loads(outputs[0]), json.loads(outputs[1]), json.loads(outputs[2]), outputs[3]
+    except ValueError as err:
+        raise ConfigError(masked(spec), "--from-router", f"a command's output is not JSON: {err}") from None
+
+
+def init_from_router(name: str, outputs: tuple, origin: str, into: Path, wan_subnet: IPv4Network,
+                     force: bool = False) -> Path:
+    folder = _folder(name, into, force)
+    addr, route, rules_json, rules_text = outputs
+    lab = draft_from_router(addr, route, rules_json, wan_subnet, origin)
+    return _write(folder, lab, name, origin, ruleset_from_router(lab, rules_text, addr, origin))
+
+
+def _folder(name: str, into: Path, force: bool) -> Path:
+    if not _LAB_NAME.match(name):
+        raise ConfigError(name, "NAME", "use lower-case letters, digits and '-' (it names a folder and a "
+                          "Compose project)")
+    folder = into / name
+    if folder.exists() and not force:
+        raise ConfigError(folder, "NAME", "already exists: pick another name or pass --force to replace its files")
+    return folder
+
+
+def _write(folder: Path, lab, name: str, source: str, ruleset: str) -> Path:
+    (folder / "router").mkdir(parents=True, exist_ok=True)
+    (folder / "compose.yaml").write_text(compose_text(lab, name, source))
+    (folder / "policy.yaml").write_text(policy_text(lab, name, source))
+    (folder / "router" / "ruleset.nft").write_text(ruleset)
+    return folder
+
+
 def cmd_init(args) -> int:
-    folder = init_lab(args.name, args.openwrt, args.ruleset, args.into, args.wan_subnet, args.force)
+    if args.from_router is not None:
+        folder = init_from_router(args.name, router_outputs(args.from_router), masked(args.from_router),
+                                  args.into, args.wan_subnet, args.force)
+    else:
+        folder = init_lab(args.name, args.openwrt, args.ruleset, args.into, args.wan_subnet, args.force)
     policy = (folder / "policy.yaml").read_text()
     reviews = [line.strip() for line in policy.splitlines() if "REVIEW:" in line]
     print(f"wrote {folder}/compose.yaml, policy.yaml, router/ruleset.nft")

@@ -175,11 +175,11 @@ def draft(network: UciFile, firewall: UciFile, wan_subnet: IPv4Network) -> Draft
     zone_segments = {z: s for z, s in zone_segments.items() if s}
     out = Draft(segments, {}, zone_segments, [], "drop", "", outside.get("name"), [], False, None, skipped)
     _policy(out, firewall, zones)
-    _probe_hosts(out)
+    probe_hosts(out)
     return out
 
 
-def _target(out: Draft, address: str, proto: str, port: int, why: str) -> str | None:
+def target(out: Draft, address: str, proto: str, port: int, why: str) -> str | None:
     """The node at `address` (made if new) now serving proto/port; None: not a lab address."""
     try:
         ip = IPv4Address(address)
@@ -196,7 +196,7 @@ def _target(out: Draft, address: str, proto: str, port: int, why: str) -> str | 
     return name
 
 
-def _probe_hosts(out: Draft) -> None:
+def probe_hosts(out: Draft) -> None:
     for seg in out.segments.values():
         if seg.outside:
             hosts = list(seg.subnet.hosts())
@@ -302,7 +302,7 @@ def _rule(out: Draft, firewall: UciFile, rule: Section, known: set[str]) -> None
         for ip in rule.values("dest_ip"):
             for p in protos:
                 for n in numbers:
-                    _target(out, ip, p, n, f"the target of rule {name}")
+                    target(out, ip, p, n, f"the target of rule {name}")
         if rule.values("dest_ip") and dest is not None:
             review = review or f"only to {rule.get('dest_ip')}: the policy allows the whole zone {dest}"
     narrow = [k for k in ("src_ip", "src_mac", "src_port", "icmp_type", "limit") if rule.get(k)]
@@ -335,7 +335,7 @@ def _redirect(out: Draft, firewall: UciFile, redirect: Section) -> None:
         return note(f"dest_port {redirect.get('dest_port')!r}: one port is drafted")
     daddr = "public" if redirect.get("src_dip") else "any"
     for proto in [p for p in (redirect.values("proto") or ["tcp", "udp"]) if p in ("tcp", "udp")]:
-        to = _target(out, redirect.get("dest_ip") or "", proto, port, f"the target of redirect {name}")
+        to = target(out, redirect.get("dest_ip") or "", proto, port, f"the target of redirect {name}")
         if to is None:
             return note(f"dest_ip {redirect.get('dest_ip')!r} is not on a network of the lab")
         out.entries.append(Entry("forward", f"{{name: {name}, public: {proto}/{public[0]}, to: {to}, "

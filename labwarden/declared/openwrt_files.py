@@ -150,11 +150,11 @@ def policy_text(draft: Draft, name: str, origin: str) -> str:
         if all(e.disabled for e in forwards):
             lines.append("  []")
     lines += ["", f"public: {draft.router_public}             # the router's address on the outside zone's network",
-              f"masquerade: [{', '.join(draft.masquerade)}]   # zone {draft.outside}: masq 1",
+              f"masquerade: [{', '.join(draft.masquerade)}]   # what leaves through zone {draft.outside} is masqueraded",
               f"hairpin: {'true' if draft.hairpin else 'false'}" +
               ("                # a redirect without reflection '0' (firewall4 reflects by default)"
-               if draft.hairpin else "               # reflection '0' on every redirect"),
-              "antispoof: false             # firewall4 checks no source address unless a zone sets rpfilter"]
+               if draft.hairpin else "               # no forward is reflected to the inside"),
+              "antispoof: false             # not promised: firewall4 checks no source address (rp_filter would)"]
     if draft.syn_limit:
         lines += ["", "# defaults syn_flood '1': new TCP connections to the router pass a limit, summed over",
                   "# all sources; the prober paces its SYNs to the router under it.",

@@ -1,6 +1,7 @@
 """`labwarden init --openwrt` (a lab drafted from examples/openwrt-backup, no Docker) and
 `labwarden learn`'s pure half (labwarden.checks.learn.learned on the oracle's own verdicts)."""
 
+import json
 import tarfile
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from labwarden.cli import main
-from labwarden.cli.init import init_lab
+from labwarden.cli.init import init_from_router, init_lab
 from labwarden.checks.learn import learned, learned_text, summary
 from labwarden.checks.matrix import matrix_flows
 from labwarden.declared.lab import load_lab
@@ -155,3 +156,29 @@ def test_learned_names_the_extra_flows_of_a_mutant():
     lines = summary(policy, learned(policy, observed, landed))
     extra = [line for line in lines if line.startswith("servers → personal")]
     assert len(extra) == 1 and "tcp/22" in extra[0] and "is that intended?" in extra[0]
+
+
+ROUTER_DATA = Path(__file__).resolve().parent / "data" / "linux-router"
+
+
+def test_init_from_a_running_linux_router(tmp_path):
+    """The outputs of `ip -j addr`, `ip -j route`, `nft -j list ruleset` and `nft list ruleset`
+    as read from the router of the lab drafted from examples/openwrt-backup (fw4's ruleset)."""
+    outputs = (*(json.loads((ROUTER_DATA / f).read_text()) for f in ("addr.json", "route.json", "ruleset.json")),
+               (ROUTER_DATA / "ruleset.txt").read_text())
+    folder = init_from_router("from-router", outputs, "ssh://root@router", tmp_path, IPv4Network("10.28.0.0/24"))
+    topology, policy = load_lab(folder)
+    assert set(policy.zones) == {"lan0", "srv0", "gpu0", "guest0", "wan0"}  # one per interface
+    assert str(topology.segments["wan0"].subnet) == "10.28.0.0/24"           # never the real outside
+    # fw4's jumps followed: iifname lan0 -> forward_lan -> accept_to_wan -> oifname wan0 accept
+    assert {(sorted(r.sources)[0], sorted(r.targets)[0], r.any) for r in policy.allow} >= {
+        ("lan0", "wan0", True), ("lan0", "srv0", True), ("lan0", "gpu0", True), ("srv0", "wan0", True),
+        ("guest0", "wan0", True), ("lan0", "router", True)}
+    assert not any("srv0" in r.sources and "lan0" in r.targets for r in policy.allow)
+    assert {(f.public, f.to, f.port) for f in policy.forwards} == {
+        (Service("tcp", 443), "srv0-10", 443), (Service("tcp", 2222), "srv0-11", 22)}
+    assert policy.blocked == "reject" and sorted(policy.masquerade) == ["gpu0", "guest0", "lan0", "srv0"]
+    text = (folder / "policy.yaml").read_text()
+    assert text.count("REVIEW:") >= len(policy.allow)
+    ruleset = (folder / "router" / "ruleset.nft").read_text()
+    assert ruleset.startswith("# labwarden:") and "flush ruleset\ntable inet fw4 {" in ruleset
