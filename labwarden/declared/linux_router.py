@@ -43,7 +43,8 @@ def segments_of(addr: list, route: list, wan_subnet: IPv4Network, origin: str) -
         iface = IPv4Interface(f"{v4[0]['local']}/{v4[0]['prefixlen']}")
         where = f"{origin} ip addr {name}"
         if name == outside:
-            segments[name] = Segment(name, name, name, wan_subnet, list(wan_subnet.hosts())[1], where, True)
+            # the zone is called wan: the suites know the outside by that name
+            segments[name] = Segment(name, name, "wan", wan_subnet, list(wan_subnet.hosts())[1], where, True)
         else:
             if iface.network.overlaps(wan_subnet):
                 raise ConfigError(origin, f"interface {name}", f"{iface.network} overlaps the lab's wan "
@@ -137,8 +138,9 @@ def _services(cond: dict) -> str:
 
 def draft_from_router(addr: list, route: list, ruleset: dict, wan_subnet: IPv4Network, origin: str) -> Draft:
     segments = segments_of(addr, route, wan_subnet, origin)
-    zones = {name: [name] for name in segments}
-    outside = next(s.name for s in segments.values() if s.outside)
+    zones = {s.zone: [s.name] for s in segments.values()}
+    zone = {s.name: s.zone for s in segments.values()}  # interface -> zone
+    outside = "wan"
     draft = Draft(segments, {}, zones, [], "drop", "denied flows: dropped (drafted; see `labwarden learn`)",
                   outside, [], False, None, [])
     seen = set()
@@ -148,8 +150,8 @@ def draft_from_router(addr: list, route: list, ruleset: dict, wan_subnet: IPv4Ne
             tos = ["router"] if to_router else (sorted(cond["oifname"] & set(segments))
                                                 if cond.get("oifname") is not None else sorted(segments))
             ports = _services(cond)
-            for src in froms:
-                for dst in tos:
+            for src in (zone[f] for f in froms):
+                for dst in (t if t == "router" else zone[t] for t in tos):
                     if (src, dst, ports) in seen or src == dst:
                         continue
                     seen.add((src, dst, ports))
@@ -162,6 +164,10 @@ def draft_from_router(addr: list, route: list, ruleset: dict, wan_subnet: IPv4Ne
     text = json.dumps(ruleset)
     if '"reject"' in text:
         draft.blocked, draft.blocked_note = "reject", "the ruleset rejects (drafted: its reject rules answer denied flows)"
+    limit = next((e["limit"] for item in ruleset.get("nftables", []) if "rule" in item
+                  and item["rule"]["chain"] == "syn_flood" for e in item["rule"]["expr"] if "limit" in e), None)
+    if limit and limit.get("per") == "second" and isinstance(limit.get("rate"), int):
+        draft.syn_limit = (limit["rate"], int(limit.get("burst") or 5))  # fw4's syn_flood chain
     if '"masquerade"' in text:
         draft.masquerade = [z for z in zones if z != outside]
     probe_hosts(draft)
@@ -169,7 +175,7 @@ def draft_from_router(addr: list, route: list, ruleset: dict, wan_subnet: IPv4Ne
 
 
 def _forwards(draft: Draft, ruleset: dict, origin: str) -> None:
-    outside = draft.segments[draft.outside]
+    outside = next(s for s in draft.segments.values() if s.outside)
     for cond, dnat in accepts(ruleset, "prerouting", "nat", "dnat"):
         if cond.get("iifname") is not None and outside.device not in cond["iifname"]:
             continue

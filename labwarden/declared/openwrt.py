@@ -140,6 +140,13 @@ def draft(network: UciFile, firewall: UciFile, wan_subnet: IPv4Network) -> Draft
                           "and none is named wan")
     segments: dict[str, Segment] = {}
     skipped: list[str] = []
+    if outside.get("name") != "wan" and not any(z.get("name") == "wan" for z in zones):
+        old = outside.get("name")  # the suites know the outside zone as wan: renamed everywhere
+        for section in firewall.sections:
+            for key in ("src", "dest") if section is not outside else ("name",):
+                if section.options.get(key) == old:
+                    section.options[key] = "wan"
+        skipped.append(f"firewall zone {old!r} is zone wan in the lab (the suites know the outside by that name)")
     for zone in zones:
         zname = zone.get("name")
         for iface in network.of_type("interface"):
@@ -149,7 +156,7 @@ def draft(network: UciFile, firewall: UciFile, wan_subnet: IPv4Network) -> Draft
             where = _where(network, iface).replace(" interface", f" interface '{iface.name}'")
             addr = _address(network, iface)
             if device is None or not valid_ifname(device):
-                skipped.append(f"{where}: device {device!r} is not a Linux interface name the lab can give")
+                skipped.append(f"left out: {where}: device {device!r} is not a Linux interface name the lab can give")
                 continue
             if any(s.device == device for s in segments.values()):
                 continue  # wan6 on wan's device: one segment
@@ -157,7 +164,7 @@ def draft(network: UciFile, firewall: UciFile, wan_subnet: IPv4Network) -> Draft
                 hosts = list(wan_subnet.hosts())
                 segments[iface.name] = Segment(iface.name, device, zname, wan_subnet, hosts[1], where, True)
             elif addr is None:
-                skipped.append(f"{where}: no static IPv4 address (proto {iface.get('proto')})")
+                skipped.append(f"left out: {where}: no static IPv4 address (proto {iface.get('proto')})")
             else:
                 if wan_subnet.overlaps(addr.network):
                     raise ConfigError(network.path, f"line {iface.line}", f"interface {iface.name}'s "
@@ -171,7 +178,7 @@ def draft(network: UciFile, firewall: UciFile, wan_subnet: IPv4Network) -> Draft
     zone_segments = {z.get("name"): [s.name for s in segments.values() if s.zone == z.get("name")] for z in zones}
     for zname, segs in zone_segments.items():
         if not segs:
-            skipped.append(f"zone {zname}: no network with an IPv4 address in the lab")
+            skipped.append(f"left out: zone {zname}: no network with an IPv4 address in the lab")
     zone_segments = {z: s for z, s in zone_segments.items() if s}
     out = Draft(segments, {}, zone_segments, [], "drop", "", outside.get("name"), [], False, None, skipped)
     _policy(out, firewall, zones)

@@ -35,7 +35,7 @@ def compose_text(draft: Draft, name: str, origin: str) -> str:
         "# Docker host or anything beyond it.",
     ]
     for note in draft.skipped:
-        lines.append(f"# left out: {note}")
+        lines.append(f"# {note}")
     lines += [
         "",
         "x-node: &node",

@@ -168,12 +168,14 @@ def test_init_from_a_running_linux_router(tmp_path):
                (ROUTER_DATA / "ruleset.txt").read_text())
     folder = init_from_router("from-router", outputs, "ssh://root@router", tmp_path, IPv4Network("10.28.0.0/24"))
     topology, policy = load_lab(folder)
-    assert set(policy.zones) == {"lan0", "srv0", "gpu0", "guest0", "wan0"}  # one per interface
+    # one zone per interface; the outside is zone wan, as the suites know it
+    assert policy.zones == {"lan0": ["lan0"], "srv0": ["srv0"], "gpu0": ["gpu0"], "guest0": ["guest0"], "wan": ["wan0"]}
     assert str(topology.segments["wan0"].subnet) == "10.28.0.0/24"           # never the real outside
+    assert (policy.syn_limit.rate, policy.syn_limit.burst) == (25, 50)      # fw4's syn_flood chain
     # fw4's jumps followed: iifname lan0 -> forward_lan -> accept_to_wan -> oifname wan0 accept
     assert {(sorted(r.sources)[0], sorted(r.targets)[0], r.any) for r in policy.allow} >= {
-        ("lan0", "wan0", True), ("lan0", "srv0", True), ("lan0", "gpu0", True), ("srv0", "wan0", True),
-        ("guest0", "wan0", True), ("lan0", "router", True)}
+        ("lan0", "wan", True), ("lan0", "srv0", True), ("lan0", "gpu0", True), ("srv0", "wan", True),
+        ("guest0", "wan", True), ("lan0", "router", True)}
     assert not any("srv0" in r.sources and "lan0" in r.targets for r in policy.allow)
     assert {(f.public, f.to, f.port) for f in policy.forwards} == {
         (Service("tcp", 443), "srv0-10", 443), (Service("tcp", 2222), "srv0-11", 22)}
@@ -182,3 +184,15 @@ def test_init_from_a_running_linux_router(tmp_path):
     assert text.count("REVIEW:") >= len(policy.allow)
     ruleset = (folder / "router" / "ruleset.nft").read_text()
     assert ruleset.startswith("# labwarden:") and "flush ruleset\ntable inet fw4 {" in ruleset
+
+
+def test_the_outside_zone_is_wan_in_the_lab_whatever_its_uci_name(tmp_path):
+    backup = tmp_path / "backup"
+    (backup / "etc" / "config").mkdir(parents=True)
+    (backup / "etc" / "config" / "network").write_text((EXAMPLE / "etc/config/network").read_text())
+    firewall = (EXAMPLE / "etc/config/firewall").read_text()
+    (backup / "etc" / "config" / "firewall").write_text(firewall.replace("'wan'", "'internet'"))
+    _, policy = load_lab(init_lab("renamed", backup, EXAMPLE / "ruleset.nft", tmp_path, WAN))
+    assert set(policy.zones) == {"lan", "servers", "gpu", "guest", "wan"} and policy.outside == "wan"
+    assert any(r.name == "Allow-Ping" and r.sources == {"wan"} for r in policy.allow)
+    assert "firewall zone 'internet' is zone wan" in (tmp_path / "renamed" / "compose.yaml").read_text()
