@@ -23,7 +23,7 @@ def test_init_from_the_example_backup_then_the_isolation_suite_passes(tmp_path):
     assert made.returncode == 0, made.stdout + made.stderr
     assert "Allow-IPSec-ESP" in made.stdout and "Allow-ISAKMP" in made.stdout  # the review markers
     suite = run("-m", "pytest", "suites/isolation", "-q", "-p", "no:cacheprovider",
-                "--topology", str(tmp_path / "byol-example"), "--report-dir", str(tmp_path / "reports"))
+                "--lw-topology", str(tmp_path / "byol-example"), "--lw-report-dir", str(tmp_path / "reports"))
     assert suite.returncode == 0, suite.stdout[-4000:] + suite.stderr[-2000:]
     assert re.search(r"cells, 0 mismatches", suite.stdout), suite.stdout[-4000:]
 
