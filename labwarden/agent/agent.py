@@ -11,7 +11,8 @@ base64(zlib(JSON)); prints one line of JSON. Request (every node key optional)::
         "container": ID, "pid_start": N,     # what that pid must still be: see netns.py
         "setup": {"rename": {MAC: NAME}, "routes": [[PREFIX|"default", NEXTHOP]],
                   "sysctls": {KEY: VALUE}, "nft": RULESET, "nft_add": TEXT,
-                  "iptables": IPTABLES_RESTORE_FILE, "flush_conntrack": true},
+                  "iptables": IPTABLES_RESTORE_FILE, "ip6tables": IP6TABLES_RESTORE_FILE,
+                  "flush_conntrack": true},
         "info": true, "capture": {"seconds": 2.0}, "trace": true,
         "start_at": EPOCH_S,                 # send from then on (live labs: agents on many hosts)
         "near": [IP],                        # off-link addresses 0 hops away (the gateway's others)
@@ -77,7 +78,7 @@ Response::
         "captured": [{"iface": "eth0", "dir": "in"|"out", "hex": FRAME}],
         "capture_truncated": N,              # only when frames beyond MAX_FRAMES were not kept
         "sniffer_drops": N}},                # only when the kernel dropped frames for the sniffer
-     "elapsed_s": 0.6}
+     "elapsed_s": 0.6, "rusage": {"maxrss_kb": N, "cpu_s": S, "children_cpu_s": S}}
 
 trace: `nft -a monitor trace` runs in the node from before the barrier (the agent waits
 until it has joined the trace group) until the end of the capture window; the node's
@@ -181,6 +182,19 @@ def encode_request(request: dict) -> str:
     return base64.b64encode(zlib.compress(json.dumps(request).encode())).decode()
 
 
+def proc_sys_read_only(mounts: str | None = None) -> bool:
+    """Whether /proc/sys is mounted read-only where the agent runs (as in a container)."""
+    if mounts is None:
+        try:
+            with open("/proc/self/mounts") as f:
+                mounts = f.read()
+        except OSError:
+            return False
+    options = [line.split()[3] for line in mounts.splitlines()
+               if len(line.split()) > 3 and line.split()[1] == "/proc/sys"]
+    return bool(options) and "ro" in options[-1].split(",")
+
+
 def decode_request(arg: str) -> dict:
     text = sys.stdin.read() if arg == "-" else arg
     return json.loads(zlib.decompress(base64.b64decode(text.strip())))
@@ -245,6 +259,7 @@ NFT_FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
 TABLE_STATEMENT = re.compile(r"^\s*(?:(add|create|delete|destroy)\s+)?table\s+(?:(%s)\s+)?([\w.$-]+)"
                              % "|".join(NFT_FAMILIES))
 TABLE_LINE = re.compile(r"^table (\S+) (\S+)$", re.M)  # `nft list tables`
+XTABLES = [("iptables", "iptables", "ip"), ("ip6tables", "ip6tables", "ip6")]  # setup key, tool, nft family
 XT_TABLE = re.compile(r"^\*(\w+)\s*$(.*?)^COMMIT\s*$", re.M | re.S)  # iptables-restore: *TABLE ... COMMIT
 XT_RULE = re.compile(r"^-[AI] ", re.M)
 
@@ -1040,7 +1055,22 @@ class NodeRun:
                              f"{done.stderr.strip()}")
         return done.stdout
 
+    def ip_batch(self, commands: list[list[str]]):
+        """`ip` commands in one process (`ip -batch -`): plumbing a node costs one `ip`, not
+        one per command (a lab's up time); a failure names the command that failed."""
+        if not commands:
+            return
+        try:
+            self.sh("ip", "-batch", "-", stdin="".join(" ".join(c) + "\n" for c in commands))
+        except AgentError as e:
+            line = re.search(r"Command failed -:(\d+)", str(e))
+            failed = commands[int(line.group(1)) - 1] if line and int(line.group(1)) <= len(commands) else None
+            if failed is None:
+                raise
+            raise AgentError(f"node {self.name}: `ip {' '.join(failed)}` failed: {e}") from None
+
     def setup(self, setup: dict):
+        commands = []
         if setup.get("rename"):
             links = {link.get("address"): link["ifname"] for link in json.loads(self.sh("ip", "-j", "link"))}
             for mac, new in setup["rename"].items():
@@ -1049,16 +1079,23 @@ class NodeRun:
                     raise AgentError(f"node {self.name}: no interface has MAC {mac} (to be named {new}); "
                                      f"interfaces: {sorted(links.values())}")
                 if old != new:
-                    self.sh("ip", "link", "set", old, "down")
-                    self.sh("ip", "link", "set", old, "name", new)
-                    self.sh("ip", "link", "set", new, "up")
-        for ifname, cidr in setup.get("addrs", []):  # IPv6 (labwarden's own, not Docker's), after renames
-            self.sh("ip", "-6", "addr", "replace", cidr, "dev", ifname, "nodad")
-        for prefix, nexthop in setup.get("routes", []):  # after renames: a link down drops routes
-            self.sh("ip", *(["-6"] if ":" in nexthop else []), "route", "replace", prefix, "via", nexthop)
+                    commands += [["link", "set", old, "down"], ["link", "set", old, "name", new],
+                                 ["link", "set", new, "up"]]
+        # after renames: a link down drops routes
+        routes = {6: [], 4: []}
+        for prefix, nexthop in setup.get("routes", []):
+            routes[6 if ":" in nexthop else 4].append(["route", "replace", prefix, "via", nexthop])
+        # IPv6 (labwarden's own addresses, not Docker's) after the IPv4 routes, its routes after
+        # its addresses (a next hop must be on a link); no `-6`: `ip -batch` refuses options on
+        # its lines, and `ip` takes the family from the addresses
+        commands += routes[4] + [["addr", "replace", cidr, "dev", ifname, "nodad"]
+                                 for ifname, cidr in setup.get("addrs", [])] + routes[6]
+        self.ip_batch(commands)
         pairs = [f"{key}={value}" for key, value in (setup.get("sysctls") or {}).items()]
         if pairs:
             try:
+                if proc_sys_read_only():  # a container's: known to fail, so not tried
+                    raise AgentError("read-only /proc/sys")
                 self.sh("sysctl", "-w", *pairs)
             except AgentError:  # read-only /proc/sys (containers): remount it in a private mount ns
                 self.sh("unshare", "-m", "sh", "-c",
@@ -1067,8 +1104,9 @@ class NodeRun:
             self.load_ruleset(setup["nft"])
         if setup.get("nft_add"):
             self.sh("nft", "-f", "-", stdin=setup["nft_add"])
-        if setup.get("iptables") is not None:
-            self.load_xtables(setup["iptables"])
+        if setup.get("iptables") is not None or setup.get("ip6tables") is not None:
+            self.load_xtables([(setup[key], tool, family) for key, tool, family in XTABLES
+                               if setup.get(key) is not None])
         if setup.get("flush_conntrack"):
             self.flush_conntrack()
 
@@ -1088,25 +1126,35 @@ class NodeRun:
                              f"{show(have - want)}; missing: {show(want - have)}); a table made by "
                              "an include, or by something running in the node, is not allowed")
 
-    def load_xtables(self, text: str, tool: str = "iptables", family: str = "ip"):
-        """Replace the whole firewall with an iptables-restore file (iptables-nft), and read it back.
+    def load_xtables(self, files: list[tuple[str, str, str]]):
+        """Replace the whole firewall with iptables-restore files (iptables-nft), and read it back.
 
-        The file is parsed first (`--test`), so a broken one leaves the old rules in place.
-        Between the flush and the restore the node has no rules for a moment: a loader that
-        cares empties conntrack afterwards (flush_conntrack runs after this)."""
-        self.sh(f"{tool}-restore", "--test", stdin=text)
+        files: [(text, tool, nft family)]: ("...", "iptables", "ip"), ("...", "ip6tables", "ip6").
+        Each file is parsed first (`--test`), so a broken one leaves the old rules in place.
+        Then the whole nft ruleset is flushed once and every file restored: a family without
+        a file has no rules (accepts everything). Between the flush and the restores the node
+        has no rules for a moment: a loader that cares empties conntrack afterwards
+        (flush_conntrack runs after this)."""
+        for text, tool, _ in files:
+            self.sh(f"{tool}-restore", "--test", stdin=text)
         self.sh("nft", "flush", "ruleset")
-        self.sh(f"{tool}-restore", stdin=text)
-        want, rules = set(), {}
-        for table, body in XT_TABLE.findall(text):
-            want.add((family, table))
-            rules[table] = rules.get(table, 0) + len(XT_RULE.findall(body))
+        for text, tool, _ in files:
+            self.sh(f"{tool}-restore", stdin=text)
+        want, saved_all, rules_all = set(), {}, {}
+        for text, tool, family in files:
+            rules = {}
+            for table, body in XT_TABLE.findall(text):
+                want.add((family, table))
+                rules[table] = rules.get(table, 0) + len(XT_RULE.findall(body))
+            rules_all[tool] = rules
+            saved_all[tool] = {table: len(XT_RULE.findall(body))
+                               for table, body in XT_TABLE.findall(self.sh(f"{tool}-save"))}
         have = set(TABLE_LINE.findall(self.sh("nft", "list", "tables")))
-        saved = {table: len(XT_RULE.findall(body)) for table, body in XT_TABLE.findall(self.sh(f"{tool}-save"))}
-        if have != want or saved != rules:
+        if have != want or saved_all != rules_all:
             show = lambda tables: ", ".join(f"{f} {n}" for f, n in sorted(tables)) or "none"
-            raise AgentError(f"node {self.name}: after {tool}-restore the node holds the tables {show(have)} "
-                             f"with rules {saved}, but the file declares {show(want)} with rules {rules}")
+            tools = "/".join(f"{tool}-restore" for _, tool, _ in files)
+            raise AgentError(f"node {self.name}: after {tools} the node holds the tables {show(have)} "
+                             f"with rules {saved_all}, but the files declare {show(want)} with rules {rules_all}")
 
     def flush_conntrack(self):
         """Forget every tracked connection, so a new ruleset inherits none an earlier one let in.
@@ -1239,8 +1287,19 @@ def main(argv: list[str]) -> int:
     except (ValueError, zlib.error) as e:
         print(json.dumps({"error": f"bad request: cannot decode it: {e}"}))
         return 0
-    print(json.dumps(handle(request), separators=(",", ":")))
+    answer = handle(request)
+    if "error" not in answer:  # a refusal is the error alone
+        answer["rusage"] = rusage()
+    print(json.dumps(answer, separators=(",", ":")))
     return 0
+
+
+def rusage() -> dict:
+    """What this call cost the agent: its peak memory and its CPU time (the commands it ran
+    apart), the figures benchmarks/scale.py reports."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"maxrss_kb": own.ru_maxrss, "cpu_s": round(own.ru_utime + own.ru_stime, 3),
+            "children_cpu_s": round(kids.ru_utime + kids.ru_stime, 3)}
 
 
 if __name__ == "__main__":

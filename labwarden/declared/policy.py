@@ -23,12 +23,12 @@ on the target port; the router's public address and `daddr: any` are IPv4's.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from labwarden.errors import LabwardenError
 from labwarden.declared.budgets import Budget
-from labwarden.declared.topology import Topology
+from labwarden.declared.topology import Topology, as_address
 
 VERDICTS = frozenset({"open", "closed", "filtered", "rejected"})
 BLOCKED = {"drop": frozenset({"filtered"}), "reject": frozenset({"rejected"}),
@@ -202,7 +202,7 @@ class Policy:
     def flow(self, src: str, dst_address, service: Service | str) -> Flow:
         self.zone_of(src)  # an unknown node fails here, with the list of nodes
         service = Service.parse(service)
-        dst = ip_address(dst_address)
+        dst = as_address(dst_address)
         holder = self.topology.node_at(dst)
         return Flow(src, dst, service.proto, service.port, holder.name if holder else None)
 

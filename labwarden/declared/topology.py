@@ -27,6 +27,8 @@ Node stay IPv4; ``addresses6``, ``gateway6`` and ``routes6`` are the IPv6 side.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
@@ -42,6 +44,12 @@ X_KEYS = ("firewall", "gateway", "gateway6", "impair", "interfaces", "ipv6", "ro
 ROUTER_KINDS = ("nftables", "iptables")
 # the repo's own labs, for when the suite runs from another directory
 PACKAGE_TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
+
+
+def as_address(value) -> IPv4Address | IPv6Address:
+    """value as an IPv4Address or IPv6Address; one already is one is not parsed again
+    (IPv4Address(an IPv4Address) formats it and parses the text)."""
+    return value if isinstance(value, (IPv4Address, IPv6Address)) else ip_address(value)
 
 
 @dataclass(frozen=True)
@@ -97,17 +105,24 @@ class Topology:
     nodes: dict[str, Node] = field(hash=False)
     links: list[Link] = field(default_factory=list, hash=False)  # the impaired ones
 
+    @functools.cached_property
+    def _holders(self) -> dict[IPv4Address | IPv6Address, Node]:
+        """Address -> node, built once: the oracle asks for every cell of the matrix
+        (N^2 x ports of them: a scan of every node each time was most of a 40-node
+        matrix's engine time). A topology is not changed once loaded."""
+        held: dict[IPv4Address | IPv6Address, Node] = {}
+        for node in self.nodes.values():
+            for held_address in node.all_addresses():
+                held.setdefault(held_address, node)
+        return held
+
     def node_at(self, address) -> Node | None:
         """The node holding this address, if any."""
-        address = ip_address(address)
-        for node in self.nodes.values():
-            if address in node.addresses.values() or address in node.addresses6.values():
-                return node
-        return None
+        return self._holders.get(as_address(address))
 
     def segment_of(self, address) -> Segment | None:
         """The segment whose subnet contains this address, if any."""
-        address = ip_address(address)
+        address = as_address(address)
         for segment in self.segments.values():
             if address in (segment.subnet if address.version == 4 else segment.subnet6 or ()):
                 return segment
@@ -128,7 +143,7 @@ class Topology:
     def on_link(self, a: Node | str, b_address) -> bool:
         """Whether a reaches b_address directly, without a router in between."""
         node = self.nodes[a] if isinstance(a, str) else a
-        b_address = ip_address(b_address)
+        b_address = as_address(b_address)
         if b_address.version == 6:
             return any(b_address in (self.segments[s].subnet6 or ()) for s in node.addresses6)
         return any(b_address in self.segments[s].subnet for s in node.segments)

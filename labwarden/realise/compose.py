@@ -27,7 +27,7 @@ import docker
 import testinfra
 
 from labwarden import routers
-from labwarden.realise import impair
+from labwarden.realise import hostbridges, impair
 from labwarden.errors import LabError, ProbeError
 from labwarden.realise.cleanup import (PROJECT_PREFIX, docker_client, interrupts_deferred, kept_project,
                                        labwarden_projects, override_file, remove_project, topology_lock,
@@ -114,18 +114,26 @@ class ComposeLab(Lab):
             self._compose("up", "-d", "--no-build", "--quiet-pull", "--remove-orphans")
             self._interrupted_compose = False
             self.timings["compose_s"] = time.monotonic() - started - self.timings["image_s"]
-            self._find_containers()
-            self._silence_host_bridges()
-            asyncio.run(self._plumb())
-            self.impairment = impair.apply(self, self.impair_method)
+            self._timed("find_s", self._find_containers)
+            self._timed("silence_s", lambda: hostbridges.silence(self))
+            plumbed = self._timed("plumb_s", lambda: asyncio.run(self._plumb()))
+            self.impairment = self._timed("impair_s", lambda: impair.apply(self, self.impair_method))
             if self.impairment.links:
                 self.log(f"labwarden: {self.impairment.summary()}")
-            asyncio.run(self._wait_ready())
+            self._timed("ready_s", lambda: asyncio.run(self._wait_ready(plumbed)))
         except BaseException:
             self.down()
             raise
         self.timings["up_s"] = time.monotonic() - started - self.timings["image_s"]
         return self
+
+    def _timed(self, name: str, step):
+        """Run one step of up(), its seconds into timings[name] (benchmarks read them)."""
+        began = time.monotonic()
+        try:
+            return step()
+        finally:
+            self.timings[name] = time.monotonic() - began
 
     def down(self) -> None:
         """Remove everything of this run; safe to call twice or on a half-started lab, and not
@@ -248,36 +256,6 @@ class ComposeLab(Lab):
         return changed
 
     # ---- plumbing --------------------------------------------------------
-    def _silence_host_bridges(self) -> None:
-        """IPv6 off on the host's side of the lab's bridges, read back.
-
-        Docker 20.10 leaves a link-local address on every bridge of the host (IPv6 is on by
-        default there), and the host answers from it, and from all its other bridges'
-        addresses, on every lab segment whose nodes have IPv6: the host would be a neighbour
-        of every segment (measured: echo replies and port-unreachables from it). The bridge
-        goes on switching frames between the nodes; only the host's own IPv6 stack leaves.
-        Done from the prober in the host's network namespace (this process's: where the
-        bridges are; pid 1's may not be openable) with /proc/sys writable in a private mount
-        namespace; a labwarden lab's bridges only. Where that fails (the engine runs in
-        another namespace than Docker's bridges), the lab still starts and says so:
-        suites/isolation/test_no_leak.py judges what the host answers."""
-        if not self.topology.lab_ranges6():
-            return  # no node has IPv6: nothing on the segments can reach the host's
-        bridges = []
-        for segment in self.topology.segments:
-            net = self._client.networks.get(f"{self.project}_{segment}")
-            bridges.append(net.attrs.get("Options", {}).get("com.docker.network.bridge.name") or f"br-{net.id[:12]}")
-        script = ('mount -o remount,rw /proc/sys || exit 1; for b; do f=/proc/sys/net/ipv6/conf/$b/disable_ipv6; '
-                  'echo 1 > $f && echo "$b $(cat $f)"; done')
-        done = self.prober_exec("nsenter", f"--net=/proc/{os.getpid()}/ns/net", "--", "unshare", "-m", "sh", "-c",
-                                script, "sh", *bridges)
-        read = dict(line.split() for line in done.stdout.splitlines() if len(line.split()) == 2)
-        off = [b for b in bridges if read.get(b) == "1"]
-        if done.returncode != 0 or len(off) != len(bridges):
-            self.log(f"labwarden: lab {self.project}: could not turn IPv6 off on the host's side of bridges "
-                     f"{', '.join(b for b in bridges if b not in off)}: the host may answer on the IPv6 segments "
-                     f"from their link-local addresses (test_no_leak judges it): {done.stderr.strip()[-300:]}")
-
     def router_firewall(self) -> Path | None:
         router = self.topology.nodes[self.policy.router]
         return self.router_config or router.firewall
@@ -306,7 +284,7 @@ class ComposeLab(Lab):
             yield
         finally:
             own = self.router_firewall()
-            run_sync(self.run({self.policy.router: NodeJob(setup={**self.router_kind().load(own.read_text()),
+            run_sync(self.run({self.policy.router: NodeJob(setup={**self.router_kind().load(own.read_text(), own),
                                                                    "flush_conntrack": True})}))
             for c in sidecars:
                 c.start()
@@ -330,27 +308,30 @@ class ComposeLab(Lab):
         addrs = [[node.interfaces[s], f"{a}/{prefixes[s]}"] for s, a in node.addresses6.items()]
         setup = {"rename": rename, "addrs": addrs, "routes": routes, "sysctls": node_sysctls()}
         if name == self.policy.router and self.router_firewall():
-            setup.update(self.router_kind().load(self.router_firewall().read_text()))
+            setup.update(self.router_kind().load(self.router_firewall().read_text(), self.router_firewall()))
         return setup
 
-    async def _plumb(self) -> None:
+    async def _plumb(self) -> dict:
         """Routers first, with their rulesets, then everyone else: a node that had its route
         through a router before that router's ruleset (its NAT) was loaded could open a
         connection the router forwards unchanged, and conntrack keeps it that way for the
         connection's life (a tunnel client's, say: then the inside address leaks to wan)."""
-        jobs = {name: NodeJob(setup=self._setup_for(name)) for name in self.topology.nodes}
+        jobs = {name: NodeJob(setup=self._setup_for(name), info=True) for name in self.topology.nodes}
         routers = {n for n, node in self.topology.nodes.items()
                    if n == self.policy.router or node.firewall is not None}
         rounds = [{n: j for n, j in jobs.items() if n in routers},
                   {n: j for n, j in jobs.items() if n not in routers}]
         try:
-            self._record_namespaces(await self.run_rounds([r for r in rounds if r]))
+            answers = await self.run_rounds([r for r in rounds if r])
+            self._record_namespaces(answers)
+            # each node's sockets as they were once plumbed: the readiness check's first look
+            return {node: answer for batch in answers for node, answer in batch.items()}
         except ProbeError as err:
             config = self.router_firewall()  # nft names the config it read /dev/stdin: name the file
             said = stdin_as(str(err), shown_path(config, self.topology)) if config else str(err)
             raise LabError(f"plumbing lab {self.project} failed: {said}") from None
 
-    async def _wait_ready(self) -> None:
+    async def _wait_ready(self, first: dict | None = None) -> None:
         """Every listed service listens inside its own node (a check, not a sleep).
 
         Read from each node's sockets, never probed: a probe of a node's own address leaves
@@ -361,7 +342,10 @@ class ComposeLab(Lab):
 
         So do the public sides of the policy's tunnels, but a tunnel that does not come
         up does not stop the lab: suites/tunnel says what is wrong with it. Whether each
-        tunnel's page comes through its edge is a check (labwarden.checks.tunnel.start)."""
+        tunnel's page comes through its edge is a check (labwarden.checks.tunnel.start).
+
+        `first`: answers with each node's info to look at first (the plumbing's: one agent
+        call fewer when everything already listens)."""
         pending = {name: [(s, addr) for addr in self.topology.nodes[name].all_addresses()
                           for s in sorted(self.policy.listening(name, addr.version)) if s.proto != "icmp"]
                    for name in self.topology.nodes}
@@ -369,7 +353,7 @@ class ComposeLab(Lab):
         pending = {n: p for n, p in pending.items() if p}
         deadline = time.monotonic() + READY_TIMEOUT_S
         while pending:
-            answers = await self.run({n: NodeJob(info=True) for n in pending})
+            answers, first = first or await self.run({n: NodeJob(info=True) for n in pending}), None
             pending = {n: [(s, a) for s, a in wanted if not listens(answers[n].info, s, a)]
                        for n, wanted in pending.items()}
             pending = {n: p for n, p in pending.items() if p}
@@ -410,10 +394,13 @@ class ComposeLab(Lab):
         return subprocess.run(["docker", "exec", self.containers[node].name, *argv],
                               capture_output=True, text=True, timeout=60)
 
-    def prober_exec(self, *argv: str, detach: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
-        """Run a command in the prober (labwarden's image, the host's pid namespace)."""
+    def prober_exec(self, *argv: str, detach: bool = False, timeout: float = 60,
+                    stdin: str | None = None) -> subprocess.CompletedProcess:
+        """Run a command in the prober (labwarden's image, the host's pid namespace); `stdin`
+        is its standard input (a request of any size: one argument is limited to 128 KiB)."""
         prober = self.containers[PROBER].name
-        return subprocess.run(["docker", "exec", *(["-d"] if detach else []), prober, *argv],
+        flags = ["-d"] if detach else ["-i"] if stdin is not None else []
+        return subprocess.run(["docker", "exec", *flags, prober, *argv], input=stdin,
                               capture_output=True, text=True, timeout=timeout)
 
     def netns_exec(self, node: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
