@@ -26,7 +26,7 @@ from labwarden.declared.mutants import TRACEBACK, outcomes, read_header, suites,
 
 ROOT = Path(__file__).resolve().parents[2]
 MUTANTS = sorted((ROOT / "topologies").glob("*/mutants/*.nft")) + \
-    sorted((ROOT / "topologies").glob("*/mutants/*.rules")) + \
+    sorted((ROOT / "topologies").glob("*/mutants/*.v4")) + \
     sorted((ROOT / "topologies").glob("*/mutants/*/compose.yaml"))
 
 
