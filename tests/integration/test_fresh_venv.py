@@ -1,14 +1,15 @@
 """labwarden installed next to pytest-ansible, in a fresh venv: nothing of labwarden's clashes,
 and a run that does not use it is left alone (labwarden.plugin.passive).
 
-The venv (this checkout, not editable, and pytest-ansible from PyPI) is made once per
-session: about 1.5 min. The one clash left is between pytest-testinfra, which labwarden
+The venv (a copy of this checkout, not editable, and pytest-ansible from PyPI) is made
+once per session: about 1.5 min. The one clash left is between pytest-testinfra, which labwarden
 needs for its backends, and pytest-ansible: both register `--ansible-inventory`
 (pytest-dev/pytest-testinfra#58, ansible/pytest-ansible#509). labwarden does not use
 testinfra's pytest plugin, so `-p no:pytest11.testinfra` (README) settles it.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +22,14 @@ NO_TESTINFRA = "-p no:pytest11.testinfra"
 
 @pytest.fixture(scope="session")
 def venv(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("fresh") / "venv"
+    fresh = tmp_path_factory.mktemp("fresh")
+    folder, source = fresh / "venv", fresh / "labwarden"
+    # a copy: pip builds in the source tree (build/, *.egg-info), which is not this test's to write
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", "build", "reports", "*.egg-info", "__pycache__", ".hypothesis", ".pytest_cache"))
     subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, timeout=120)
     pip = subprocess.run([str(folder / "bin" / "python"), "-m", "pip", "install", "-q",
-                          "--disable-pip-version-check", str(ROOT), "pytest-ansible"],
+                          "--disable-pip-version-check", str(source), "pytest-ansible"],
                          capture_output=True, text=True, timeout=900)
     assert pip.returncode == 0, pip.stdout[-2000:] + pip.stderr[-2000:]
     return folder
@@ -64,6 +69,7 @@ def test_an_unrelated_run_writes_nothing(venv, tmp_path):
 
 def test_a_run_that_uses_labwarden_still_reports(venv, tmp_path):
     (tmp_path / "test_x.py").write_text("def test_policy(labwarden_policy):\n    assert labwarden_policy.router\n")
-    proc = pytest_in(venv, tmp_path, "--lw-topology", str(ROOT / "topologies" / "homelab"), addopts=NO_TESTINFRA)
+    # one argument: a path given alone would make pytest take this checkout as the rootdir
+    proc = pytest_in(venv, tmp_path, f"--lw-topology={ROOT / 'topologies' / 'homelab'}", addopts=NO_TESTINFRA)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["junit.xml", "labwarden.html", "labwarden.json"]
