@@ -11,7 +11,8 @@ base64(zlib(JSON)); prints one line of JSON. Request (every node key optional)::
         "container": ID, "pid_start": N,     # what that pid must still be: see netns.py
         "setup": {"rename": {MAC: NAME}, "routes": [[PREFIX|"default", NEXTHOP]],
                   "sysctls": {KEY: VALUE}, "nft": RULESET, "nft_add": TEXT,
-                  "iptables": IPTABLES_RESTORE_FILE, "flush_conntrack": true},
+                  "iptables": IPTABLES_RESTORE_FILE, "flush_conntrack": true,
+                  "forget_neighbours": true},
         "info": true, "capture": {"seconds": 2.0}, "trace": true,
         "start_at": EPOCH_S,                 # send from then on (live labs: agents on many hosts)
         "near": [IP],                        # off-link addresses 0 hops away (the gateway's others)
@@ -977,6 +978,8 @@ class NodeRun:
             self.load_xtables(setup["iptables"])
         if setup.get("flush_conntrack"):
             self.flush_conntrack()
+        if setup.get("forget_neighbours"):  # as a new lab's: one that ran before has learnt them
+            self.sh("ip", "neigh", "flush", "all")
 
     def load_ruleset(self, text: str):
         """Replace the whole ruleset with the file's, in one transaction, and read it back.

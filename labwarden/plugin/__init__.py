@@ -9,6 +9,10 @@ or an option:
     --router-config PATH   load this config into the router instead (its kind, nftables or
                            iptables, detected from its content)
     --keep-lab             leave the lab up afterwards, and reuse it next run
+    --attach PROJECT       run on the running lab PROJECT of this topology, which another process
+                           brought up and takes down: it is made as fresh as a new lab first
+                           (the router's config loaded, conntrack emptied, tunnel clients and
+                           impairments restarted) and left running (tests/integration/test_mutants.py)
     --probe-timeout S      how long a probe waits before calling it filtered
     --fuzz-profile NAME    hypothesis profile of suites/fuzz: ci (default) or nightly
     --fuzz-replay FLOW     the one flow suites/fuzz/test_replay.py sends
@@ -52,6 +56,9 @@ def pytest_addoption(parser):
                          "instead of the topology's own")
     group.addoption("--keep-lab", action="store_true",
                     help="leave the lab running after the run and reuse it next time")
+    group.addoption("--attach", default=None, metavar="PROJECT",
+                    help="run on this running lab of the topology (another run's: it holds the lab's "
+                         "ranges and takes it down), made as fresh as a new lab first and left running")
     group.addoption("--probe-timeout", default=1.0, type=fields.probe_timeout,
                     help="seconds a probe waits for an answer (default 1.0)")
     group.addoption("--fuzz-profile", default="ci", choices=("ci", "nightly"),
@@ -90,6 +97,10 @@ def lab_config(config) -> tuple:
                 raise ConfigError(router_config, "--router-config", "no such file")
             if router_config is not None:
                 fields.read_text(router_config, str(router_config), "--router-config")
+            if config.getoption("--attach") is not None and (config.getoption("--keep-lab")
+                                                            or livemode.is_live(config)):
+                raise ConfigError("--attach", config.getoption("--attach"), "a lab attached to is another "
+                                  "run's: it cannot be kept (--keep-lab), nor be a live lab")
             topology, policy = livemode.apply(config, topology, policy)  # live: the real addresses
         except ConfigError as err:
             raise pytest.UsageError(f"labwarden: {err}") from None
@@ -169,7 +180,8 @@ def lab(request, pytestconfig, labwarden_topology, labwarden_policy, labwarden_r
             instance, keep = livemode.live_lab(pytestconfig, labwarden_topology, labwarden_policy, log), False
         else:
             instance = ComposeLab(labwarden_topology, labwarden_policy, router_config=labwarden_router_config,
-                                  keep=keep, log=log, impair=pytestconfig.getoption("--impair"))
+                                  keep=keep, log=log, impair=pytestconfig.getoption("--impair"),
+                                  attach=pytestconfig.getoption("--attach"))
         running, failure = start(instance), None  # it tears down what it started when it fails
     except (LabwardenError, docker.errors.DockerException) as err:
         failure = f"labwarden: the lab could not start: {err}"

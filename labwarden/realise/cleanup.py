@@ -4,8 +4,8 @@ Every labwarden lab is a Compose project named `lw-<topology>-<6 hex>` (or
 `lw-<topology>-kept`, kept with `--keep-lab`/`labwarden up`); its containers,
 networks and volumes carry Docker's `com.docker.compose.project` label, and its
 generated compose file (the prober) is `<project>.override.yaml` in labwarden's
-private folder (realise/private.py). Runs of one topology take turns on
-`topology-<topology>.lock` there.
+private folder (realise/private.py). Labs whose subnets overlap take turns on their
+address ranges (realise/ranges.py), claimed in that folder too.
 
 Removing is idempotent: a project already gone, or removed meanwhile by another
 run, is no error. It is not interrupted: Ctrl-C or SIGTERM arriving meanwhile waits
@@ -47,11 +47,6 @@ def docker_client():
 def kept_project(topology: Topology) -> str:
     """The project of a topology's kept lab (`--keep-lab`, `labwarden up`)."""
     return f"{PROJECT_PREFIX}{topology.name}-kept"
-
-
-def topology_lock(name: str):
-    """The lock file that runs of one topology take turns on (their subnets would clash)."""
-    return private.open_lock(f"topology-{name}.lock", f"lock of topology {name}")
 
 
 def override_file(project: str) -> Path:

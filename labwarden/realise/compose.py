@@ -8,13 +8,20 @@ loaded) without anything from the nodes' images, then checked ready: every
 service the policy lists listens inside its node (its tunnels' pages are the
 checks' to wait for: labwarden.checks.tunnel.start). `ComposeLab.down()` removes
 every container and network of the run (realise/cleanup.py); both are idempotent.
+While it runs, a lab holds its address ranges (realise/ranges.py): labs whose subnets
+overlap take turns, whatever they are called.
+
+`ComposeLab(..., attach=PROJECT)` runs on a lab someone else brought up (and takes
+down, holding its ranges meanwhile): up() makes it as fresh as a new lab (`_attach`)
+and down() leaves it running. tests/integration/test_mutants.py runs the mutants of one
+topology on one lab this way.
 """
 
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import functools
+import ipaddress
 import os
 import secrets
 import shutil
@@ -29,12 +36,13 @@ import testinfra
 from labwarden import routers
 from labwarden.realise import impair
 from labwarden.errors import LabError, ProbeError
-from labwarden.realise.cleanup import (PROJECT_PREFIX, docker_client, interrupts_deferred, kept_project,
-                                       labwarden_projects, override_file, remove_project, topology_lock,
+from labwarden.realise.cleanup import (PROJECT_LABEL, PROJECT_PREFIX, docker_client, interrupts_deferred,
+                                       kept_project, labwarden_projects, override_file, remove_project,
                                        write_override)
 from labwarden.realise.image import REPOSITORY, ensure_image
 from labwarden.realise.impair import Impairment
 from labwarden.realise.lab import Lab, run_sync
+from labwarden.realise.ranges import RangesLock, overlapping
 from labwarden.routers.nftables.trace import shown_path, stdin_as
 from labwarden.probe import DOCUMENTATION_RANGES, NodeJob, Transport, run_jobs, run_rounds
 from labwarden.probe.ship import IN_PROBER, agent_zipapp
@@ -81,7 +89,7 @@ class ComposeLab(Lab):
     """A lab of containers on this Docker engine; use as a context manager."""
 
     def __init__(self, topology: Topology, policy, *, router_config: Path | None = None,
-                 keep: bool = False, log=print, impair: str = "auto"):
+                 keep: bool = False, log=print, impair: str = "auto", attach: str | None = None):
         self.topology = topology
         self.impair_method = impair    # auto | netem | delayline | none (labwarden.realise.impair)
         self.impairment = Impairment([], reason="the lab is not up")
@@ -89,7 +97,8 @@ class ComposeLab(Lab):
         self.router_config = Path(router_config) if router_config else None
         self.keep = keep
         self.log = log
-        self.project = kept_project(topology) if keep else \
+        self.attach = attach is not None  # another's lab, running: `_attach`
+        self.project = attach if attach else kept_project(topology) if keep else \
             f"{PROJECT_PREFIX}{topology.name}-{secrets.token_hex(3)}"
         self.transports: dict[str, Transport] = {}
         self.containers: dict[str, object] = {}
@@ -97,28 +106,35 @@ class ComposeLab(Lab):
         self.image = f"{REPOSITORY}:latest"  # up() names the real one; `compose down` needs a name
         self._client = docker_client()
         self._override = override_file(self.project)
-        self._lock = None
+        self._ranges = RangesLock(topology.lab_ranges(), f"lab {self.project}")
         self._interrupted_compose = False
-        self._attached = False  # up() found this kept lab running: down() leaves it
+        self._attached = False  # up() found this kept lab running, or attached to one: down() leaves it
 
     # ---- lifecycle -------------------------------------------------------
     def up(self) -> "ComposeLab":
         started = time.monotonic()
         try:
-            self.image = ensure_image(self.log)
-            self.timings["image_s"] = time.monotonic() - started
-            self._take_topology_lock()
-            self._refuse_twin()
-            self._attached = self.keep and self.project in labwarden_projects(self._client)
-            self._interrupted_compose = True  # until it returns: what it had in flight may land late
-            self._compose("up", "-d", "--no-build", "--quiet-pull", "--remove-orphans")
-            self._interrupted_compose = False
-            self.timings["compose_s"] = time.monotonic() - started - self.timings["image_s"]
-            self._find_containers()
-            asyncio.run(self._plumb())
-            self.impairment = impair.apply(self, self.impair_method)
+            resting = []
+            if self.attach:
+                self.timings["image_s"] = 0.0  # its owner started it
+                resting = self._attach()
+            else:
+                self.image = ensure_image(self.log)
+                self.timings["image_s"] = time.monotonic() - started
+                self._take_ranges()
+                self._refuse_twin()
+                self._attached = self.keep and self.project in labwarden_projects(self._client)
+                self._interrupted_compose = True  # until it returns: what it had in flight may land late
+                self._compose("up", "-d", "--no-build", "--quiet-pull", "--remove-orphans")
+                self._interrupted_compose = False
+                self.timings["compose_s"] = time.monotonic() - started - self.timings["image_s"]
+                self._find_containers()
+                asyncio.run(self._plumb())
+            self.impairment = impair.apply(self, self.impair_method)  # a delay line starts afresh
             if self.impairment.links:
                 self.log(f"labwarden: {self.impairment.summary()}")
+            for c in resting:  # an attached lab's tunnel clients: connect under this run's ruleset
+                c.start()
             asyncio.run(self._wait_ready())
         except BaseException:
             self.down()
@@ -142,44 +158,59 @@ class ComposeLab(Lab):
                     remove_project(self._client, self.project)
                     self._interrupted_compose = False
             finally:
-                self._release_topology_lock()
+                self._ranges.release()
 
-    def _take_topology_lock(self) -> None:
-        """Runs of one topology on one machine take turns (their subnets would clash)."""
+    def _take_ranges(self) -> None:
+        """Labs whose subnets overlap take turns on one machine (Docker would refuse the second)."""
         if self.keep:
             return  # a kept lab outlives this process; _refuse_twin guards it instead
-        self._lock = topology_lock(self.topology.name)
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            self.log(f"labwarden: another run of {self.topology.name} is using its subnets; waiting")
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            try:
-                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                continue
-        raise LabError(f"another run of topology {self.topology.name} held its subnets for "
-                       f"{LOCK_WAIT_S:.0f} s; giving up")
-
-    def _release_topology_lock(self) -> None:
-        if self._lock is not None:
-            self._lock.close()  # closing the file releases the flock
-            self._lock = None
+        self._ranges.acquire(LOCK_WAIT_S, self.log)
 
     def _refuse_twin(self) -> None:
-        """Two labs of one topology cannot run at once: Docker refuses overlapping subnets."""
-        twins = sorted(p for p in labwarden_projects(self._client)
-                       if p.startswith(f"{PROJECT_PREFIX}{self.topology.name}-") and p != self.project)
+        """Two labs with overlapping subnets cannot run at once on one Docker engine: the
+        running labwarden labs whose networks overlap ours (another run of this topology, a
+        kept lab, or what a killed run left; a run holding its ranges was waited for)."""
+        twins = set()
+        for net in self._client.api.networks(filters={"label": PROJECT_LABEL}):
+            project = (net.get("Labels") or {}).get(PROJECT_LABEL, "")
+            subnets = [ipaddress.ip_network(c["Subnet"], strict=False)
+                       for c in (net.get("IPAM") or {}).get("Config") or [] if c.get("Subnet")]
+            if project.startswith(PROJECT_PREFIX) and project != self.project and \
+                    overlapping(self.topology.lab_ranges(), subnets):
+                twins.add(project)
+        twins |= {p for p in labwarden_projects(self._client)
+                  if p.startswith(f"{PROJECT_PREFIX}{self.topology.name}-") and p != self.project}
         if twins:
             hint = ("`labwarden down --topology " + self.topology.name + "`" if kept_project(self.topology)
                     in twins else "wait for that run to end, or `labwarden down --all`")
-            raise LabError(f"topology {self.topology.name} is already running as {', '.join(twins)}: "
-                           f"its subnets cannot exist twice on one Docker engine ({hint}; "
+            raise LabError(f"lab {self.topology.name}: {', '.join(sorted(twins))} already runs on its "
+                           f"subnets, which cannot exist twice on one Docker engine ({hint}; "
                            "--keep-lab reuses a kept lab)")
+
+    def _attach(self) -> list:
+        """Make the running lab `self.project` (another's: it is left running) as fresh as a
+        new lab: every paused container resumes, the tunnel clients (containers that share a
+        node's namespace) stop, every node is plumbed again with the router's config of this
+        run (loaded whole, replacing what an earlier run loaded), conntrack emptied, neighbour
+        caches forgotten. The caller then applies the impairments afresh and starts
+        the tunnel clients again (returned), under this run's ruleset."""
+        if self.project not in labwarden_projects(self._client) or \
+                not self.project.startswith(f"{PROJECT_PREFIX}{self.topology.name}-"):
+            running = sorted(p for p in labwarden_projects(self._client)
+                             if p.startswith(f"{PROJECT_PREFIX}{self.topology.name}-"))
+            raise LabError(f"no lab {self.project} of topology {self.topology.name} runs on this Docker "
+                           f"engine to attach to (running: {', '.join(running) or 'none'})")
+        self._attached = True
+        found = self._client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.project}"})
+        for c in found:
+            if c.status == "paused":  # a fault test's frozen tunnel client, if its run was killed
+                c.unpause()
+        resting = [c for c in found if c.attrs["HostConfig"].get("NetworkMode", "").startswith("container:")]
+        for c in resting:
+            c.stop(timeout=1)
+        self._find_containers(resting={c.labels["com.docker.compose.service"] for c in resting})
+        asyncio.run(self._plumb(fresh=True))
+        return resting
 
     def _compose(self, *args, check=True):
         write_override(self.project, prober_override(agent_zipapp()))
@@ -192,12 +223,13 @@ class ComposeLab(Lab):
                            f"failed:\n{proc.stderr.strip()[-3000:]}")
         return proc
 
-    def _find_containers(self) -> None:
-        found = self._client.containers.list(
-            all=True, filters={"label": f"com.docker.compose.project={self.project}"})
+    def _find_containers(self, resting=frozenset()) -> None:
+        """The lab's containers and each node's transport; a LabError when one is missing or
+        not running (but the `resting` services, stopped on purpose)."""
+        found = self._client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.project}"})
         by_service = {c.labels["com.docker.compose.service"]: c for c in found}
         missing = [n for n in [*self.topology.nodes, PROBER] if n not in by_service]
-        stopped = [s for s, c in by_service.items() if c.status != "running"]
+        stopped = [s for s, c in by_service.items() if c.status != "running" and s not in resting]
         if missing or stopped:
             logs = "".join(f"\n--- {s}:\n{by_service[s].logs(tail=20).decode(errors='replace')}"
                            for s in stopped)
@@ -298,12 +330,14 @@ class ComposeLab(Lab):
             setup.update(self.router_kind().load(self.router_firewall().read_text()))
         return setup
 
-    async def _plumb(self) -> None:
+    async def _plumb(self, fresh: bool = False) -> None:
         """Routers first, with their rulesets, then everyone else: a node that had its route
         through a router before that router's ruleset (its NAT) was loaded could open a
         connection the router forwards unchanged, and conntrack keeps it that way for the
-        connection's life (a tunnel client's, say: then the inside address leaks to wan)."""
-        jobs = {name: NodeJob(setup=self._setup_for(name)) for name in self.topology.nodes}
+        connection's life (a tunnel client's, say: then the inside address leaks to wan).
+        `fresh`: a lab that ran before also forgets its tracked connections and its neighbours."""
+        forget = {"flush_conntrack": True, "forget_neighbours": True} if fresh else {}
+        jobs = {name: NodeJob(setup={**self._setup_for(name), **forget}) for name in self.topology.nodes}
         routers = {n for n, node in self.topology.nodes.items()
                    if n == self.policy.router or node.firewall is not None}
         rounds = [{n: j for n, j in jobs.items() if n in routers},
