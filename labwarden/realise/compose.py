@@ -106,7 +106,7 @@ class ComposeLab(Lab):
         self.image = f"{REPOSITORY}:latest"  # up() names the real one; `compose down` needs a name
         self._client = docker_client()
         self._override = override_file(self.project)
-        self._ranges = RangesLock(topology.lab_ranges(), f"lab {self.project}")
+        self._ranges = RangesLock(topology.lab_ranges(), f"lab {self.project}", topology.name)
         self._interrupted_compose = False
         self._attached = False  # up() found this kept lab running, or attached to one: down() leaves it
 

@@ -17,6 +17,9 @@ How, in labwarden's private folder (realise/private.py):
 
 The holders' files are read and written through the private folder only (O_NOFOLLOW, never
 truncated through a link).
+
+For one release a lab also holds `topology-<name>.lock`, the lock labwarden keyed by name
+before: a run of an older labwarden on this machine takes only that one.
 """
 
 from __future__ import annotations
@@ -72,11 +75,13 @@ class RangesLock:
         with RangesLock(topology.lab_ranges(), "lab lw-homelab-1a2b3c") as lock: ...
     """
 
-    def __init__(self, ranges: Iterable[Network], label: str):
+    def __init__(self, ranges: Iterable[Network], label: str, topology: str | None = None):
         self.ranges = tuple(ranges)
         self.label = label
+        self.topology = topology  # also held by name, as older labwarden runs key it
         self._file = None
         self._name = None
+        self._by_name = None
 
     def acquire(self, wait_s: float, log: Callable[[str], None] = lambda line: None) -> None:
         """Claim the ranges, waiting up to `wait_s` for overlapping labs to end; a LabError
@@ -87,8 +92,8 @@ class RangesLock:
             clash = self._try()
             if not clash:
                 return
-            who = "; ".join(f"{h.label} ({', '.join(str(b) if a == b else f'{b} overlaps {a}' for a, b in pairs)})"
-                            for h, pairs in clash)
+            who = "; ".join(h.label + (f" ({', '.join(str(b) if a == b else f'{b} overlaps {a}' for a, b in pairs)})"
+                                       if pairs else "") for h, pairs in clash)
             if time.monotonic() >= deadline:
                 raise LabError(f"{self.label}: its address ranges are still in use after {wait_s:.0f} s by "
                                f"{who}; Docker cannot hold overlapping subnets at once: wait for that "
@@ -100,6 +105,14 @@ class RangesLock:
 
     def _try(self) -> list[tuple[Holder, list]]:
         """Under the guard: the live holders whose ranges overlap ours, or [] and ours is claimed."""
+        if self.topology is not None and self._by_name is None:
+            by_name = private.open_lock(f"topology-{self.topology}.lock", f"lock of topology {self.topology}")
+            try:
+                fcntl.flock(by_name, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                by_name.close()
+                return [(Holder(f"a run of topology {self.topology}", ()), [])]
+            self._by_name = by_name
         with private.open_lock(GUARD, "lock of the labs' address ranges") as guard:
             fcntl.flock(guard, fcntl.LOCK_EX)
             clash = [(h, pairs) for h in live_holders() if (pairs := overlapping(self.ranges, h.ranges))]
@@ -124,6 +137,9 @@ class RangesLock:
             _unlink(self._name)   # before letting go: nobody mistakes a live file for a stale one
             self._file.close()    # closing releases the flock
             self._file = self._name = None
+        if self._by_name is not None:
+            self._by_name.close()
+            self._by_name = None
 
     def __enter__(self) -> "RangesLock":
         return self

@@ -2,6 +2,7 @@
 wait for each other, whatever their names; disjoint ones run at once; a holder that died
 blocks nobody. No Docker: the locks are files in a private folder of the test's own."""
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -110,3 +111,16 @@ def test_a_claim_names_its_lab_and_ranges_and_release_is_idempotent():
     lock.release()
     lock.release()
     assert not claim.exists()
+
+
+def test_a_lab_is_also_held_by_name_for_older_runs():
+    """An older labwarden on this machine keys the lock by topology name only: hold that too."""
+    with RangesLock(nets("10.203.0.0/24"), "lab lw-homelab-aaaaaa", "homelab") as lock:
+        lock.acquire(0)
+        older = private.open_lock("topology-homelab.lock")
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(older, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(LabError, match="in use after 0 s by a run of topology homelab;"):
+            RangesLock(nets("10.204.0.0/24"), "lab lw-homelab-bbbbbb", "homelab").acquire(0)
+    fcntl.flock(older, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released with the ranges
+    older.close()
