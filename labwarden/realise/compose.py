@@ -148,7 +148,7 @@ class ComposeLab(Lab):
         kept lab that was already running when up() attached to it is left alone."""
         with interrupts_deferred():
             try:
-                if self._attached:  # a kept lab that was running before: not this run's to remove
+                if self._attached or self.attach:  # a kept lab running before, another's: not this run's
                     return
                 if self._override.exists():
                     self._compose("down", "--volumes", "--remove-orphans", "--timeout", "1", check=False)
