@@ -11,6 +11,8 @@ from pathlib import Path
 import docker
 import pytest
 
+from labwarden.declared.mutants import Expected, outcomes, unmet
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -72,3 +74,22 @@ def test_ctrl_c_tears_the_lab_down(tmp_path, sig):
             proc.kill()
     assert "KeyboardInterrupt" in out, out[-2000:]
     assert not lab_leftovers(client, "ctrlc"), out[-2000:]
+
+
+def test_attach_is_refused_with_keep_lab():
+    proc = run_pytest("suites/isolation/test_matrix.py", "--attach", "lw-homelab-abc123", "--keep-lab")
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "--attach: lw-homelab-abc123: a lab attached to is another run's: it cannot be kept" in proc.stderr
+
+
+def test_attaching_to_no_lab_is_an_error_never_a_catch(tmp_path):
+    """A mutant's run on a shared lab that is not there errors (and stops): nothing is caught."""
+    junit = tmp_path / "junit.xml"
+    proc = run_pytest("suites/isolation/test_matrix.py", "--attach", "lw-homelab-000000", "--tb=line",
+                      "--report-dir", str(tmp_path), "--junitxml", str(junit))
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # interrupted: the lab could not start
+    assert "no lab lw-homelab-000000 of topology homelab runs on this Docker engine to attach to" in proc.stdout
+    seen = outcomes(junit)
+    assert {o.state for o in seen.values()} == {"error"}, seen
+    cell = "suites/isolation/test_matrix.py::test_cell[servers/web -> personal/laptop tcp/22]"
+    assert unmet((Expected(cell, ("expected filtered",)),), seen)
