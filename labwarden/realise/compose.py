@@ -207,7 +207,7 @@ class ComposeLab(Lab):
                 c.unpause()
         resting = [c for c in found if c.attrs["HostConfig"].get("NetworkMode", "").startswith("container:")]
         for c in resting:
-            if c.status == "running":
+            if c.status in ("running", "paused"):  # (unpaused above)
                 c.kill()  # its connections end with it (closed by the kernel), as a stop would end them
         self._find_containers(resting={c.labels["com.docker.compose.service"] for c in resting})
         asyncio.run(self._plumb(fresh=True))
