@@ -10,6 +10,7 @@ base64(zlib(JSON)); prints one line of JSON. Request (every node key optional)::
         "netns": "/proc/1234/ns/net",        # null: stay where the agent runs (live lab)
         "container": ID, "pid_start": N,     # what that pid must still be: see netns.py
         "setup": {"rename": {MAC: NAME}, "routes": [[PREFIX|"default", NEXTHOP]],
+                  "only_these_routes": true,   # other routes of the main table go (not the default)
                   "sysctls": {KEY: VALUE}, "nft": RULESET, "nft_add": TEXT,
                   "iptables": IPTABLES_RESTORE_FILE, "flush_conntrack": true,
                   "forget_neighbours": true},
@@ -961,6 +962,12 @@ class NodeRun:
                     self.sh("ip", "link", "set", old, "down")
                     self.sh("ip", "link", "set", old, "name", new)
                     self.sh("ip", "link", "set", new, "up")
+        if setup.get("only_these_routes"):  # as plumbed: what a run added (an attacker's route) goes
+            net = lambda prefix: prefix if prefix == "default" else ipaddress.ip_network(prefix, strict=False)
+            wanted = {net(prefix) for prefix, _ in setup.get("routes", [])} | {"default"}
+            for route in json.loads(self.sh("ip", "-j", "route", "show", "table", "main") or "[]"):
+                if route.get("protocol") != "kernel" and net(route["dst"]) not in wanted:
+                    self.sh("ip", "route", "del", route["dst"], *(["via", route["gateway"]] if "gateway" in route else []))
         for prefix, nexthop in setup.get("routes", []):  # after renames: a link down drops routes
             self.sh("ip", "route", "replace", prefix, "via", nexthop)
         pairs = [f"{key}={value}" for key, value in (setup.get("sysctls") or {}).items()]

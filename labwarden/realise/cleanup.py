@@ -16,6 +16,7 @@ Ctrl-C in the CLI and the pytest plugin (`sigterm_interrupts`).
 """
 
 import contextlib
+import ipaddress
 import os
 import signal
 import threading
@@ -27,6 +28,7 @@ from labwarden.declared.topology import Topology
 from labwarden.errors import LabError
 from labwarden.probe.bound import stop_calls
 from labwarden.realise import private
+from labwarden.realise.ranges import overlapping
 
 PROJECT_PREFIX = "lw-"
 OVERRIDE_SUFFIX = ".override.yaml"
@@ -145,6 +147,18 @@ def labwarden_projects(client) -> set[str]:
     for network in client.api.networks(filters={"label": PROJECT_LABEL}):
         projects.add(network["Labels"][PROJECT_LABEL])
     return {p for p in projects if p.startswith(PROJECT_PREFIX)}
+
+
+def projects_on(client, ranges) -> set[str]:
+    """The labwarden projects with a network on any of these ranges (Docker would refuse ours)."""
+    found = set()
+    for network in client.api.networks(filters={"label": PROJECT_LABEL}):
+        project = (network.get("Labels") or {}).get(PROJECT_LABEL, "")
+        subnets = [ipaddress.ip_network(c["Subnet"], strict=False)
+                   for c in (network.get("IPAM") or {}).get("Config") or [] if c.get("Subnet")]
+        if project.startswith(PROJECT_PREFIX) and overlapping(ranges, subnets):
+            found.add(project)
+    return found
 
 
 def down_all() -> list[str]:

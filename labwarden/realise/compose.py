@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import ipaddress
 import os
 import secrets
 import shutil
@@ -37,12 +36,12 @@ from labwarden import routers
 from labwarden.realise import impair
 from labwarden.errors import LabError, ProbeError
 from labwarden.realise.cleanup import (PROJECT_LABEL, PROJECT_PREFIX, docker_client, interrupts_deferred,
-                                       kept_project, labwarden_projects, override_file, remove_project,
-                                       write_override)
+                                       kept_project, labwarden_projects, override_file, projects_on,
+                                       remove_project, write_override)
 from labwarden.realise.image import REPOSITORY, ensure_image
 from labwarden.realise.impair import Impairment
 from labwarden.realise.lab import Lab, run_sync
-from labwarden.realise.ranges import RangesLock, overlapping
+from labwarden.realise.ranges import RangesLock
 from labwarden.routers.nftables.trace import shown_path, stdin_as
 from labwarden.probe import DOCUMENTATION_RANGES, NodeJob, Transport, run_jobs, run_rounds
 from labwarden.probe.ship import IN_PROBER, agent_zipapp
@@ -168,22 +167,14 @@ class ComposeLab(Lab):
 
     def _refuse_twin(self) -> None:
         """Two labs with overlapping subnets cannot run at once on one Docker engine: the
-        running labwarden labs whose networks overlap ours (another run of this topology, a
-        kept lab, or what a killed run left; a run holding its ranges was waited for)."""
-        twins = set()
-        for net in self._client.api.networks(filters={"label": PROJECT_LABEL}):
-            project = (net.get("Labels") or {}).get(PROJECT_LABEL, "")
-            subnets = [ipaddress.ip_network(c["Subnet"], strict=False)
-                       for c in (net.get("IPAM") or {}).get("Config") or [] if c.get("Subnet")]
-            if project.startswith(PROJECT_PREFIX) and project != self.project and \
-                    overlapping(self.topology.lab_ranges(), subnets):
-                twins.add(project)
-        twins |= {p for p in labwarden_projects(self._client)
-                  if p.startswith(f"{PROJECT_PREFIX}{self.topology.name}-") and p != self.project}
+        labwarden labs running on ours (another run of this topology, a kept lab, or what a
+        killed run left; a run holding its ranges was waited for) are named."""
+        twins = {p for p in labwarden_projects(self._client) if p.startswith(f"{PROJECT_PREFIX}{self.topology.name}-")}
+        twins = sorted((twins | projects_on(self._client, self.topology.lab_ranges())) - {self.project})
         if twins:
             hint = ("`labwarden down --topology " + self.topology.name + "`" if kept_project(self.topology)
                     in twins else "wait for that run to end, or `labwarden down --all`")
-            raise LabError(f"lab {self.topology.name}: {', '.join(sorted(twins))} already runs on its "
+            raise LabError(f"lab {self.topology.name}: {', '.join(twins)} already runs on its "
                            f"subnets, which cannot exist twice on one Docker engine ({hint}; "
                            "--keep-lab reuses a kept lab)")
 
@@ -191,8 +182,9 @@ class ComposeLab(Lab):
         """Make the running lab `self.project` (another's: it is left running) as fresh as a
         new lab: every paused container resumes, the tunnel clients (containers that share a
         node's namespace) stop, every node is plumbed again with the router's config of this
-        run (loaded whole, replacing what an earlier run loaded), conntrack emptied, neighbour
-        caches forgotten. The caller then applies the impairments afresh and starts
+        run (loaded whole, replacing what an earlier run loaded), routes a run added removed,
+        conntrack emptied, neighbour caches forgotten, and a listed service that does not listen
+        (stopped by a killed run) started again with the lab image's `lab-services start`. The caller then applies the impairments afresh and starts
         the tunnel clients again (returned), under this run's ruleset."""
         if self.project not in labwarden_projects(self._client) or \
                 not self.project.startswith(f"{PROJECT_PREFIX}{self.topology.name}-"):
@@ -211,6 +203,13 @@ class ComposeLab(Lab):
                 c.kill()  # its connections end with it (closed by the kernel), as a stop would end them
         self._find_containers(resting={c.labels["com.docker.compose.service"] for c in resting})
         asyncio.run(self._plumb(fresh=True))
+        answers = asyncio.run(self.run({n: NodeJob(info=True) for n in self.topology.nodes}))
+        tunnels = {(t.edge, t.public) for t in self.policy.tunnels}  # up once their clients are
+        for name, answer in answers.items():  # a service a killed run had stopped (nat's `lab-services stop`)
+            for s in sorted(self.policy.listening(name)):
+                if s.proto == "tcp" and (name, s) not in tunnels and not all(
+                        listens(answer.info, s, a) for a in self.topology.nodes[name].addresses.values()):
+                    self.exec(name, "python3", "/usr/local/bin/lab-services", "start", str(s.port))
         return resting
 
     def _compose(self, *args, check=True):
@@ -336,8 +335,9 @@ class ComposeLab(Lab):
         through a router before that router's ruleset (its NAT) was loaded could open a
         connection the router forwards unchanged, and conntrack keeps it that way for the
         connection's life (a tunnel client's, say: then the inside address leaks to wan).
-        `fresh`: a lab that ran before also forgets its tracked connections and its neighbours."""
-        forget = {"flush_conntrack": True, "forget_neighbours": True} if fresh else {}
+        `fresh`: a lab that ran before also loses the routes a run added (nat's attackers'), its
+        tracked connections and its neighbours."""
+        forget = {"only_these_routes": True, "flush_conntrack": True, "forget_neighbours": True} if fresh else {}
         jobs = {name: NodeJob(setup={**self._setup_for(name), **forget}) for name in self.topology.nodes}
         routers = {n for n, node in self.topology.nodes.items()
                    if n == self.policy.router or node.firewall is not None}
