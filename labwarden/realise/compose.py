@@ -184,8 +184,9 @@ class ComposeLab(Lab):
         node's namespace) stop, every node is plumbed again with the router's config of this
         run (loaded whole, replacing what an earlier run loaded), routes a run added removed,
         conntrack emptied, neighbour caches forgotten, and a listed service that does not listen
-        (stopped by a killed run) started again with the lab image's `lab-services start`. The caller then applies the impairments afresh and starts
-        the tunnel clients again (returned), under this run's ruleset."""
+        (stopped by a killed run) started again with the lab image's `lab-services start`. The
+        caller then applies the impairments afresh and starts the tunnel clients again
+        (returned), under this run's ruleset."""
         if self.project not in labwarden_projects(self._client) or \
                 not self.project.startswith(f"{PROJECT_PREFIX}{self.topology.name}-"):
             running = sorted(p for p in labwarden_projects(self._client)
