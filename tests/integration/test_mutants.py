@@ -30,7 +30,9 @@ import pytest
 
 from labwarden.declared.lab import load_lab
 from labwarden.declared.mutants import TRACEBACK, outcomes, read_header, suites, unmet
+from labwarden.probe import NodeJob
 from labwarden.realise.compose import ComposeLab
+from labwarden.realise.lab import run_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,10 +112,12 @@ def test_suites_catch_mutant(mutant, tmp_path, shared):
 
 
 def test_a_shared_lab_carries_nothing_over(shared, tmp_path):
-    """A mutant that lets everything through (forward-accept) runs on the shared home lab and
-    is caught; the lab is then left as a killed run would leave it (its tunnel client frozen
-    by a fault test); then the home lab's own config runs on that same lab, and every test of
-    the suites the mutant touched, and of the tunnel and nat suites, passes."""
+    """A mutant that forwards everything (forward-accept) runs on the shared home lab and is
+    caught. The lab is then left as killed runs would leave it: its tunnel client frozen (a
+    fault test), the web server stopped (nat's stopped-service check), attackers' routes into
+    the house on the wan hosts (nat's no-way-in check). The home lab's own config then runs
+    on that same lab, and every test of the mutant's suites and of the tunnel suite passes;
+    the attackers' routes are gone."""
     mutant = ROOT / "topologies/homelab/mutants/forward-accept.nft"
     expected = read_header(mutant)
     proc, junit = run_suites(suites(expected), mutant_lab(mutant, shared), tmp_path / "mutant")
@@ -122,9 +126,17 @@ def test_a_shared_lab_carries_nothing_over(shared, tmp_path):
     client, = [c for c in lab.containers.values()
                if c.attrs["HostConfig"].get("NetworkMode", "").startswith("container:")]
     client.pause()
-    proc, junit = run_suites([*suites(expected), "suites/tunnel", "suites/nat"],
-                             ["--topology", "homelab", "--attach", lab.project], tmp_path / "own")
+    assert lab.exec("web", "python3", "/usr/local/bin/lab-services", "stop", "80").returncode == 0
+    inside = [str(s.subnet) for name, s in lab.topology.segments.items() if name != "wan"]
+    attackers = ["visitor", "scanner"]
+    run_sync(lab.run({n: NodeJob(setup={"routes": [[p, "203.0.113.2"] for p in inside]}) for n in attackers}))
+
+    proc, junit = run_suites([*suites(expected), "suites/tunnel"], ["--topology", "homelab", "--attach", lab.project],
+                             tmp_path / "own")
     seen = outcomes(junit)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert {o.state for o in seen.values()} <= {"passed", "skipped"} and \
         sum(o.state == "passed" for o in seen.values()) > 1000, seen
+    routes = run_sync(lab.run({n: NodeJob(info=True) for n in attackers}))
+    for n in attackers:
+        assert not {r["dst"] for r in routes[n].info["routes"]} & set(inside), routes[n].info["routes"]
