@@ -13,7 +13,7 @@ with the header in its compose.yaml. The header (labwarden/declared/mutants.py s
 The suite files named run for real, together, in a pytest of their own, and must fail.
 
 The router configs of one lab share ONE lab: this process brings the lab up once (holding its
-address ranges) and each mutant's run attaches to it (`--attach PROJECT`), which makes it as
+address ranges) and each mutant's run attaches to it (`--lw-attach PROJECT`), which makes it as
 fresh as a new lab before anything is judged: the mutant loaded whole into the router,
 conntrack emptied and neighbours forgotten in every node, paused containers resumed, the
 tunnel clients restarted under the mutant's ruleset, the impairments applied afresh
@@ -86,7 +86,7 @@ def run_suites(files: list[str], lab: list[str], tmp_path: Path) -> tuple[subpro
     junit = tmp_path / "junit.xml"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", *files, "-q", "-p", "no:cacheprovider", TRACEBACK,
-         "--report-dir", str(tmp_path), "--junitxml", str(junit), *lab],
+         "--lw-report-dir", str(tmp_path), "--junitxml", str(junit), *lab],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     return proc, junit
 
@@ -95,8 +95,9 @@ def mutant_lab(mutant: Path, shared: SharedLab) -> list[str]:
     """The options of a mutant's run: a lab folder's own lab, or the shared lab with the config."""
     if mutant.name == "compose.yaml":
         shared.close()  # the folder's lab has the shared lab's subnets: it waits for them otherwise
-        return ["--topology", str(mutant.parent)]
-    return ["--topology", lab_of(mutant), "--router-config", str(mutant), "--attach", shared.of(lab_of(mutant)).project]
+        return ["--lw-topology", str(mutant.parent)]
+    return ["--lw-topology", lab_of(mutant), "--lw-router-config", str(mutant),
+            "--lw-attach", shared.of(lab_of(mutant)).project]
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[case_id(m) for m in MUTANTS])
@@ -131,7 +132,7 @@ def test_a_shared_lab_carries_nothing_over(shared, tmp_path):
     attackers = ["visitor", "scanner"]
     run_sync(lab.run({n: NodeJob(setup={"routes": [[p, "203.0.113.2"] for p in inside]}) for n in attackers}))
 
-    proc, junit = run_suites([*suites(expected), "suites/tunnel"], ["--topology", "homelab", "--attach", lab.project],
+    proc, junit = run_suites([*suites(expected), "suites/tunnel"], ["--lw-topology", "homelab", "--lw-attach", lab.project],
                              tmp_path / "own")
     seen = outcomes(junit)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

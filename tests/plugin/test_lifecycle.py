@@ -18,7 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def lab_leftovers(client, topology: str) -> list[str]:
     prefix = f"lw-{topology}-"
-    names = [c.name for c in client.containers.list(all=True) if c.name.startswith(prefix)]
+    # filtered by the engine: listing every container inspects each, and another run's may be
+    # gone by then (404)
+    names = [c.name for c in client.containers.list(all=True, filters={"name": prefix})
+             if c.name.startswith(prefix)]
     return names + [n.name for n in client.networks.list() if n.name.startswith(prefix)]
 
 
@@ -38,16 +41,16 @@ def broken_lab(tmp_path):
 
 
 def test_bad_policy_stops_before_anything_starts(broken_lab):
-    proc = run_pytest("suites/isolation", "--topology", str(broken_lab))
+    proc = run_pytest("suites/isolation", "--lw-topology", str(broken_lab))
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert f"{broken_lab}/policy.yaml: allow[0].from: unknown zone 'guests'" in proc.stderr, proc.stderr
     assert not lab_leftovers(docker.from_env(), "brokenlab")
 
 
 def test_missing_router_config_is_named(tmp_path):
-    proc = run_pytest("suites/isolation", "--router-config", str(tmp_path / "nope.nft"))
+    proc = run_pytest("suites/isolation", "--lw-router-config", str(tmp_path / "nope.nft"))
     assert proc.returncode == 4
-    assert "--router-config: no such file" in proc.stderr
+    assert "--lw-router-config: no such file" in proc.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -59,7 +62,7 @@ def test_ctrl_c_tears_the_lab_down(tmp_path, sig):
     lab = tmp_path / "ctrlc"
     shutil.copytree(ROOT / "topologies" / "homelab", lab)
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
-                             "suites/isolation/test_matrix.py", "--topology", str(lab)], cwd=ROOT,
+                             "suites/isolation/test_matrix.py", "--lw-topology", str(lab)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300  # another run of the home lab may hold its subnets meanwhile
@@ -77,16 +80,16 @@ def test_ctrl_c_tears_the_lab_down(tmp_path, sig):
 
 
 def test_attach_is_refused_with_keep_lab():
-    proc = run_pytest("suites/isolation/test_matrix.py", "--attach", "lw-homelab-abc123", "--keep-lab")
+    proc = run_pytest("suites/isolation/test_matrix.py", "--lw-attach", "lw-homelab-abc123", "--lw-keep-lab")
     assert proc.returncode == 4, proc.stdout + proc.stderr
-    assert "--attach: lw-homelab-abc123: a lab attached to is another run's: it cannot be kept" in proc.stderr
+    assert "--lw-attach: lw-homelab-abc123: a lab attached to is another run's: it cannot be kept" in proc.stderr
 
 
 def test_attaching_to_no_lab_is_an_error_never_a_catch(tmp_path):
     """A mutant's run on a shared lab that is not there errors (and stops): nothing is caught."""
     junit = tmp_path / "junit.xml"
-    proc = run_pytest("suites/isolation/test_matrix.py", "--attach", "lw-homelab-000000", "--tb=line",
-                      "--report-dir", str(tmp_path), "--junitxml", str(junit))
+    proc = run_pytest("suites/isolation/test_matrix.py", "--lw-attach", "lw-homelab-000000", "--tb=line",
+                      "--lw-report-dir", str(tmp_path), "--junitxml", str(junit))
     assert proc.returncode == 2, proc.stdout + proc.stderr  # interrupted: the lab could not start
     assert "no lab lw-homelab-000000 of topology homelab runs on this Docker engine to attach to" in proc.stdout
     seen = outcomes(junit)
