@@ -117,10 +117,12 @@ class ComposeLab(Lab):
             if self.attach:
                 self.timings["image_s"] = 0.0  # its owner started it
                 resting = self._attach()
+                self.timings["fresh_s"] = time.monotonic() - started  # before impairments and tunnel clients
             else:
                 self.image = ensure_image(self.log)
                 self.timings["image_s"] = time.monotonic() - started
                 self._take_ranges()
+                self.timings["lock_s"] = time.monotonic() - started - self.timings["image_s"]  # waiting
                 self._refuse_twin()
                 self._attached = self.keep and self.project in labwarden_projects(self._client)
                 self._interrupted_compose = True  # until it returns: what it had in flight may land late
