@@ -8,13 +8,8 @@ loaded) without anything from the nodes' images, then checked ready: every
 service the policy lists listens inside its node (its tunnels' pages are the
 checks' to wait for: labwarden.checks.tunnel.start). `ComposeLab.down()` removes
 every container and network of the run (realise/cleanup.py); both are idempotent.
-While it runs, a lab holds its address ranges (realise/ranges.py): labs whose subnets
-overlap take turns, whatever they are called.
-
-`ComposeLab(..., attach=PROJECT)` runs on a lab someone else brought up (and takes
-down, holding its ranges meanwhile): up() makes it as fresh as a new lab (`_attach`)
-and down() leaves it running. tests/integration/test_mutants.py runs the mutants of one
-topology on one lab this way.
+A running lab holds its address ranges (realise/ranges.py). `attach=PROJECT`: up() makes
+another's running lab as fresh as a new one (`_attach`) and down() leaves it running.
 """
 
 import asyncio
@@ -42,10 +37,10 @@ from labwarden.realise.image import REPOSITORY, ensure_image
 from labwarden.realise.impair import Impairment
 from labwarden.realise.lab import Lab, run_sync
 from labwarden.realise.ranges import RangesLock
+from labwarden.realise.sockets import listens
 from labwarden.routers.nftables.trace import shown_path, stdin_as
 from labwarden.probe import DOCUMENTATION_RANGES, NodeJob, Transport, run_jobs, run_rounds
 from labwarden.probe.ship import IN_PROBER, agent_zipapp
-from labwarden.declared.policy import Service
 from labwarden.declared.topology import Topology
 
 PROBER = "labwarden-prober"
@@ -113,7 +108,7 @@ class ComposeLab(Lab):
     def up(self) -> "ComposeLab":
         started = time.monotonic()
         try:
-            resting = []
+            resting, plumbed = [], None
             if self.attach:
                 self.timings["image_s"] = 0.0  # its owner started it
                 resting = self._attach()
@@ -129,19 +124,27 @@ class ComposeLab(Lab):
                 self._compose("up", "-d", "--no-build", "--quiet-pull", "--remove-orphans")
                 self._interrupted_compose = False
                 self.timings["compose_s"] = time.monotonic() - started - self.timings["image_s"]
-                self._find_containers()
-                asyncio.run(self._plumb())
-            self.impairment = impair.apply(self, self.impair_method)  # a delay line starts afresh
+                self._timed("find_s", self._find_containers)
+                plumbed = self._timed("plumb_s", lambda: asyncio.run(self._plumb()))
+            self.impairment = self._timed("impair_s", lambda: impair.apply(self, self.impair_method))  # afresh
             if self.impairment.links:
                 self.log(f"labwarden: {self.impairment.summary()}")
             for c in resting:  # an attached lab's tunnel clients: connect under this run's ruleset
                 c.start()
-            asyncio.run(self._wait_ready())
+            self._timed("ready_s", lambda: asyncio.run(self._wait_ready(plumbed)))
         except BaseException:
             self.down()
             raise
         self.timings["up_s"] = time.monotonic() - started - self.timings["image_s"]
         return self
+
+    def _timed(self, name: str, step):
+        """Run one step of up(), its seconds into timings[name] (benchmarks read them)."""
+        began = time.monotonic()
+        try:
+            return step()
+        finally:
+            self.timings[name] = time.monotonic() - began
 
     def down(self) -> None:
         """Remove everything of this run; safe to call twice or on a half-started lab, and not
@@ -168,9 +171,7 @@ class ComposeLab(Lab):
         self._ranges.acquire(LOCK_WAIT_S, self.log)
 
     def _refuse_twin(self) -> None:
-        """Two labs with overlapping subnets cannot run at once on one Docker engine: the
-        labwarden labs running on ours (another run of this topology, a kept lab, or what a
-        killed run left; a run holding its ranges was waited for) are named."""
+        """Labwarden labs already on our subnets (kept, or left by a killed run) are named."""
         twins = {p for p in labwarden_projects(self._client) if p.startswith(f"{PROJECT_PREFIX}{self.topology.name}-")}
         twins = sorted((twins | projects_on(self._client, self.topology.lab_ranges())) - {self.project})
         if twins:
@@ -181,14 +182,10 @@ class ComposeLab(Lab):
                            "--lw-keep-lab reuses a kept lab)")
 
     def _attach(self) -> list:
-        """Make the running lab `self.project` (another's: it is left running) as fresh as a
-        new lab: every paused container resumes, the tunnel clients (containers that share a
-        node's namespace) stop, every node is plumbed again with the router's config of this
-        run (loaded whole, replacing what an earlier run loaded), routes a run added removed,
-        conntrack emptied, neighbour caches forgotten, and a listed service that does not listen
-        (stopped by a killed run) started again with the lab image's `lab-services start`. The
-        caller then applies the impairments afresh and starts the tunnel clients again
-        (returned), under this run's ruleset."""
+        """The running lab `self.project` made as fresh as a new one: containers resumed, tunnel
+        clients killed (returned: up() starts them after the impairments), every node plumbed
+        again (this run's router config, routes, conntrack, neighbours: `_plumb(fresh=True)`),
+        listed services that do not listen (stopped by a killed run) started again."""
         if self.project not in labwarden_projects(self._client) or \
                 not self.project.startswith(f"{PROJECT_PREFIX}{self.topology.name}-"):
             running = sorted(p for p in labwarden_projects(self._client)
@@ -205,8 +202,7 @@ class ComposeLab(Lab):
             if c.status in ("running", "paused"):  # (unpaused above)
                 c.kill()  # its connections end with it (closed by the kernel), as a stop would end them
         self._find_containers(resting={c.labels["com.docker.compose.service"] for c in resting})
-        asyncio.run(self._plumb(fresh=True))
-        answers = asyncio.run(self.run({n: NodeJob(info=True) for n in self.topology.nodes}))
+        answers = asyncio.run(self._plumb(fresh=True))
         tunnels = {(t.edge, t.public) for t in self.policy.tunnels}  # up once their clients are
         for name, answer in answers.items():  # a service a killed run had stopped (nat's `lab-services stop`)
             for s in sorted(self.policy.listening(name)):
@@ -333,7 +329,7 @@ class ComposeLab(Lab):
             setup.update(self.router_kind().load(self.router_firewall().read_text()))
         return setup
 
-    async def _plumb(self, fresh: bool = False) -> None:
+    async def _plumb(self, fresh: bool = False) -> dict:
         """Routers first, with their rulesets, then everyone else: a node that had its route
         through a router before that router's ruleset (its NAT) was loaded could open a
         connection the router forwards unchanged, and conntrack keeps it that way for the
@@ -341,19 +337,22 @@ class ComposeLab(Lab):
         `fresh`: a lab that ran before also loses the routes a run added (nat's attackers'), its
         tracked connections and its neighbours."""
         forget = {"only_these_routes": True, "flush_conntrack": True, "forget_neighbours": True} if fresh else {}
-        jobs = {name: NodeJob(setup={**self._setup_for(name), **forget}) for name in self.topology.nodes}
+        jobs = {name: NodeJob(setup={**self._setup_for(name), **forget}, info=True) for name in self.topology.nodes}
         routers = {n for n, node in self.topology.nodes.items()
                    if n == self.policy.router or node.firewall is not None}
         rounds = [{n: j for n, j in jobs.items() if n in routers},
                   {n: j for n, j in jobs.items() if n not in routers}]
         try:
-            self._record_namespaces(await self.run_rounds([r for r in rounds if r]))
+            answers = await self.run_rounds([r for r in rounds if r])
+            self._record_namespaces(answers)
+            # each node's sockets as they were once plumbed: the readiness check's first look
+            return {node: answer for batch in answers for node, answer in batch.items()}
         except ProbeError as err:
             config = self.router_firewall()  # nft names the config it read /dev/stdin: name the file
             said = stdin_as(str(err), shown_path(config, self.topology)) if config else str(err)
             raise LabError(f"plumbing lab {self.project} failed: {said}") from None
 
-    async def _wait_ready(self) -> None:
+    async def _wait_ready(self, first: dict | None = None) -> None:
         """Every listed service listens inside its own node (a check, not a sleep).
 
         Read from each node's sockets, never probed: a probe of a node's own address leaves
@@ -364,7 +363,10 @@ class ComposeLab(Lab):
 
         So do the public sides of the policy's tunnels, but a tunnel that does not come
         up does not stop the lab: suites/tunnel says what is wrong with it. Whether each
-        tunnel's page comes through its edge is a check (labwarden.checks.tunnel.start)."""
+        tunnel's page comes through its edge is a check (labwarden.checks.tunnel.start).
+
+        `first`: answers with each node's info to look at first (the plumbing's: one agent
+        call fewer when everything already listens)."""
         pending = {name: [(s, addr) for s in sorted(self.policy.listening(name)) if s.proto != "icmp"
                           for addr in self.topology.nodes[name].addresses.values()]
                    for name in self.topology.nodes}
@@ -372,7 +374,7 @@ class ComposeLab(Lab):
         pending = {n: p for n, p in pending.items() if p}
         deadline = time.monotonic() + READY_TIMEOUT_S
         while pending:
-            answers = await self.run({n: NodeJob(info=True) for n in pending})
+            answers, first = first or await self.run({n: NodeJob(info=True) for n in pending}), None
             pending = {n: [(s, a) for s, a in wanted if not listens(answers[n].info, s, a)]
                        for n, wanted in pending.items()}
             pending = {n: p for n, p in pending.items() if p}
@@ -412,10 +414,13 @@ class ComposeLab(Lab):
         return subprocess.run(["docker", "exec", self.containers[node].name, *argv],
                               capture_output=True, text=True, timeout=60)
 
-    def prober_exec(self, *argv: str, detach: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
-        """Run a command in the prober (labwarden's image, the host's pid namespace)."""
+    def prober_exec(self, *argv: str, detach: bool = False, timeout: float = 60,
+                    stdin: str | None = None) -> subprocess.CompletedProcess:
+        """Run a command in the prober (labwarden's image, the host's pid namespace); `stdin`
+        is its standard input (a request of any size: one argument is limited to 128 KiB)."""
         prober = self.containers[PROBER].name
-        return subprocess.run(["docker", "exec", *(["-d"] if detach else []), prober, *argv],
+        flags = ["-d"] if detach else ["-i"] if stdin is not None else []
+        return subprocess.run(["docker", "exec", *flags, prober, *argv], input=stdin,
                               capture_output=True, text=True, timeout=timeout)
 
     def netns_exec(self, node: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -424,16 +429,6 @@ class ComposeLab(Lab):
         checks = [f"--{key.replace('_', '-')}={value}" for key, value in self.transports[node].namespace().items()]
         return self.prober_exec("python3", IN_PROBER, "enter", f"--node={node}", *checks, "--", *argv,
                                 timeout=timeout)
-
-
-def listens(info: dict, service: Service, addr) -> bool:
-    """Whether the node's sockets (the agent's `info`) have `service` listening on `addr`:
-    bound to it or to the wildcard, IPv4 or dual-stack IPv6."""
-    port = service.port
-    wanted = {f"{addr}:{port}", f"0.0.0.0:{port}", f"[::]:{port}", f"[::ffff:{addr}]:{port}"}
-    state = "LISTEN" if service.proto == "tcp" else "CLOSE"  # a bound, unconnected UDP socket
-    return any(sock["local"] in wanted and sock["state"] == state
-               for family in (service.proto, service.proto + "6") for sock in info.get(family, []))
 
 
 @functools.cache
