@@ -9,6 +9,10 @@ or an option:
     --lw-router-config PATH     load this config into the router instead (its kind, nftables or
                                 iptables, detected from its content)
     --lw-keep-lab               leave the lab up afterwards, and reuse it next run
+    --lw-attach PROJECT         run on the running lab PROJECT of this topology, which another
+                                process brought up and takes down: made as fresh as a new lab
+                                first (the router's config loaded, conntrack emptied, tunnel clients
+                                and impairments restarted) and left running (test_mutants.py)
     --lw-probe-timeout S        how long a probe waits before calling it filtered
     --lw-fuzz-profile NAME      hypothesis profile of suites/fuzz: ci (default) or nightly
     --lw-fuzz-replay FLOW       the one flow suites/fuzz/test_replay.py sends
@@ -71,6 +75,9 @@ def pytest_addoption(parser):
                          "instead of the topology's own")
     group.addoption("--lw-keep-lab", action="store_true",
                     help="leave the lab running after the run and reuse it next time")
+    group.addoption("--lw-attach", default=None, metavar="PROJECT",
+                    help="run on this running lab of the topology (another run's: it holds the lab's "
+                         "ranges and takes it down), made as fresh as a new lab first and left running")
     group.addoption("--lw-probe-timeout", default=1.0, type=fields.probe_timeout, metavar="S",
                     help="seconds a probe waits for an answer (default 1.0)")
     group.addoption("--lw-fuzz-profile", default="ci", choices=("ci", "nightly"),
@@ -132,6 +139,10 @@ def lab_config(config) -> tuple:
                 raise ConfigError(router_config, "--lw-router-config", "no such file")
             if router_config is not None:
                 fields.read_text(router_config, str(router_config), "--lw-router-config")
+            if config.getoption("--lw-attach") is not None and (config.getoption("--lw-keep-lab")
+                                                               or livemode.is_live(config)):
+                raise ConfigError("--lw-attach", config.getoption("--lw-attach"), "a lab attached to is another "
+                                  "run's: it cannot be kept (--lw-keep-lab), nor be a live lab")
             topology, policy = livemode.apply(config, topology, policy)  # live: the real addresses
         except ConfigError as err:
             raise pytest.UsageError(f"labwarden: {err}") from None
@@ -214,7 +225,8 @@ def lab(request, pytestconfig, labwarden_topology, labwarden_policy, labwarden_r
             instance, keep = livemode.live_lab(pytestconfig, labwarden_topology, labwarden_policy, log), False
         else:
             instance = ComposeLab(labwarden_topology, labwarden_policy, router_config=labwarden_router_config,
-                                  keep=keep, log=log, impair=pytestconfig.getoption("--lw-impair"))
+                                  keep=keep, log=log, impair=pytestconfig.getoption("--lw-impair"),
+                                  attach=pytestconfig.getoption("--lw-attach"))
         running, failure = start(instance), None  # it tears down what it started when it fails
     except (LabwardenError, docker.errors.DockerException) as err:
         failure = f"labwarden: the lab could not start: {err}"
