@@ -10,7 +10,7 @@ base64(zlib(JSON)); prints one line of JSON. Request (every node key optional)::
         "netns": "/proc/1234/ns/net",        # null: stay where the agent runs (live lab)
         "container": ID, "pid_start": N,     # what that pid must still be: see netns.py
         "setup": {"rename": {MAC: NAME}, "routes": [[PREFIX|"default", NEXTHOP]],
-                  "sysctls": {KEY: VALUE}, "nft": RULESET, "nft_add": TEXT,
+                  "nft": RULESET, "nft_add": TEXT,
                   "iptables": IPTABLES_RESTORE_FILE, "flush_conntrack": true},
         "info": true, "capture": {"seconds": 2.0}, "trace": true,
         "start_at": EPOCH_S,                 # send from then on (live labs: agents on many hosts)
@@ -115,9 +115,10 @@ file in one transaction, then `nft list tables` must name exactly the file's tab
 filter`, ...) and `iptables-save` as many rules per table as the file appends, else the node
 fails. (An `ip6tables` key would do the same with ip6tables-restore, family ip6.)
 
-sysctls: containers mount /proc/sys read-only, so when `sysctl -w` fails they are written
-from a private mount namespace (`unshare -m`) where /proc/sys is remounted read-write;
-net.* keys belong to the writer's network namespace, so only the node changes.
+sysctls are not the agent's: it never writes under /proc or mounts anything (a container's
+/proc/sys is read-only, and Docker's default AppArmor profile denies writing or remounting
+it). A node's sysctls come from its compose `sysctls:` (labwarden.realise.sysctls); a setup
+with a "sysctls" key fails the node, saying so.
 """
 
 import base64
@@ -949,6 +950,9 @@ class NodeRun:
         return done.stdout
 
     def setup(self, setup: dict):
+        if setup.get("sysctls"):
+            raise AgentError(f"node {self.name}: the agent does not write sysctls ({', '.join(setup['sysctls'])}): "
+                             "set them in the node's compose `sysctls:` (or `docker run --sysctl`)")
         if setup.get("rename"):
             links = {link.get("address"): link["ifname"] for link in json.loads(self.sh("ip", "-j", "link"))}
             for mac, new in setup["rename"].items():
@@ -962,13 +966,6 @@ class NodeRun:
                     self.sh("ip", "link", "set", new, "up")
         for prefix, nexthop in setup.get("routes", []):  # after renames: a link down drops routes
             self.sh("ip", "route", "replace", prefix, "via", nexthop)
-        pairs = [f"{key}={value}" for key, value in (setup.get("sysctls") or {}).items()]
-        if pairs:
-            try:
-                self.sh("sysctl", "-w", *pairs)
-            except AgentError:  # read-only /proc/sys (containers): remount it in a private mount ns
-                self.sh("unshare", "-m", "sh", "-c",
-                        'mount -o remount,rw /proc/sys && exec sysctl -w "$@"', "sh", *pairs)
         if setup.get("nft") is not None:
             self.load_ruleset(setup["nft"])
         if setup.get("nft_add"):

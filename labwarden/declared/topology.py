@@ -19,6 +19,7 @@ network: both become the topology's ``links`` (labwarden.declared.links).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -52,6 +53,7 @@ class Node:
     firewall: Path | None
     interfaces: dict[str, str] = field(hash=False)  # segment -> interface name
     router_kind: str | None = None  # as declared; None: detected from the firewall file
+    sysctls: dict[str, str] = field(default_factory=dict, hash=False)  # the service's own `sysctls:`
 
     @property
     def segments(self) -> list[str]:
@@ -223,7 +225,25 @@ def _node(f, folder: Path, name: str, spec, segments: dict[str, Segment]) -> Nod
         if held == segment.gateway:
             raise ConfigError(f, at, f"{held} is segment {seg}'s ipam gateway (the bridge's own address)")
         addresses[str(seg)] = held
-    return _extras(f, folder, name, spec.get("x-labwarden"), addresses, segments)
+    node = _extras(f, folder, name, spec.get("x-labwarden"), addresses, segments)
+    return dataclasses.replace(node, sysctls=_sysctls(f, f"{where}.sysctls", spec.get("sysctls")))
+
+
+def _sysctls(f, where, raw) -> dict[str, str]:
+    """A service's `sysctls:` as Compose takes it: a mapping, or a list of KEY=VALUE."""
+    if raw is None:
+        return {}
+    if isinstance(raw, list):
+        pairs = {}
+        for i, item in enumerate(raw):
+            if not isinstance(item, str) or "=" not in item:
+                raise ConfigError(f, f"{where}[{i}]", f"{item!r} is not KEY=VALUE")
+            key, _, value = item.partition("=")
+            pairs[key.strip()] = value.strip()
+        return pairs
+    if not isinstance(raw, dict):
+        raise ConfigError(f, where, "must map sysctl names to values (or list KEY=VALUE)")
+    return {str(k): str(v) for k, v in raw.items()}
 
 
 def _extras(f, folder, name, x, addresses, segments) -> Node:
