@@ -83,7 +83,8 @@ class Progress:
             self._draw()
         elif self.clock() - self.said >= self.heartbeat_s:
             at = f"step {self.step}/{self.steps}" if self.steps else short(self.name, 60)
-            self.log(f"labwarden: {self.what}: still at {at} ({self.elapsed():.0f} s): {short(self.activity, 100)}")
+            doing = f": {short(self.activity, 100)}" if self.activity else ""
+            self.log(f"labwarden: {self.what}: still at {at} ({self.elapsed():.0f} s){doing}")
             self.said = self.clock()
 
     def bar(self, width: int = 20) -> str:
