@@ -51,4 +51,4 @@ def test_it_gates_topology_changes_with_the_three_suites_and_publishes_junit():
     uses = [s.get("uses", "") for s in steps]
     assert any(u.startswith("EnricoMi/publish-unit-test-result-action@") for u in uses)
     run = next(s["run"] for s in steps if s.get("name") == "run the suites on the changed lab")
-    assert '--junitxml "reports/$LAB/junit.xml"' in run and '--topology "topologies/$LAB"' in run
+    assert '--junitxml "reports/$LAB/junit.xml"' in run and '--lw-topology "topologies/$LAB"' in run
