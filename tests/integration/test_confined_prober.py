@@ -69,4 +69,5 @@ def test_the_delay_line_runs_and_reads_back(lab):
     check = latency.link_check(lab.topology, links, links[0], impair.firewalled_nodes(lab))
     samples = asyncio.run(latency.ping(lab, [(check.src, check.dst)], count=10, interval_s=check.interval_s))
     rtts = [s for s in samples[(check.src, check.dst)] if s is not None]
-    assert len(rtts) >= 8 and min(rtts) >= 2 * links[0].profile.delay_ms - 1  # through the relay
+    profile = links[0].profile
+    assert len(rtts) >= 8 and min(rtts) >= 2 * (profile.delay_ms - profile.jitter_ms) - 1  # through the relay
