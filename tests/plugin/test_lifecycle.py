@@ -70,7 +70,7 @@ def test_ctrl_c_tears_the_lab_down(tmp_path, sig):
         try:
             deadline = time.monotonic() + 120
             while not any(c.name.endswith("labwarden-prober-1") and c.name.startswith("lw-ctrlc-")
-                          for c in client.containers.list()):
+                          for c in client.containers.list(filters={"name": "lw-ctrlc-"})):  # see lab_leftovers
                 assert proc.poll() is None and time.monotonic() < deadline, "the lab never came up"
                 time.sleep(0.2)
             proc.send_signal(sig)
