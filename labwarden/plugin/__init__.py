@@ -42,14 +42,29 @@ from labwarden.declared.compose_safety import ALLOW_HELP, PYTEST_ALLOW_OPTION
 from labwarden.declared.lab import load_lab
 from labwarden.fuzz.flows.flow import FuzzFlow
 
-from labwarden.plugin import livemode, reporting
+from labwarden.plugin import livemode, passive, reporting
 
 _CONFIG = pytest.StashKey[tuple]()
 _REPLAY = pytest.StashKey[object]()
 
 
+_DEFAULTS: dict[str, object] = {}  # dest -> default of every option: a different value makes the run use labwarden
+
+
+class _Recording:
+    """The option group, noting each option's default."""
+
+    def __init__(self, group):
+        self.group = group
+
+    def addoption(self, *names, **kwargs):
+        self.group.addoption(*names, **kwargs)
+        dest = kwargs.get("dest") or names[0].lstrip("-").replace("-", "_")
+        _DEFAULTS[dest] = kwargs.get("default", False if kwargs.get("action") == "store_true" else None)
+
+
 def pytest_addoption(parser):
-    group = parser.getgroup("labwarden")
+    group = _Recording(parser.getgroup("labwarden"))
     group.addoption("--lw-topology", default="homelab", metavar="NAME|PATH",
                     help="topology name or folder (default: homelab)")
     group.addoption("--lw-router-config", default=None, type=Path, metavar="FILE",
@@ -76,12 +91,35 @@ def pytest_configure(config):
     reporting.configure(config)
     livemode.configure(config)
     config.addinivalue_line("markers", "lab: the test brings up (or uses) a Docker lab")
+    # passive unless the run uses labwarden (labwarden.plugin.passive); a --lw- option says so now
+    given = any(a.startswith("--lw-") for a in config.invocation_params.args)
+    if given or passive.explicit(config, _DEFAULTS):
+        _activate(config)
+
+
+def pytest_collection_finish(session):
+    """Without a --lw- option, the collected tests tell whether labwarden takes part."""
+    config = session.config
+    if passive.is_active(config) or hasattr(config, "workerinput"):
+        return
+    if any(passive.uses_labwarden(item) for item in session.items):
+        _activate(config)
+    else:
+        passive.withdraw_junit(config)  # no reports, no junit.xml of ours
+
+
+def _activate(config) -> None:
+    try:
+        # the lab (the default one too) is checked before any test runs: a mistake ends
+        # the run at once with one line naming file, field and problem (exit 4), not with
+        # one collection error per suite file
+        lab_config(config)
+    except pytest.UsageError:
+        passive.withdraw_junit(config)
+        raise
     # Ctrl-C and SIGTERM both unwind through fixture teardown: nothing is left running.
     sigterm_interrupts()
-    # the lab (the default one too) is checked now, before collection: a mistake ends
-    # the run at once with one line naming file, field and problem (exit 4), not with
-    # one collection error per suite file
-    lab_config(config)
+    passive.mark_active(config)
 
 
 def lab_config(config) -> tuple:
@@ -117,7 +155,10 @@ def _replayed(config, policy) -> FuzzFlow | None:
 
 def pytest_generate_tests(metafunc):
     if "matrix_flow" in metafunc.fixturenames:
-        _, policy = lab_config(metafunc.config)
+        try:
+            _, policy = lab_config(metafunc.config)
+        except pytest.UsageError:
+            return  # said once, as the collection ends (_activate), not once per suite file
         flows = matrix_flows(policy)
         metafunc.parametrize("matrix_flow", flows, ids=[f.label(policy) for f in flows])
 

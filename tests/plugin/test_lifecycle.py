@@ -70,8 +70,10 @@ def test_ctrl_c_tears_the_lab_down(tmp_path, sig):
         try:
             deadline = time.monotonic() + 120
             while not any(c.name.endswith("labwarden-prober-1") and c.name.startswith("lw-ctrlc-")
-                          for c in client.containers.list(filters={"name": "lw-ctrlc-"})):  # see lab_leftovers
-                assert proc.poll() is None and time.monotonic() < deadline, "the lab never came up"
+                          for c in client.containers.list(filters={"name": "lw-ctrlc-"})):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    pytest.fail("the lab never came up:\n" + proc.communicate()[0][-3000:])
                 time.sleep(0.2)
             proc.send_signal(sig)
             out, _ = proc.communicate(timeout=120)
