@@ -38,6 +38,7 @@ from labwarden.cli import diff, helptext, init, learn
 from labwarden.errors import ConfigError, LabwardenError
 from labwarden.realise.cleanup import (docker_client, down_all, kept_project, labwarden_projects, remove_project,
                                        sigterm_interrupts)
+from labwarden.realise import compose_config
 from labwarden.realise.compose import ComposeLab
 from labwarden.checks.matrix import render_grid, run_matrix
 from labwarden.checks.tunnel import start
@@ -52,7 +53,7 @@ def _load(args):
         if not Path(args.router_config).is_file():
             raise ConfigError(args.router_config, "--router-config", "no such file")
         fields.read_text(args.router_config, args.router_config, "--router-config")
-    return load_lab(args.topology, allow_unsafe_compose=args.allow_unsafe_compose)
+    return load_lab(args.topology, allow_unsafe_compose=args.allow_unsafe_compose, resolve=compose_config.resolver())
 
 
 def cmd_up(args):
@@ -68,7 +69,8 @@ def cmd_down(args):
         removed = down_all()
         print("removed: " + (", ".join(removed) if removed else "nothing"))
     else:
-        topology = load_topology(args.topology, allow_unsafe_compose=True)  # removes, starts nothing
+        topology = load_topology(args.topology, allow_unsafe_compose=True,  # removes, starts nothing
+                                 resolve=compose_config.resolver())
         remove_project(docker_client(), kept_project(topology))
         print(f"removed {kept_project(topology)}")
     return 0
