@@ -22,7 +22,8 @@ anything starts, with a ConfigError naming file, field and problem:
 - ``$`` interpolation in any of those keys (its value comes from the environment or the
   folder's ``.env``, which this check cannot see).
 
-``--allow-unsafe-compose`` (pytest and the CLI) skips this check: the user's explicit choice.
+``--allow-unsafe-compose`` (the CLI; ``--lw-allow-unsafe-compose`` for pytest) skips this check:
+the user's explicit choice.
 Declared data only: nothing here talks to Docker.
 """
 
@@ -34,7 +35,8 @@ from pathlib import Path
 from labwarden.errors import ConfigError
 from labwarden.declared.fields import is_inside, lab_root, resolve
 
-ALLOW_OPTION = "--allow-unsafe-compose"
+ALLOW_OPTION = "--allow-unsafe-compose"         # the labwarden CLI's
+PYTEST_ALLOW_OPTION = "--lw-allow-unsafe-compose"  # the pytest plugin's
 ALLOW_HELP = ("run a compose file that reaches the host (privileged, host namespaces, host mounts, "
               "extra capabilities or devices, macvlan, ...): refused by default")
 # Docker's default capabilities, and the network ones a lab node may need
@@ -85,7 +87,7 @@ def check_compose(f, compose: Path, doc: dict) -> None:
 
 def _refuse(f, where: str, why: str):
     raise ConfigError(f, where, f"{why}: refused, a lab folder must not reach the host "
-                      f"(pass {ALLOW_OPTION} to run it anyway)")
+                      f"(pass {ALLOW_OPTION}, or {PYTEST_ALLOW_OPTION} to pytest, to run it anyway)")
 
 
 def _no_interpolation(f, where: str, raw) -> None:

@@ -262,8 +262,8 @@ MAX_PROBE_TIMEOUT_S = 60.0
 
 
 def probe_timeout(text) -> float:
-    """`--probe-timeout S` (pytest and CLI alike): seconds in (0, 60]. 0, a negative number or
-    nan would let every probe come back 'filtered' at once, and test_no_leak pass vacuously."""
+    """`--lw-probe-timeout S` (pytest), `--probe-timeout S` (the CLI): seconds in (0, 60]. 0, a
+    negative number or nan would let every probe come back 'filtered' at once, and test_no_leak pass vacuously."""
     try:
         value = float(text)
     except ValueError:

@@ -54,7 +54,7 @@ def load_inventory(path, topology: Topology) -> Inventory:
     file = Path(path)
     f = str(file)
     if not file.is_file():
-        raise ConfigError(f, "--inventory", "no such file")
+        raise ConfigError(f, "--lw-inventory", "no such file")
     doc = read_yaml(file, f)
     check_keys(f, "", doc, KEYS)
     if not among(doc.get("topology"), (None, topology.name)):

@@ -5,18 +5,21 @@ labwarden installed can use these fixtures. Every setting is an overridable
 fixture (`labwarden_topology`, `labwarden_policy`, `labwarden_router_config`)
 or an option:
 
-    --topology NAME|PATH   the lab to run (default: homelab)
-    --router-config PATH   load this config into the router instead (its kind, nftables or
-                           iptables, detected from its content)
-    --keep-lab             leave the lab up afterwards, and reuse it next run
-    --probe-timeout S      how long a probe waits before calling it filtered
-    --fuzz-profile NAME    hypothesis profile of suites/fuzz: ci (default) or nightly
-    --fuzz-replay FLOW     the one flow suites/fuzz/test_replay.py sends
-    --report-dir DIR       where junit.xml, labwarden.json and labwarden.html go (default: reports/)
-    --impair METHOD        impaired links: auto (netem, else the delay line), netem, delayline, none
-    --lab live --inventory PATH   run against the real hosts of an inventory, read-only
-    --allow-unsafe-compose run a compose file that reaches the host (refused by default:
-                           labwarden.declared.compose_safety)
+    --lw-topology NAME|PATH     the lab to run (default: homelab)
+    --lw-router-config PATH     load this config into the router instead (its kind, nftables or
+                                iptables, detected from its content)
+    --lw-keep-lab               leave the lab up afterwards, and reuse it next run
+    --lw-probe-timeout S        how long a probe waits before calling it filtered
+    --lw-fuzz-profile NAME      hypothesis profile of suites/fuzz: ci (default) or nightly
+    --lw-fuzz-replay FLOW       the one flow suites/fuzz/test_replay.py sends
+    --lw-report-dir DIR         where junit.xml, labwarden.json and labwarden.html go (default: reports/)
+    --lw-impair METHOD          impaired links: auto (netem, else the delay line), netem, delayline, none
+    --lw-lab live --lw-inventory PATH   run against the real hosts of an inventory, read-only
+    --lw-allow-unsafe-compose   run a compose file that reaches the host (refused by default:
+                                labwarden.declared.compose_safety)
+
+Every option has the `--lw-` prefix (dest `lw_...`), so none can clash with another
+plugin's (pytest-ansible's --inventory, say); the `labwarden` CLI keeps its short names.
 
 Configuration is loaded and checked at configure time, before collection and before anything starts:
 a mistake ends the run with the file, field and problem.
@@ -34,7 +37,7 @@ from labwarden.realise.compose import ComposeLab
 from labwarden.checks.matrix import check_controls, matrix_flows, run_matrix
 from labwarden.checks.tunnel import start
 from labwarden.declared import fields
-from labwarden.declared.compose_safety import ALLOW_HELP, ALLOW_OPTION
+from labwarden.declared.compose_safety import ALLOW_HELP, PYTEST_ALLOW_OPTION
 from labwarden.declared.lab import load_lab
 from labwarden.fuzz.flows.flow import FuzzFlow
 
@@ -46,22 +49,23 @@ _REPLAY = pytest.StashKey[object]()
 
 def pytest_addoption(parser):
     group = parser.getgroup("labwarden")
-    group.addoption("--topology", default="homelab", help="topology name or folder (default: homelab)")
-    group.addoption("--router-config", default=None, type=Path,
+    group.addoption("--lw-topology", default="homelab", metavar="NAME|PATH",
+                    help="topology name or folder (default: homelab)")
+    group.addoption("--lw-router-config", default=None, type=Path, metavar="FILE",
                     help="router config (nftables, or an iptables-restore file) to load into the lab router "
                          "instead of the topology's own")
-    group.addoption("--keep-lab", action="store_true",
+    group.addoption("--lw-keep-lab", action="store_true",
                     help="leave the lab running after the run and reuse it next time")
-    group.addoption("--probe-timeout", default=1.0, type=fields.probe_timeout,
+    group.addoption("--lw-probe-timeout", default=1.0, type=fields.probe_timeout, metavar="S",
                     help="seconds a probe waits for an answer (default 1.0)")
-    group.addoption("--fuzz-profile", default="ci", choices=("ci", "nightly"),
+    group.addoption("--lw-fuzz-profile", default="ci", choices=("ci", "nightly"),
                     help="hypothesis profile of suites/fuzz: ci (fixed seed) or nightly (default ci)")
-    group.addoption("--fuzz-replay", default=None, metavar="FLOW",
+    group.addoption("--lw-fuzz-replay", default=None, metavar="FLOW",
                     help="suites/fuzz/test_replay.py sends this one flow ('SRC DST PROTO[/PORT] [KIND=V]')")
-    group.addoption("--impair", default="auto", choices=("auto", "netem", "delayline", "none"),
+    group.addoption("--lw-impair", default="auto", choices=("auto", "netem", "delayline", "none"),
                     help="how the lab's impaired links are emulated: tc netem where the kernel has it, "
                          "else the userspace delay line (auto, the default), or not at all (none)")
-    group.addoption(ALLOW_OPTION, action="store_true", help=ALLOW_HELP)
+    group.addoption(PYTEST_ALLOW_OPTION, action="store_true", help=ALLOW_HELP)
     reporting.addoption(group)
     livemode.addoption(group)
 
@@ -83,13 +87,13 @@ def lab_config(config) -> tuple:
     """(topology, policy) of this run, loaded once; a config mistake ends the run."""
     if _CONFIG not in config.stash:
         try:
-            topology, policy = load_lab(config.getoption("--topology"),
-                                        allow_unsafe_compose=config.getoption(ALLOW_OPTION))
-            router_config = config.getoption("--router-config")
+            topology, policy = load_lab(config.getoption("--lw-topology"),
+                                        allow_unsafe_compose=config.getoption(PYTEST_ALLOW_OPTION))
+            router_config = config.getoption("--lw-router-config")
             if router_config is not None and not router_config.is_file():
-                raise ConfigError(router_config, "--router-config", "no such file")
+                raise ConfigError(router_config, "--lw-router-config", "no such file")
             if router_config is not None:
-                fields.read_text(router_config, str(router_config), "--router-config")
+                fields.read_text(router_config, str(router_config), "--lw-router-config")
             topology, policy = livemode.apply(config, topology, policy)  # live: the real addresses
         except ConfigError as err:
             raise pytest.UsageError(f"labwarden: {err}") from None
@@ -100,14 +104,14 @@ def lab_config(config) -> tuple:
 
 
 def _replayed(config, policy) -> FuzzFlow | None:
-    """The flow of --fuzz-replay, checked with the lab's config: a malformed one ends the run."""
-    spec = config.getoption("--fuzz-replay")
+    """The flow of --lw-fuzz-replay, checked with the lab's config: a malformed one ends the run."""
+    spec = config.getoption("--lw-fuzz-replay")
     if spec is None:
         return None
     try:
         return FuzzFlow.parse(spec, policy)
     except ValueError as err:
-        raise pytest.UsageError(f"labwarden: --fuzz-replay: {err}") from None
+        raise pytest.UsageError(f"labwarden: --lw-fuzz-replay: {err}") from None
 
 
 def pytest_generate_tests(metafunc):
@@ -129,17 +133,17 @@ def labwarden_policy(pytestconfig):
 
 @pytest.fixture(scope="session")
 def labwarden_router_config(pytestconfig):
-    return pytestconfig.getoption("--router-config")
+    return pytestconfig.getoption("--lw-router-config")
 
 
 @pytest.fixture(scope="session")
 def probe_timeout(pytestconfig) -> float:
-    return pytestconfig.getoption("--probe-timeout")
+    return pytestconfig.getoption("--lw-probe-timeout")
 
 
 @pytest.fixture(scope="session")
 def fuzz_replay_flow(pytestconfig) -> FuzzFlow | None:
-    """The flow --fuzz-replay names (parsed and checked at start), or None."""
+    """The flow --lw-fuzz-replay names (parsed and checked at start), or None."""
     lab_config(pytestconfig)
     return pytestconfig.stash[_REPLAY]
 
@@ -157,7 +161,7 @@ def lab(request, pytestconfig, labwarden_topology, labwarden_policy, labwarden_r
 
     A lab that cannot start fails the first test that needs it, with the reason, and stops
     the run there: every other test would only repeat the same error."""
-    keep = pytestconfig.getoption("--keep-lab")
+    keep = pytestconfig.getoption("--lw-keep-lab")
     reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
 
     def log(message):
@@ -169,7 +173,7 @@ def lab(request, pytestconfig, labwarden_topology, labwarden_policy, labwarden_r
             instance, keep = livemode.live_lab(pytestconfig, labwarden_topology, labwarden_policy, log), False
         else:
             instance = ComposeLab(labwarden_topology, labwarden_policy, router_config=labwarden_router_config,
-                                  keep=keep, log=log, impair=pytestconfig.getoption("--impair"))
+                                  keep=keep, log=log, impair=pytestconfig.getoption("--lw-impair"))
         running, failure = start(instance), None  # it tears down what it started when it fails
     except (LabwardenError, docker.errors.DockerException) as err:
         failure = f"labwarden: the lab could not start: {err}"

@@ -1,7 +1,7 @@
 """What a Compose lab leaves on this machine, named once, and how it is removed.
 
 Every labwarden lab is a Compose project named `lw-<topology>-<6 hex>` (or
-`lw-<topology>-kept`, kept with `--keep-lab`/`labwarden up`); its containers,
+`lw-<topology>-kept`, kept with `--lw-keep-lab`/`labwarden up`); its containers,
 networks and volumes carry Docker's `com.docker.compose.project` label, and its
 generated compose file (the prober) is `<project>.override.yaml` in labwarden's
 private folder (realise/private.py). Runs of one topology take turns on
@@ -49,7 +49,7 @@ def docker_client():
 
 
 def kept_project(topology: Topology) -> str:
-    """The project of a topology's kept lab (`--keep-lab`, `labwarden up`)."""
+    """The project of a topology's kept lab (`--lw-keep-lab`, `labwarden up`)."""
     return f"{PROJECT_PREFIX}{topology.name}-kept"
 
 

@@ -179,7 +179,7 @@ class ComposeLab(Lab):
                     in twins else "wait for that run to end, or `labwarden down --all`")
             raise LabError(f"topology {self.topology.name} is already running as {', '.join(twins)}: "
                            f"its subnets cannot exist twice on one Docker engine ({hint}; "
-                           "--keep-lab reuses a kept lab)")
+                           "--lw-keep-lab reuses a kept lab)")
 
     def _compose(self, *args, check=True):
         write_override(self.project, prober_override(agent_zipapp()))
@@ -252,7 +252,7 @@ class ComposeLab(Lab):
         return self.router_config or router.firewall
 
     def router_kind(self) -> routers.RouterKind:
-        """Declared on the router for its own config; detected from a --router-config's content."""
+        """Declared on the router for its own config; detected from a --lw-router-config's content."""
         router = self.topology.nodes[self.policy.router]
         return routers.of_router(router, self.router_firewall(), declared=self.router_config is None)
 

@@ -197,15 +197,15 @@ def apply(lab, method: str = "auto", links: list[Link] | None = None) -> Impairm
     links = lab.topology.links if links is None else links
     impairment = Impairment(links)
     if not links or method == "none":
-        impairment.reason = "no impaired links" if not links else "impairment switched off (--impair none)"
+        impairment.reason = "no impaired links" if not links else "impairment switched off (--lw-impair none)"
         return impairment
     if method not in METHODS:
         raise LabError(f"unknown impairment method {method!r} (known: {', '.join(METHODS)})")
     has_netem, why = netem_available(lab)
     if method == "netem" and not has_netem:
-        raise LabError(f"--impair netem: {why.split(';')[0]}")
+        raise LabError(f"--lw-impair netem: {why.split(';')[0]}")
     impairment.method = "netem" if (method == "netem" or (method == "auto" and has_netem)) else "delayline"
-    impairment.reason = why if method == "auto" else f"--impair {method} ({why})"
+    impairment.reason = why if method == "auto" else f"--lw-impair {method} ({why})"
     if impairment.method == "netem":
         _apply_netem(lab, impairment)
     else:

@@ -1,6 +1,6 @@
 """suites/fuzz: hypothesis profiles, and the fuzzers the tests share.
 
-Profiles (`--fuzz-profile`, default ci):
+Profiles (`--lw-fuzz-profile`, default ci):
 
 - ci: a fixed seed (derandomized, so a CI run is reproducible), few examples;
 - nightly: many examples, a random seed; rule fuzzing keeps its failures in
@@ -26,7 +26,7 @@ EXAMPLES = {  # per test kind: hypothesis examples under each profile
     "ci": {"probes": 12, "odd": 8, "rules": 30},   # rules: 4 distinct rulesets an example; >= 100 in all
     "nightly": {"probes": 300, "odd": 200, "rules": 400},
 }
-FUZZ_TIMEOUT = 0.2     # seconds a fuzz batch waits for answers (a mismatch is re-checked with --probe-timeout)
+FUZZ_TIMEOUT = 0.2     # seconds a fuzz batch waits for answers (a mismatch is re-checked with --lw-probe-timeout)
 RULES_TIMEOUT = 0.1    # the same per ruleset: in-lab answers take about a millisecond
 _STATS = pytest.StashKey[list]()
 
@@ -46,9 +46,9 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--fuzz-replay", None):
+    if config.getoption("--lw-fuzz-replay", None):
         return
-    skip = pytest.mark.skip(reason="replays one flow: give --fuzz-replay 'SRC DST PROTO[/PORT] [KIND=VALUE]'")
+    skip = pytest.mark.skip(reason="replays one flow: give --lw-fuzz-replay 'SRC DST PROTO[/PORT] [KIND=VALUE]'")
     for item in items:
         if item.path.name == "test_replay.py":
             item.add_marker(skip)
@@ -61,7 +61,7 @@ def pytest_terminal_summary(terminalreporter, config):
 
 @pytest.fixture(scope="session")
 def fuzz_profile(pytestconfig) -> str:
-    return pytestconfig.getoption("--fuzz-profile", "ci")
+    return pytestconfig.getoption("--lw-fuzz-profile", "ci")
 
 
 @pytest.fixture(scope="session")

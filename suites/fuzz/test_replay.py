@@ -1,9 +1,9 @@
 """Replays one flow, as a failure of suites/fuzz prints it:
 
-    python3 -m pytest suites/fuzz/test_replay.py --fuzz-replay 'web 198.18.1.10 tcp/31337' \
-        --router-config topologies/homelab/mutants/odd-port.nft
+    python3 -m pytest suites/fuzz/test_replay.py --lw-fuzz-replay 'web 198.18.1.10 tcp/31337' \
+        --lw-router-config topologies/homelab/mutants/odd-port.nft
 
-Sends it alone (with --probe-timeout), judges it by the same oracle, and
+Sends it alone (with --lw-probe-timeout), judges it by the same oracle, and
 explains a mismatch with the rule of the router that decided it.
 """
 

@@ -37,8 +37,8 @@ def with_gpu_down(tmp_path, topology: str, *args: str) -> tuple[dict, str]:
     (tmp_path / "conftest.py").write_text(CONFTEST)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", *args, "-q", "-p", "no:cacheprovider", "--tb=line",
-         "--rootdir", str(tmp_path), "--topology", str(ROOT / "topologies" / topology),
-         "--report-dir", str(tmp_path / "report"), "--junitxml", str(tmp_path / "junit.xml")],
+         "--rootdir", str(tmp_path), "--lw-topology", str(ROOT / "topologies" / topology),
+         "--lw-report-dir", str(tmp_path / "report"), "--junitxml", str(tmp_path / "junit.xml")],
         cwd=tmp_path, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-3000:]

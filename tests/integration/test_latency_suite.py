@@ -20,7 +20,7 @@ LAB = ROOT / "tests" / "integration" / "latency_lab"
 
 def run_suite(topology: Path, report_dir: Path):
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "suites/latency",
-                           "--topology", str(topology), "--report-dir", str(report_dir), "-q"],
+                           "--lw-topology", str(topology), "--lw-report-dir", str(report_dir), "-q"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 

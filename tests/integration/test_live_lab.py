@@ -105,7 +105,7 @@ def run_live(ssh_lab, tmp_path, suites, users=None):
     out = tmp_path / "live-report"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", *suites, "-q", "-p", "no:cacheprovider", "--tb=short", "-rs",
-         "--lab", "live", "--inventory", str(inventory), "--report-dir", str(out)],
+         "--lw-lab", "live", "--lw-inventory", str(inventory), "--lw-report-dir", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=1200)
     doc = json.loads((out / "labwarden.json").read_text()) if (out / "labwarden.json").is_file() else {}
     cases = list(ET.parse(out / "junit.xml").getroot().iter("testcase")) if (out / "junit.xml").is_file() else []

@@ -53,14 +53,14 @@ def test_suites_catch_mutant(mutant, tmp_path):
     """One run of every suite file the header names, on one lab with the mutant in it."""
     expected = read_header(mutant)
     if mutant.name == "compose.yaml":
-        lab = ["--topology", str(mutant.parent)]
+        lab = ["--lw-topology", str(mutant.parent)]
     else:
-        lab = ["--topology", mutant.parents[1].name, "--router-config", str(mutant)]
+        lab = ["--lw-topology", mutant.parents[1].name, "--lw-router-config", str(mutant)]
     junit = tmp_path / "junit.xml"
     with lab_lock(mutant):
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", *suites(expected), "-q", "-p", "no:cacheprovider",
-             TRACEBACK, "--report-dir", str(tmp_path), "--junitxml", str(junit), *lab],
+             TRACEBACK, "--lw-report-dir", str(tmp_path), "--junitxml", str(junit), *lab],
             cwd=ROOT, capture_output=True, text=True, timeout=900)
     output = proc.stdout + proc.stderr
     name = mutant.relative_to(ROOT)

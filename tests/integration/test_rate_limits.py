@@ -15,7 +15,7 @@ CONFIGS = Path(__file__).resolve().parent / "ratelimit"
 
 def isolation(config: Path, report_dir: Path) -> tuple[subprocess.CompletedProcess, dict]:
     proc = subprocess.run([sys.executable, "-m", "pytest", "suites/isolation", "-q", "-p", "no:cacheprovider",
-                           "--tb=line", "--router-config", str(config), "--report-dir", str(report_dir)],
+                           "--tb=line", "--lw-router-config", str(config), "--lw-report-dir", str(report_dir)],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     doc = json.loads((report_dir / "labwarden.json").read_text())
     matrix, = doc["matrices"]

@@ -22,7 +22,7 @@ from labwarden.report.records import LEAK
 
 ROOT = Path(__file__).resolve().parents[2]
 MUTANT = ROOT / "topologies" / "homelab" / "mutants" / "servers-to-personal.nft"
-RUNS = {"own-config": [], "mutant": ["--router-config", str(MUTANT)]}
+RUNS = {"own-config": [], "mutant": ["--lw-router-config", str(MUTANT)]}
 
 
 @pytest.fixture(scope="module", params=list(RUNS))
@@ -31,7 +31,7 @@ def run(request, tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=no", "--no-header",
          "suites/isolation/test_matrix.py", "suites/isolation/test_stateful.py",
-         "--report-dir", str(out), *RUNS[request.param]],
+         "--lw-report-dir", str(out), *RUNS[request.param]],
         cwd=ROOT, capture_output=True, text=True, timeout=1200)
     return request.param, proc, out
 

@@ -23,8 +23,8 @@ def no_docker(monkeypatch):
 def test_the_isolation_suite_stops_at_the_first_error(pytester, no_docker):
     junit = pytester.path / "junit.xml"
     result = pytester.runpytest_subprocess(str(ROOT / "suites" / "isolation"), "-p", "no:cacheprovider",
-                                           "--topology", str(ROOT / "topologies" / "homelab"),
-                                           "--report-dir", str(pytester.path), f"--junitxml={junit}")
+                                           "--lw-topology", str(ROOT / "topologies" / "homelab"),
+                                           "--lw-report-dir", str(pytester.path), f"--junitxml={junit}")
     out = result.stdout.str()
     assert result.ret == pytest.ExitCode.INTERRUPTED, out[-3000:]
     result.assert_outcomes(errors=1)

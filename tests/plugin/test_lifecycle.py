@@ -19,7 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def lab_leftovers(client, topology: str) -> list[str]:
     prefix = f"lw-{topology}-"
-    names = [c.name for c in client.containers.list(all=True) if c.name.startswith(prefix)]
+    # filtered by the engine: listing every container inspects each, and another run's may be
+    # gone by then (404)
+    names = [c.name for c in client.containers.list(all=True, filters={"name": prefix})
+             if c.name.startswith(prefix)]
     return names + [n.name for n in client.networks.list() if n.name.startswith(prefix)]
 
 
@@ -39,16 +42,16 @@ def broken_lab(tmp_path):
 
 
 def test_bad_policy_stops_before_anything_starts(broken_lab):
-    proc = run_pytest("suites/isolation", "--topology", str(broken_lab))
+    proc = run_pytest("suites/isolation", "--lw-topology", str(broken_lab))
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert f"{broken_lab}/policy.yaml: allow[0].from: unknown zone 'guests'" in proc.stderr, proc.stderr
     assert not lab_leftovers(docker.from_env(), "brokenlab")
 
 
 def test_missing_router_config_is_named(tmp_path):
-    proc = run_pytest("suites/isolation", "--router-config", str(tmp_path / "nope.nft"))
+    proc = run_pytest("suites/isolation", "--lw-router-config", str(tmp_path / "nope.nft"))
     assert proc.returncode == 4
-    assert "--router-config: no such file" in proc.stderr
+    assert "--lw-router-config: no such file" in proc.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -62,7 +65,7 @@ def test_ctrl_c_tears_the_lab_down(tmp_path, sig):
     with topology_lock("homelab") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
-                                 "suites/isolation/test_matrix.py", "--topology", str(lab)], cwd=ROOT,
+                                 "suites/isolation/test_matrix.py", "--lw-topology", str(lab)], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             deadline = time.monotonic() + 120

@@ -73,7 +73,7 @@ def test_run_writes_junit_json_and_html_into_reports(tmp_path):
 
 
 def test_report_dir_and_an_explicit_junitxml_are_respected(tmp_path):
-    proc = run(tmp_path, "--report-dir", "out", "--junitxml", "mine.xml")
+    proc = run(tmp_path, "--lw-report-dir", "out", "--junitxml", "mine.xml")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert (tmp_path / "mine.xml").is_file()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["labwarden.html", "labwarden.json"]

@@ -2,8 +2,9 @@
 ConfigError (file, field, problem), or a usage error, before anything starts.
 
 Lab files: duplicate keys, alias bombs, non-UTF-8 and huge files, wrong types, NaN and
-infinite quantities, budget paths leaving the lab. Options: --probe-timeout,
---fuzz-replay, --router-config. And an nft syntax error names the config, not /dev/stdin.
+infinite quantities, budget paths leaving the lab. Options: --lw-probe-timeout,
+--lw-fuzz-replay, --lw-router-config (and the CLI's --probe-timeout, --router-config). And an
+nft syntax error names the config, not /dev/stdin.
 """
 
 import argparse
@@ -198,9 +199,9 @@ def run(*args, cwd=ROOT) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("value", ["0", "-1", "nan"])
 def test_pytest_refuses_a_probe_timeout_that_would_pass_vacuously(value):
     proc = run("-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q", "suites/isolation",
-               f"--probe-timeout={value}")
+               f"--lw-probe-timeout={value}")
     assert proc.returncode == pytest.ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
-    assert f"--probe-timeout: '{value}' is not a number of seconds" in proc.stderr
+    assert f"--lw-probe-timeout: '{value}' is not a number of seconds" in proc.stderr
 
 
 @pytest.mark.parametrize("command", ["matrix", "diff --before HEAD"])
@@ -240,15 +241,15 @@ def test_every_drawn_kind_of_flow_reads_back():
 
 def test_a_malformed_replay_is_a_usage_error_before_any_lab():
     proc = run("-m", "pytest", "-p", "no:cacheprovider", "-q", "--collect-only", "suites/fuzz/test_replay.py",
-               "--fuzz-replay", "web 8.8.8.8 tcp/22")  # collect only: without the check, no lab starts either
+               "--lw-fuzz-replay", "web 8.8.8.8 tcp/22")  # collect only: without the check, no lab starts either
     assert proc.returncode == pytest.ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
-    assert "labwarden: --fuzz-replay: 8.8.8.8 is outside the lab" in proc.stderr
+    assert "labwarden: --lw-fuzz-replay: 8.8.8.8 is outside the lab" in proc.stderr
 
 
 def test_a_broken_lab_file_is_a_usage_error_in_pytest_not_a_traceback(lab):
     (lab / "compose.yaml").write_bytes(b"services:\n  web: \xff\n")
     proc = run("-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q", "suites/isolation",
-               "--topology", str(lab))
+               "--lw-topology", str(lab))
     assert proc.returncode == pytest.ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
     assert "compose.yaml: line 2: is not UTF-8 text" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -257,7 +258,7 @@ def test_a_router_config_that_is_not_text_is_a_usage_error(tmp_path):
     config = tmp_path / "rules.nft"
     config.write_bytes(b"table inet x {}\n\xc3\x28\n")
     proc = run("-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q", "suites/isolation",
-               "--router-config", str(config))
+               "--lw-router-config", str(config))
     assert proc.returncode == pytest.ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
     assert f"{config}: line 2: is not UTF-8 text" in proc.stderr
 
@@ -321,7 +322,7 @@ def test_a_git_revision_that_is_not_text_is_refused(tmp_path, monkeypatch):
 
 
 def test_a_broken_default_lab_is_one_usage_error_not_an_error_per_suite_file(tmp_path):
-    """The default lab (no --topology) is checked at configure time like a named one."""
+    """The default lab (no --lw-topology) is checked at configure time like a named one."""
     shutil.copytree(HOMELAB, tmp_path / "topologies" / "homelab")
     policy = tmp_path / "topologies" / "homelab" / "policy.yaml"
     policy.write_text(policy.read_text() + "antispoof: false\n")

@@ -1,7 +1,7 @@
 """A topology folder is not arbitrary root code (issue 13, item 2).
 
 What a compose file asks of Docker is refused when it reaches the host, naming file,
-service and key, unless --allow-unsafe-compose; files a lab names stay in its folder;
+service and key, unless --allow-unsafe-compose (pytest: --lw-allow-unsafe-compose); files a lab names stay in its folder;
 interface names are checked and never reach a shell.
 """
 
@@ -27,6 +27,7 @@ from labwarden.realise import impair
 ROOT = Path(__file__).resolve().parents[2]
 HOMELAB = ROOT / "topologies" / "homelab"
 OPTION = "--allow-unsafe-compose"
+PYTEST_OPTION = "--lw-allow-unsafe-compose"
 
 
 @pytest.fixture
@@ -325,11 +326,11 @@ def test_the_cli_has_the_option_and_refuses_without_it(lab, capsys):
 def test_pytest_refuses_it_before_anything_starts_and_takes_the_option(lab):
     edit(lab, service("web", privileged=True))
     run = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q",
-           str(ROOT / "suites" / "isolation" / "test_matrix.py"), "--topology", str(lab)]
+           str(ROOT / "suites" / "isolation" / "test_matrix.py"), "--lw-topology", str(lab)]
     refused = subprocess.run(run, capture_output=True, text=True, cwd=ROOT)
     assert refused.returncode == 4, refused.stdout + refused.stderr
-    assert "services.web.privileged" in refused.stderr and OPTION in refused.stderr
-    allowed = subprocess.run([*run, OPTION], capture_output=True, text=True, cwd=ROOT)
+    assert "services.web.privileged" in refused.stderr and PYTEST_OPTION in refused.stderr
+    allowed = subprocess.run([*run, PYTEST_OPTION], capture_output=True, text=True, cwd=ROOT)
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
 
 

@@ -45,8 +45,8 @@ def test_a_flow_reads_back_from_its_spec(policy):
     with pytest.raises(ValueError):
         FuzzFlow.parse("web 198.18.1.10", policy)
     command = replay_command(FuzzFlow("web", A("198.18.1.10"), "tcp", 31337, ("flags", "")), "homelab", ODD_PORT)
-    assert "--fuzz-replay 'web 198.18.1.10 tcp/31337 flags='" in command
-    assert command.endswith("--router-config topologies/homelab/mutants/odd-port.nft") or str(ODD_PORT) in command
+    assert "--lw-fuzz-replay 'web 198.18.1.10 tcp/31337 flags='" in command
+    assert command.endswith("--lw-router-config topologies/homelab/mutants/odd-port.nft") or str(ODD_PORT) in command
 
 
 def test_odd_packets_never_cross_a_deny(policy):
@@ -249,7 +249,7 @@ def test_the_hunt_goes_on_after_a_failure_and_reports_them_all(policy):
     text = str(failed.value)
     assert text.splitlines()[0].startswith("servers/web -> personal/laptop tcp/31337: expected filtered")
     assert "personal/laptop -> servers/git tcp/22: expected open" in text
-    assert "replay alone: python3 -m pytest suites/fuzz/test_replay.py --fuzz-replay 'web 198.18.1.10 tcp/31337'" \
+    assert "replay alone: python3 -m pytest suites/fuzz/test_replay.py --lw-fuzz-replay 'web 198.18.1.10 tcp/31337'" \
         in text
     assert text.endswith("2 flow(s) do not follow the policy")
     assert set(fuzzer.seen) == set(order)  # every batch was drawn and sent

@@ -155,7 +155,7 @@ def collected(lab: Path) -> frozenset[str]:
     """The ids of every suite's tests on a lab (one collection per lab: ~1.5 s)."""
     with tempfile.TemporaryDirectory() as reports:
         proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                               "--report-dir", reports, "--topology", str(lab), "suites"],
+                               "--lw-report-dir", reports, "--lw-topology", str(lab), "suites"],
                               cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return frozenset(proc.stdout.splitlines())

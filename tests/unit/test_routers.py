@@ -82,7 +82,7 @@ def test_a_topology_names_its_routers_kind(lab):
     set_router(lab, firewall="router/nftables.conf", router_kind="iptables")
     router = load_topology(lab).nodes["router"]
     assert router.router_kind == "iptables"
-    # declared wins for the router's own file; a --router-config is judged by its content
+    # declared wins for the router's own file; a --lw-router-config is judged by its content
     assert routers.of_router(router, router.firewall).name == "iptables"
     assert routers.of_router(router, router.firewall, declared=False).name == "nftables"
 

@@ -110,7 +110,7 @@ def test_a_pull_request_is_diffed_tested_published_and_cleaned_up_after():
     diff = step(suites, "what the change does (labwarden diff against the base)")["run"]
     assert 'labwarden diff --topology "$LAB" --before "$BASE"' in diff
     run = step(suites, "run the suites on the changed lab")["run"]
-    assert '--junitxml "$REPORTS/junit.xml"' in run and '--topology "$LAB"' in run
+    assert '--junitxml "$REPORTS/junit.xml"' in run and '--lw-topology "$LAB"' in run
     assert any(s.get("uses", "").startswith("EnricoMi/publish-unit-test-result-action@") for s in suites["steps"])
     assert step(suites, "leave nothing of this run behind")["run"] == \
         'labwarden down --topology "$LAB" --stale || true'
@@ -129,7 +129,7 @@ def test_the_nightly_job_runs_the_suites_live_on_a_self_hosted_runner():
     inventory = step(nightly, "the inventory (from the LABWARDEN_INVENTORY secret)")
     assert inventory["env"]["INVENTORY"] == "${{ secrets.LABWARDEN_INVENTORY }}"
     run = step(nightly, "run the suites against the live lab (read-only)")["run"]
-    assert '--lab live --inventory "$INVENTORY_FILE"' in run
+    assert '--lw-lab live --lw-inventory "$INVENTORY_FILE"' in run
     assert step(nightly, "keep the reports")["uses"].startswith("actions/upload-artifact@")
 
 

@@ -26,12 +26,12 @@ SHOWN = 10                               # failures explained in full (traced); 
 
 
 def replay_command(flow: FuzzFlow, topology: str, router_config=None, test: str = "suites/fuzz/test_replay.py") -> str:
-    parts = ["python3", "-m", "pytest", test, "--fuzz-replay", flow.spec()]
+    parts = ["python3", "-m", "pytest", test, "--lw-fuzz-replay", flow.spec()]
     if topology != "homelab":
-        parts += ["--topology", topology]
+        parts += ["--lw-topology", topology]
     if router_config:
         path = Path(router_config).resolve()
-        parts += ["--router-config", str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)]
+        parts += ["--lw-router-config", str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)]
     return " ".join(shlex.quote(p) for p in parts)
 
 
