@@ -44,14 +44,30 @@ for spec in asked:
     print(f"{name}=={version or bounds[name.lower()]}")
 EOF
 echo "min_versions: held at:" $(cat "$scratch/constraints.txt")
+# a version asked for by hand may lie below labwarden's own bound: installed over it afterwards
+forced=()
+for spec in "${pins[@]}"; do if [[ $spec == *==* ]]; then forced+=("$spec"); fi; done
+if [ ${#forced[@]} -gt 0 ]; then printf '%s\n' "${forced[@]}"; fi > "$scratch/forced.txt"
+if [ ${#forced[@]} -gt 0 ]; then
+  grep -v -i -F -f <(printf '%s==\n' "${forced[@]%%==*}") "$scratch/constraints.txt" > "$scratch/held.txt" || true
+  mv "$scratch/held.txt" "$scratch/constraints.txt"
+fi
 
 "$python" -m venv "$scratch/venv"
 pip=("$scratch/venv/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install --upgrade pip
 if ! "${pip[@]}" install -c "$scratch/constraints.txt" -e "$root[dev]"; then
+  # again, to say why (pip explains a conflict only when not quiet)
+  "$scratch/venv/bin/python" -m pip install --dry-run -c "$scratch/constraints.txt" -e "$root[dev]" 2>&1 \
+    | sed -n '/conflict is caused by/,/^$/p'
   echo "min_versions: pip could not install labwarden with these versions"; exit 1
 fi
-"$scratch/venv/bin/python" -m pip freeze --exclude-editable | grep -i -F -f <(cut -d= -f1 "$scratch/constraints.txt") || true
+if [ ${#forced[@]} -gt 0 ]; then
+  "${pip[@]}" install "${forced[@]}" || true  # pip names the requirement this breaks
+fi
+"$scratch/venv/bin/python" -m pip freeze --exclude-editable > "$scratch/installed.txt"
+echo "min_versions: installed:" $(grep -i -F -f <(cut -d= -f1 "$scratch/constraints.txt" "$scratch/forced.txt") \
+  "$scratch/installed.txt")
 
 cd "$root"
 "$scratch/venv/bin/python" -c "import labwarden.plugin, labwarden.cli; print('min_versions: plugin imports')"
