@@ -46,6 +46,7 @@ def main() -> int:
     try:
         lab.up()
         figures["up_s"] = round(time.monotonic() - started, 3)
+        figures.update({f"up_{k}": round(v, 3) for k, v in lab.timings.items() if k != "up_s"})
         started = time.monotonic()
         run = asyncio.run(run_matrix(lab, policy))
         figures["matrix_s"] = round(time.monotonic() - started, 3)

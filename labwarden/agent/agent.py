@@ -77,7 +77,7 @@ Response::
         "captured": [{"iface": "eth0", "dir": "in"|"out", "hex": FRAME}],
         "capture_truncated": N,              # only when frames beyond MAX_FRAMES were not kept
         "sniffer_drops": N}},                # only when the kernel dropped frames for the sniffer
-     "elapsed_s": 0.6}
+     "elapsed_s": 0.6, "rusage": {"maxrss_kb": N, "cpu_s": S, "children_cpu_s": S}}
 
 trace: `nft -a monitor trace` runs in the node from before the barrier (the agent waits
 until it has joined the trace group) until the end of the capture window; the node's
@@ -175,6 +175,19 @@ class AgentError(Exception):
 
 def encode_request(request: dict) -> str:
     return base64.b64encode(zlib.compress(json.dumps(request).encode())).decode()
+
+
+def proc_sys_read_only(mounts: str | None = None) -> bool:
+    """Whether /proc/sys is mounted read-only where the agent runs (as in a container)."""
+    if mounts is None:
+        try:
+            with open("/proc/self/mounts") as f:
+                mounts = f.read()
+        except OSError:
+            return False
+    options = [line.split()[3] for line in mounts.splitlines()
+               if len(line.split()) > 3 and line.split()[1] == "/proc/sys"]
+    return bool(options) and "ro" in options[-1].split(",")
 
 
 def decode_request(arg: str) -> dict:
@@ -948,7 +961,22 @@ class NodeRun:
                              f"{done.stderr.strip()}")
         return done.stdout
 
+    def ip_batch(self, commands: list[list[str]]):
+        """`ip` commands in one process (`ip -batch -`): plumbing a node costs one `ip`, not
+        one per command (a lab's up time); a failure names the command that failed."""
+        if not commands:
+            return
+        try:
+            self.sh("ip", "-batch", "-", stdin="".join(" ".join(c) + "\n" for c in commands))
+        except AgentError as e:
+            line = re.search(r"Command failed -:(\d+)", str(e))
+            failed = commands[int(line.group(1)) - 1] if line and int(line.group(1)) <= len(commands) else None
+            if failed is None:
+                raise
+            raise AgentError(f"node {self.name}: `ip {' '.join(failed)}` failed: {e}") from None
+
     def setup(self, setup: dict):
+        commands = []
         if setup.get("rename"):
             links = {link.get("address"): link["ifname"] for link in json.loads(self.sh("ip", "-j", "link"))}
             for mac, new in setup["rename"].items():
@@ -957,14 +985,16 @@ class NodeRun:
                     raise AgentError(f"node {self.name}: no interface has MAC {mac} (to be named {new}); "
                                      f"interfaces: {sorted(links.values())}")
                 if old != new:
-                    self.sh("ip", "link", "set", old, "down")
-                    self.sh("ip", "link", "set", old, "name", new)
-                    self.sh("ip", "link", "set", new, "up")
-        for prefix, nexthop in setup.get("routes", []):  # after renames: a link down drops routes
-            self.sh("ip", "route", "replace", prefix, "via", nexthop)
+                    commands += [["link", "set", old, "down"], ["link", "set", old, "name", new],
+                                 ["link", "set", new, "up"]]
+        # after renames: a link down drops routes
+        commands += [["route", "replace", prefix, "via", nexthop] for prefix, nexthop in setup.get("routes", [])]
+        self.ip_batch(commands)
         pairs = [f"{key}={value}" for key, value in (setup.get("sysctls") or {}).items()]
         if pairs:
             try:
+                if proc_sys_read_only():  # a container's: known to fail, so not tried
+                    raise AgentError("read-only /proc/sys")
                 self.sh("sysctl", "-w", *pairs)
             except AgentError:  # read-only /proc/sys (containers): remount it in a private mount ns
                 self.sh("unshare", "-m", "sh", "-c",
@@ -1139,8 +1169,19 @@ def main(argv: list[str]) -> int:
     except (ValueError, zlib.error) as e:
         print(json.dumps({"error": f"bad request: cannot decode it: {e}"}))
         return 0
-    print(json.dumps(handle(request), separators=(",", ":")))
+    answer = handle(request)
+    if "error" not in answer:  # a refusal is the error alone
+        answer["rusage"] = rusage()
+    print(json.dumps(answer, separators=(",", ":")))
     return 0
+
+
+def rusage() -> dict:
+    """What this call cost the agent: its peak memory and its CPU time (the commands it ran
+    apart), the figures benchmarks/scale.py reports."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"maxrss_kb": own.ru_maxrss, "cpu_s": round(own.ru_utime + own.ru_stime, 3),
+            "children_cpu_s": round(kids.ru_utime + kids.ru_stime, 3)}
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ SYN_SHARE = 0.8  # of the router's SYN burst that one paced batch uses
 LOSS_RETRIES = 3  # more rounds for silent probes on lossy links (1% a round trip: 4 in a row, 1e-8)
 PACE_BATCH = 2     # probes per paced wave, all nodes together: a router's limiter counts every source
 PACE_GAP_S = 0.5   # between waves: 4 probes/s stays under `limit rate 5/second` (the nftables wiki's pings)
+MAX_PROBES_PER_CALL = 15_000  # a socket each in one agent process: the prober's open files are capped
+                              # (20,000 on our engine: an 80-node matrix's 89,000 probes failed EMFILE)
+PACED_MAX = 40     # paced re-sends at most (10 s of waves); more are re-sent in one batch first
 PACED_NOTE = "answered when paced: rate-limited"
 FLAKY_NOTE = "FLAKY: not seen again when re-sent alone"
 CAPTURE_S = 1.0    # the router's capture window of a control that needs no answer
@@ -208,19 +211,27 @@ async def _confirm(lab, policy: Policy, observed: dict[Flow, Observation], timeo
     the policy expects goes paced; an answer where the policy expects none is never a
     limiter's doing, and is re-sent in one small batch. The first burst drained the
     limiter, but it took a timeout: a bucket of a few per second has refilled by now.
+    More than PACED_MAX such misses are no limiter's (a prober overloaded by a large lab's
+    burst on a busy machine): they go again in one batch, and only what that batch
+    still misses goes paced (as the batch saw them when even that is more than PACED_MAX).
     """
     doubtful = [f for f, o in observed.items() if not policy.expect(f).admits(o.verdict)]
     if not doubtful:
         return {}
     leaks = [f for f in doubtful if policy.expect(f).reached is None and observed[f].verdict != "filtered"]
-    paced = [f for f in doubtful if f not in leaks]  # few: only mismatches get here
+    leaked = set(leaks)  # a set: on an overloaded machine thousands of probes can be doubtful
+    paced = [f for f in doubtful if f not in leaked]  # few: only mismatches get here
+    again: dict[Flow, Observation] = {}
+    if len(paced) > PACED_MAX:  # not a limiter's handful (an overloaded machine's): all at once first
+        again.update(await _observe_batch(lab, paced, timeout))
+        paced = [f for f in paced if not policy.expect(f).admits(again[f].verdict)]
+        paced = paced if len(paced) <= PACED_MAX else []  # still too many: as that batch saw them
     waves = [paced[i:i + PACE_BATCH] for i in range(0, len(paced), PACE_BATCH)]
 
     async def wave(i: int, batch: list[Flow]) -> dict[Flow, Observation]:
         await asyncio.sleep(i * PACE_GAP_S)  # waves overlap: a silent one waits its timeout, the next goes on
         return await _observe_batch(lab, batch, timeout)
 
-    again: dict[Flow, Observation] = {}
     for answers in await asyncio.gather(*(wave(i, b) for i, b in enumerate(waves)),
                                         *([_observe_batch(lab, leaks, timeout)] if leaks else [])):
         again.update(answers)
@@ -263,13 +274,23 @@ async def _observe_paced(lab, flows: list[Flow], timeout: float) -> dict[Flow, O
 
 
 async def _observe_batch(lab, flows: list[Flow], timeout: float) -> dict[Flow, Observation]:
+    """The flows, all at once, in as few calls as the prober's sockets allow: whole source
+    nodes per call, at most MAX_PROBES_PER_CALL probes (but never fewer than one node's)."""
     by_src: dict[str, list[Flow]] = {}
     for flow in flows:
         by_src.setdefault(flow.src, []).append(flow)
-    answers = await lab.run({src: NodeJob(probes=[probe_of(f) for f in fs])
-                             for src, fs in by_src.items()}, timeout=timeout)
-    return {flow: obs for src, fs in by_src.items()
-            for flow, obs in zip(fs, answers[src].observations)}
+    calls: list[dict[str, list[Flow]]] = [{}]
+    for src, fs in by_src.items():
+        if calls[-1] and sum(map(len, calls[-1].values())) + len(fs) > MAX_PROBES_PER_CALL:
+            calls.append({})
+        calls[-1][src] = fs
+    observed: dict[Flow, Observation] = {}
+    for call in calls:  # one after the other: each holds its sockets until its timeout
+        answers = await lab.run({src: NodeJob(probes=[probe_of(f) for f in fs])
+                                 for src, fs in call.items()}, timeout=timeout)
+        observed.update({flow: obs for src, fs in call.items()
+                         for flow, obs in zip(fs, answers[src].observations)})
+    return {flow: observed[flow] for flow in flows}
 
 
 class ControlFailed(LabwardenError):

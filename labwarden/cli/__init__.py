@@ -13,6 +13,11 @@
     labwarden diff --topology homelab --before REF_OR_FILE [--after FILE]
                      probe the matrix under both router configs (one lab), print the flows
                      whose verdict changed; exit 1 when the after config violates the policy
+    labwarden init NAME --openwrt BACKUP [--ruleset FILE]
+                     draft topologies/NAME (compose, policy, ruleset) from an OpenWrt backup
+    labwarden learn [--topology homelab] [--router-config FILE | --lab live --inventory FILE]
+                     probe the matrix, write policy.learned.yaml; exit 1 when the lab lets
+                     through what policy.yaml denies
 
 Exit status: 0 ok, 1 the policy is violated (matrix, diff), 2 could not run (a bad
 option or input, Docker unreachable, a lab that cannot start, a probe that failed or
@@ -30,7 +35,7 @@ import traceback
 
 import docker
 
-from labwarden.cli import diff
+from labwarden.cli import diff, init, learn
 from labwarden.errors import ConfigError, LabwardenError
 from labwarden.realise.cleanup import (docker_client, down_all, down_stale, kept_project, labwarden_projects,
                                        remove_project, sigterm_interrupts)
@@ -128,6 +133,8 @@ def main(argv=None) -> int:
                            help="remove only the topology's labs that no live run holds (left by a killed run), "
                                 "not its kept lab")
     diff.add_parser(sub)
+    init.add_parser(sub)
+    learn.add_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

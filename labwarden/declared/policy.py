@@ -23,7 +23,7 @@ from pathlib import Path
 
 from labwarden.errors import LabwardenError
 from labwarden.declared.budgets import Budget
-from labwarden.declared.topology import Topology
+from labwarden.declared.topology import Topology, as_address
 
 VERDICTS = frozenset({"open", "closed", "filtered", "rejected"})
 BLOCKED = {"drop": frozenset({"filtered"}), "reject": frozenset({"rejected"}),
@@ -192,7 +192,7 @@ class Policy:
     def flow(self, src: str, dst_address, service: Service | str) -> Flow:
         self.zone_of(src)  # an unknown node fails here, with the list of nodes
         service = Service.parse(service)
-        dst = IPv4Address(dst_address)
+        dst = as_address(dst_address)
         holder = self.topology.node_at(dst)
         return Flow(src, dst, service.proto, service.port, holder.name if holder else None)
 

@@ -19,6 +19,8 @@ network: both become the topology's ``links`` (labwarden.declared.links).
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -34,6 +36,12 @@ X_KEYS = ("firewall", "gateway", "impair", "interfaces", "routes", "router_kind"
 ROUTER_KINDS = ("nftables", "iptables")
 # the repo's own labs, for when the suite runs from another directory
 PACKAGE_TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
+
+
+def as_address(value) -> IPv4Address:
+    """value as an IPv4Address; one already is one is not parsed again (IPv4Address(an
+    IPv4Address) formats it and parses the text)."""
+    return value if isinstance(value, IPv4Address) else IPv4Address(value)
 
 
 @dataclass(frozen=True)
@@ -81,17 +89,24 @@ class Topology:
     nodes: dict[str, Node] = field(hash=False)
     links: list[Link] = field(default_factory=list, hash=False)  # the impaired ones
 
+    @functools.cached_property
+    def _holders(self) -> dict[IPv4Address, Node]:
+        """Address -> node, built once: the oracle asks for every cell of the matrix
+        (N^2 x ports of them: a scan of every node each time was most of a 40-node
+        matrix's engine time). A topology is not changed once loaded."""
+        held: dict[IPv4Address, Node] = {}
+        for node in self.nodes.values():
+            for held_address in node.addresses.values():
+                held.setdefault(held_address, node)
+        return held
+
     def node_at(self, address) -> Node | None:
         """The node holding this address, if any."""
-        address = IPv4Address(address)
-        for node in self.nodes.values():
-            if address in node.addresses.values():
-                return node
-        return None
+        return self._holders.get(as_address(address))
 
     def segment_of(self, address) -> Segment | None:
         """The segment whose subnet contains this address, if any."""
-        address = IPv4Address(address)
+        address = as_address(address)
         for segment in self.segments.values():
             if address in segment.subnet:
                 return segment
@@ -109,7 +124,7 @@ class Topology:
     def on_link(self, a: Node | str, b_address) -> bool:
         """Whether a reaches b_address directly, without a router in between."""
         node = self.nodes[a] if isinstance(a, str) else a
-        b_address = IPv4Address(b_address)
+        b_address = as_address(b_address)
         return any(b_address in self.segments[s].subnet for s in node.segments)
 
 

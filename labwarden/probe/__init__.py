@@ -165,7 +165,7 @@ class Transport:
     near: tuple = ()           # addresses of the node's next-hop routers: 0 hops away, even off-link
     container: str | None = None    # the full id of the container netns belongs to
     pid_start: int | None = None    # when netns's process started, once the lab is plumbed
-    sudo: bool = False         # run the agent as `sudo -n python3 AGENT REQUEST` (a live host's ?sudo=true)
+    sudo: bool = False         # run the agent as `sudo -n python3 AGENT -`, the request on stdin (a live host's ?sudo=true)
 
     def namespace(self) -> dict:
         """How the agent enters the node: the path, and what it checks before every entry
@@ -175,6 +175,7 @@ class Transport:
 
 
 def encode(request: dict) -> str:
+    """The request as the agent reads it (on its stdin: `python3 agent.pyz -`)."""
     return base64.b64encode(zlib.compress(json.dumps(request).encode())).decode()
 
 
@@ -188,9 +189,9 @@ def _call_agent(transport: Transport, request: dict) -> dict:
     parts = request["rounds"] if "rounds" in request else [request]
     nodes = sorted({n for part in parts for n in part.get("nodes", {})})
     where = f"{transport.host.backend.get_pytest_id()} (node{'s' if len(nodes) != 1 else ''} {', '.join(nodes)})"
-    command = "sudo -n python3 %s %s" if transport.sudo else "python3 %s %s"
+    command = "sudo -n python3 %s -" if transport.sudo else "python3 %s -"
     result = run_bounded(transport.host, agent_bound(request), where, command,
-                         transport.agent_path, encode(request))
+                         transport.agent_path, stdin=encode(request).encode())
     if result.rc != 0:
         raise ProbeError(f"the probe agent failed on {where} "
                          f"(exit {result.rc}): {result.stderr.strip()[-2000:]}")

@@ -76,6 +76,7 @@ def agent_bound(request: dict, now: float | None = None) -> float:
 
 class _Bounded(threading.local):
     seconds: float | None = None
+    stdin: bytes | None = None
 
 
 _BOUND = _Bounded()
@@ -94,7 +95,7 @@ def _run_local(backend, command: str, *args: str):
                             stderr=subprocess.PIPE, process_group=0 if local else None)
     _RUNNING[proc] = local
     try:
-        stdout, stderr = proc.communicate(timeout=_BOUND.seconds)
+        stdout, stderr = proc.communicate(_BOUND.stdin, timeout=_BOUND.seconds)
     except BaseException:  # the bound passed, or an interrupt: nothing of it outlives the call
         _kill(proc, local)
         proc.wait()
@@ -121,20 +122,31 @@ def stop_calls() -> None:
         _kill(proc, group)
 
 
-def run_bounded(host, seconds: float, what: str, command: str, *args: str):
+def run_bounded(host, seconds: float, what: str, command: str, *args: str, stdin: bytes | None = None):
     """`host.run(command, *args)` that takes at most `seconds`, else a ProbeError naming `what`.
 
     Live mode's own backends (labwarden.realise.ssh: TAKES_TIMEOUT) are handed the bound and
     stop the command themselves; testinfra's backends that run a local command (docker://,
     ssh://, local://) get it killed at the bound; any other is waited for in a thread that
-    is abandoned at the bound."""
+    is abandoned at the bound.
+
+    `stdin` is written to the command's standard input (a request of any size: one argument
+    is limited to 128 KiB); docker:// then runs `docker exec -i`, the other backends that
+    run a local command pass their stdin on (ssh does), live mode's backends take `stdin=`.
+    A backend that can carry no stdin is refused with it."""
     backend = host.backend
     if getattr(backend, "TAKES_TIMEOUT", False):  # live mode's backends bound their own commands
-        return host.run(command, *args, timeout=seconds)
+        extra = {} if stdin is None else {"stdin": stdin}
+        return host.run(command, *args, timeout=seconds, **extra)
+    if stdin is not None and backend.NAME not in LOCAL_BACKENDS:
+        raise ProbeError(f"{what}: testinfra's {backend.NAME}:// backend cannot carry a request on "
+                         f"stdin (labwarden's are {', '.join(LOCAL_BACKENDS)} and live mode's)")
     if "run_local" not in vars(backend):  # once per backend: every thread's call reads its own bound
         backend.run_local = lambda command, *args: _run_local(backend, command, *args)
-    _BOUND.seconds = seconds
+    _BOUND.seconds, _BOUND.stdin = seconds, stdin
     try:
+        if backend.NAME == "docker" and stdin is not None:
+            return _docker_exec_i(backend, command, *args)
         if backend.NAME in LOCAL_BACKENDS:
             return host.run(command, *args)
         return _in_thread(host, seconds, command, *args)
@@ -142,7 +154,16 @@ def run_bounded(host, seconds: float, what: str, command: str, *args: str):
         raise ProbeError(f"the probe agent on {what} did not answer within {seconds:.0f} s (the bound "
                          "of its batch): the Docker engine or the host hangs") from None
     finally:
-        _BOUND.seconds = None
+        _BOUND.seconds, _BOUND.stdin = None, None
+
+
+def _docker_exec_i(backend, command: str, *args: str):
+    """testinfra's DockerBackend.run with `-i`: the exec's stdin is the caller's."""
+    cmd = backend.get_command(command, *args)
+    user = ("-u", backend.user) if backend.user is not None else ()
+    out = backend.run_local("docker exec -i" + " %s" * len(user) + " %s /bin/sh -c %s", *user, backend.name, cmd)
+    out.command = backend.encode(cmd)
+    return out
 
 
 def _in_thread(host, seconds: float, command: str, *args: str):

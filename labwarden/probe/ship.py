@@ -1,6 +1,6 @@
 """The agent as shipped into nodes: labwarden/agent/ built into one zipapp.
 
-`python3 agent.pyz REQUEST` is the probe agent, `python3 agent.pyz delayline ...` the
+`python3 agent.pyz -` is the probe agent (the request on stdin), `python3 agent.pyz delayline ...` the
 delay line (see agent/__main__.py). The Docker lab mounts the file into its prober;
 a live lab pushes its bytes to each host over SSH. The bytes depend only on the
 agent's sources (sorted names, fixed timestamps and modes), and the built file is

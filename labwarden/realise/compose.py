@@ -114,17 +114,25 @@ class ComposeLab(Lab):
             self._compose("up", "-d", "--no-build", "--quiet-pull", "--remove-orphans")
             self._interrupted_compose = False
             self.timings["compose_s"] = time.monotonic() - started - self.timings["image_s"]
-            self._find_containers()
-            asyncio.run(self._plumb())
-            self.impairment = impair.apply(self, self.impair_method)
+            self._timed("find_s", self._find_containers)
+            plumbed = self._timed("plumb_s", lambda: asyncio.run(self._plumb()))
+            self.impairment = self._timed("impair_s", lambda: impair.apply(self, self.impair_method))
             if self.impairment.links:
                 self.log(f"labwarden: {self.impairment.summary()}")
-            asyncio.run(self._wait_ready())
+            self._timed("ready_s", lambda: asyncio.run(self._wait_ready(plumbed)))
         except BaseException:
             self.down()
             raise
         self.timings["up_s"] = time.monotonic() - started - self.timings["image_s"]
         return self
+
+    def _timed(self, name: str, step):
+        """Run one step of up(), its seconds into timings[name] (benchmarks read them)."""
+        began = time.monotonic()
+        try:
+            return step()
+        finally:
+            self.timings[name] = time.monotonic() - began
 
     def down(self) -> None:
         """Remove everything of this run; safe to call twice or on a half-started lab, and not
@@ -298,24 +306,27 @@ class ComposeLab(Lab):
             setup.update(self.router_kind().load(self.router_firewall().read_text()))
         return setup
 
-    async def _plumb(self) -> None:
+    async def _plumb(self) -> dict:
         """Routers first, with their rulesets, then everyone else: a node that had its route
         through a router before that router's ruleset (its NAT) was loaded could open a
         connection the router forwards unchanged, and conntrack keeps it that way for the
         connection's life (a tunnel client's, say: then the inside address leaks to wan)."""
-        jobs = {name: NodeJob(setup=self._setup_for(name)) for name in self.topology.nodes}
+        jobs = {name: NodeJob(setup=self._setup_for(name), info=True) for name in self.topology.nodes}
         routers = {n for n, node in self.topology.nodes.items()
                    if n == self.policy.router or node.firewall is not None}
         rounds = [{n: j for n, j in jobs.items() if n in routers},
                   {n: j for n, j in jobs.items() if n not in routers}]
         try:
-            self._record_namespaces(await self.run_rounds([r for r in rounds if r]))
+            answers = await self.run_rounds([r for r in rounds if r])
+            self._record_namespaces(answers)
+            # each node's sockets as they were once plumbed: the readiness check's first look
+            return {node: answer for batch in answers for node, answer in batch.items()}
         except ProbeError as err:
             config = self.router_firewall()  # nft names the config it read /dev/stdin: name the file
             said = stdin_as(str(err), shown_path(config, self.topology)) if config else str(err)
             raise LabError(f"plumbing lab {self.project} failed: {said}") from None
 
-    async def _wait_ready(self) -> None:
+    async def _wait_ready(self, first: dict | None = None) -> None:
         """Every listed service listens inside its own node (a check, not a sleep).
 
         Read from each node's sockets, never probed: a probe of a node's own address leaves
@@ -326,7 +337,10 @@ class ComposeLab(Lab):
 
         So do the public sides of the policy's tunnels, but a tunnel that does not come
         up does not stop the lab: suites/tunnel says what is wrong with it. Whether each
-        tunnel's page comes through its edge is a check (labwarden.checks.tunnel.start)."""
+        tunnel's page comes through its edge is a check (labwarden.checks.tunnel.start).
+
+        `first`: answers with each node's info to look at first (the plumbing's: one agent
+        call fewer when everything already listens)."""
         pending = {name: [(s, addr) for s in sorted(self.policy.listening(name)) if s.proto != "icmp"
                           for addr in self.topology.nodes[name].addresses.values()]
                    for name in self.topology.nodes}
@@ -334,7 +348,7 @@ class ComposeLab(Lab):
         pending = {n: p for n, p in pending.items() if p}
         deadline = time.monotonic() + READY_TIMEOUT_S
         while pending:
-            answers = await self.run({n: NodeJob(info=True) for n in pending})
+            answers, first = first or await self.run({n: NodeJob(info=True) for n in pending}), None
             pending = {n: [(s, a) for s, a in wanted if not listens(answers[n].info, s, a)]
                        for n, wanted in pending.items()}
             pending = {n: p for n, p in pending.items() if p}
@@ -374,10 +388,13 @@ class ComposeLab(Lab):
         return subprocess.run(["docker", "exec", self.containers[node].name, *argv],
                               capture_output=True, text=True, timeout=60)
 
-    def prober_exec(self, *argv: str, detach: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
-        """Run a command in the prober (labwarden's image, the host's pid namespace)."""
+    def prober_exec(self, *argv: str, detach: bool = False, timeout: float = 60,
+                    stdin: str | None = None) -> subprocess.CompletedProcess:
+        """Run a command in the prober (labwarden's image, the host's pid namespace); `stdin`
+        is its standard input (a request of any size: one argument is limited to 128 KiB)."""
         prober = self.containers[PROBER].name
-        return subprocess.run(["docker", "exec", *(["-d"] if detach else []), prober, *argv],
+        flags = ["-d"] if detach else ["-i"] if stdin is not None else []
+        return subprocess.run(["docker", "exec", *flags, prober, *argv], input=stdin,
                               capture_output=True, text=True, timeout=timeout)
 
     def netns_exec(self, node: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:

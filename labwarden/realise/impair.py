@@ -244,7 +244,7 @@ def _apply_delayline(lab, impairment: Impairment) -> None:
                                 "addresses": [str(a) for a in topology.nodes[node].addresses.values()],
                                 "links": entries} for node, entries in plan.items()}}
     encoded = base64.b64encode(zlib.compress(json.dumps(request).encode())).decode()
-    proc = lab.prober_exec("python3", IN_PROBER, "delayline", "start", encoded)
+    proc = lab.prober_exec("python3", IN_PROBER, "delayline", "start", "-", stdin=encoded)
     try:
         answer = json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):

@@ -50,7 +50,7 @@ START_LEAD_S, START_TRIES, LATE_S = 1.0, 3, 0.02  # synchronised rounds: lead ti
 MERGED_ROWS = ("latency", "traceroute")  # the agent's per-item answers, when a job went in several rounds
 SHORT_S = 60  # pushing, removing the agent, asking who we are
 PUSH = ("import base64, os, sys, tempfile; d = tempfile.mkdtemp(prefix='labwarden-'); "
-        "p = os.path.join(d, 'agent.pyz'); open(p, 'wb').write(base64.b64decode(sys.argv[1])); "
+        "p = os.path.join(d, 'agent.pyz'); open(p, 'wb').write(base64.b64decode(sys.stdin.buffer.read())); "
         "print(p)")  # the agent zipapp (labwarden.probe.ship), into a private temporary folder
 
 
@@ -119,7 +119,7 @@ class LiveLab(Lab):
         live = connect(spec, name not in self.inventory.unchecked_host_keys, self.inventory.ssh_config,
                        f"{self._control}-{name}")  # one ssh connection per host, reused (ControlMaster)
         try:
-            pushed = live.host.run("python3 -c %s %s", PUSH, blob, timeout=SHORT_S)
+            pushed = live.host.run("python3 -c %s", PUSH, timeout=SHORT_S, stdin=blob.encode())
         except Exception as err:  # testinfra raises plain exceptions for a host it cannot reach
             raise LabError(f"{shown}: cannot reach it: {err}") from None
         if pushed.rc != 0:
@@ -128,8 +128,8 @@ class LiveLab(Lab):
         self._agents[name] = pushed.stdout.strip().splitlines()[-1]
         self.transports[name] = Transport(live.host, None, self._agents[name], self.near(name), sudo=live.sudo)
         if live.sudo:  # the agent alone runs as root: try it once, with nothing to do
-            tried = live.host.run("sudo -n python3 %s %s", self._agents[name], encode({"nodes": {}}),
-                                  timeout=SHORT_S)
+            tried = live.host.run("sudo -n python3 %s -", self._agents[name], timeout=SHORT_S,
+                                  stdin=encode({"nodes": {}}).encode())
             if tried.rc != 0:
                 raise LabError(f"{shown}: ?sudo=true, but sudo refused to run the agent "
                                f"({tried.stderr.strip()[-300:]}): allow it in sudoers (README, "

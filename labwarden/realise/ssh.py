@@ -8,7 +8,7 @@
 - every remote command ends within a bound (`BOUND_S`, or the caller's ``timeout=``): the
   local ssh is killed, or paramiko's channel times out, and a `LabError` says which host.
 - sudo is labwarden's, not testinfra's: the spec's ``?sudo=true`` runs only the agent as
-  root (``sudo -n python3 AGENT REQUEST``: labwarden.probe's Transport.sudo), so sudoers can allow
+  root (``sudo -n python3 AGENT -``, the request on stdin: labwarden.probe's Transport.sudo), so sudoers can allow
   exactly that; pushing and removing the agent run as the login user.
 
 Hosts are shown through `masked` (labwarden.declared.hostspec): never with a password.
@@ -38,13 +38,15 @@ UNCHECKED = ("-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o Bat
              "-o ServerAliveInterval=10 -o ServerAliveCountMax=3")
 
 
-def _bounded(backend: BaseBackend, shown: str, command: str, args, timeout: float) -> CommandResult:
-    """testinfra's run_local, with a time limit: the local process is killed past it."""
+def _bounded(backend: BaseBackend, shown: str, command: str, args, timeout: float,
+             stdin: bytes | None = None) -> CommandResult:
+    """testinfra's run_local, with a time limit: the local process is killed past it. `stdin`,
+    if given, is the command's standard input (ssh carries it to the remote command)."""
     cmd = backend.encode(backend.quote(command, *args))
-    proc = subprocess.Popen(cmd, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(cmd, shell=True, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        stdout, stderr = proc.communicate(timeout=timeout)
+        stdout, stderr = proc.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # the shell and what it started (ssh, sshpass)
         proc.communicate()
@@ -61,10 +63,11 @@ class BoundedSsh(SshBackend):
         super().__init__(hostspec, ssh_extra_args=CHECKED if check_host_key else UNCHECKED, **kwargs)
         self.shown = shown or f"ssh://{self.host.name}"
 
-    def run(self, command: str, *args: str, timeout: float | None = None, **kwargs) -> CommandResult:
+    def run(self, command: str, *args: str, timeout: float | None = None, stdin: bytes | None = None,
+            **kwargs) -> CommandResult:
         full = self.get_command(command, *args)
         cmd, cmd_args = self._build_ssh_command(full)
-        out = _bounded(self, self.shown, " ".join(cmd), cmd_args, timeout or BOUND_S)
+        out = _bounded(self, self.shown, " ".join(cmd), cmd_args, timeout or BOUND_S, stdin)
         if out.rc == 255:  # ssh's own failure: unreachable, refused, unknown host key
             raise LabError(f"{self.shown}: ssh failed: {out.stderr.strip()[-600:]}")
         return out
@@ -72,8 +75,9 @@ class BoundedSsh(SshBackend):
 
 class BoundedLocal(LocalBackend):
     TAKES_TIMEOUT = True
-    def run(self, command: str, *args: str, timeout: float | None = None, **kwargs) -> CommandResult:
-        return _bounded(self, "local://", self.get_command(command, *args), (), timeout or BOUND_S)
+    def run(self, command: str, *args: str, timeout: float | None = None, stdin: bytes | None = None,
+            **kwargs) -> CommandResult:
+        return _bounded(self, "local://", self.get_command(command, *args), (), timeout or BOUND_S, stdin)
 
 
 def _paramiko_backend():
@@ -119,12 +123,16 @@ def _paramiko_backend():
                 raise LabError(f"{self.shown}: {err}") from None
             return client
 
-        def run(self, command: str, *args: str, timeout: float | None = None, **kwargs) -> CommandResult:
+        def run(self, command: str, *args: str, timeout: float | None = None, stdin: bytes | None = None,
+                **kwargs) -> CommandResult:
             cmd = self.encode(self.get_command(command, *args))
             chan = self.client.get_transport().open_session(timeout=self.timeout)
             chan.settimeout(timeout or self.bound_s)
             try:
                 chan.exec_command(cmd)
+                if stdin is not None:  # the request, then end of file: the agent reads to the end
+                    chan.sendall(stdin)
+                chan.shutdown_write()
                 stdout = b"".join(chan.makefile("rb"))
                 stderr = b"".join(chan.makefile_stderr("rb"))
                 rc = chan.recv_exit_status()

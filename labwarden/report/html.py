@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from html import escape
 
+from labwarden.report.drawing import CSS as DRAWING_CSS, lab_drawings
+from labwarden.report.plots import CSS as PLOT_CSS
 from labwarden.report.records import BLOCKED, LEAK, LEGEND, PASS, WRONG
 from labwarden.report.sections import section_html, table
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:20px 28px;color:#1d2329;background:#fff}
-h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:26px 0 8px}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:26px 0 8px} h1,h2,p{overflow-wrap:anywhere}
 .head{display:grid;grid-template-columns:max-content auto;gap:2px 14px;font-size:13px;color:#333}
 .head dt{font-weight:600} .head dd{margin:0;font-family:ui-monospace,monospace;word-break:break-all}
-.verdict{display:inline-block;margin:12px 0 4px;padding:6px 12px;border-radius:6px;font-size:16px;font-weight:600}
+.verdict{display:inline-block;align-self:flex-start;margin:12px 0 4px;padding:6px 12px;border-radius:6px;font-size:16px;font-weight:600}
 .verdict.ok{background:#d6f5dc;color:#0b5d1e} .verdict.bad{background:#fbd5d5;color:#8a1010}
 table.grid{border-collapse:separate;border-spacing:3px;margin-top:6px}
 .grid th{font-size:12px;font-weight:600;padding:2px 4px}
@@ -37,9 +39,10 @@ table.list{border-collapse:collapse;font-size:12px;margin-top:4px}
 .list th,.list td{border:1px solid #d5d9de;padding:2px 6px;text-align:left;vertical-align:top}
 .list th{background:#eef1f4} .list tr.bad td{background:#fde8e8}
 .bad{color:#8a1010} pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:12px}
-svg.plot{font:12px system-ui,sans-serif;background:#fafbfc;border:1px solid #e1e4e8}
-svg .tick{stroke:#1c7ed6;stroke-width:2} svg .over{stroke:#d01f1f;stroke-width:2}
-svg line.budget{stroke:#d01f1f;stroke-dasharray:4 3} svg text.budget{fill:#d01f1f}
+.scroll{overflow-x:auto;max-width:100%}
+@media (max-width:640px){body{margin:12px 12px} .head{grid-template-columns:1fr;gap:0} .head dd{margin-bottom:6px}
+ h1{font-size:19px} body{display:flex;flex-direction:column} body>*{order:3} h1,#verdict{order:0}
+ #drawing{order:1} .head{order:2}}
 """
 MISMATCH_ROWS = 200
 SEVERITY = (LEAK, WRONG, PASS, BLOCKED)  # a cell takes the first status any of its probes has
@@ -65,6 +68,15 @@ def _zone(label: str) -> str:
     return label.split("/")[0] if "/" in label else label.split("@")[0]
 
 
+def _plain(value) -> str:
+    """A header value as a line of text: nested mappings and lists without Python's brackets."""
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_plain(v)}" for k, v in value.items() if v not in (None, [], {}, ""))
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_plain(v) for v in value) or "none"
+    return str(value)
+
+
 def _header_html(head: dict) -> str:
     rows = []
     known = dict(HEAD_KEYS)
@@ -73,10 +85,7 @@ def _header_html(head: dict) -> str:
         shown = known.get(key, key.replace("_", " "))
         if head.get(key) is None:
             continue
-        value = head[key]
-        if isinstance(value, dict):
-            value = ", ".join(f"{k} {v}" for k, v in value.items())
-        rows.append(f"<dt>{escape(shown)}</dt><dd>{escape(str(value))}</dd>")
+        rows.append(f"<dt>{escape(shown)}</dt><dd>{escape(_plain(head[key]))}</dd>")
     versions = head.get("versions") or {}
     if versions:
         rows.append("<dt>versions</dt><dd>" + escape(", ".join(f"{k} {v}" for k, v in versions.items()
@@ -150,11 +159,15 @@ def render_html(doc: dict) -> str:
     """The whole report as one HTML page: no scripts, no files beside it."""
     head, probes = doc.get("header", {}), doc.get("probes", [])
     title = f"labwarden report: {head.get('topology', 'run')}"
-    body = [f"<h1>{escape(title)}</h1>", _header_html(head)]
+    body = [f"<h1>{escape(title)}</h1>"]
     bad_total = sum(not p["ok"] for p in probes)
     body.append(f"<div id=verdict class=\"verdict {'bad' if bad_total else 'ok'}\" data-mismatches={bad_total} "
                 f"data-probes={len(probes)}>{len(probes)} probes, {bad_total} "
                 f"mismatch{'es' if bad_total != 1 else ''} with the policy</div>")
+    body.append(_header_html(head))
+    if doc.get("lab"):
+        body.append(f"<section id=drawing><h2>The lab: {escape(str(doc['lab'].get('name', '')))}</h2>"
+                    f"{lab_drawings(doc['lab'], probes)}</section>")
     legend = "<div class=legend>" + "".join(f"<span><i class={k}></i>{escape(v)}</span>"
                                             for k, v in LEGEND.items()) + "</div>"
     for index, matrix in enumerate(doc.get("matrices", [])):
@@ -168,7 +181,7 @@ def render_html(doc: dict) -> str:
                     "column's address (the router has one per segment); it shows &#x2713; and the "
                     "services that answered, &middot; when all were blocked as required, or &#x2717; and "
                     "the count of mismatches. Hover a cell for its probes.</p>"
-                    f"{legend}{grid}")
+                    f"{legend}<div class=scroll>{grid}</div>")
         for src, messages in matrix.get("failed_controls", {}).items():
             body.append(f"<p class=bad>positive controls of {escape(src)} failed, so its timeouts prove "
                         f"nothing: {escape('; '.join(messages))}</p>")
@@ -194,5 +207,6 @@ def render_html(doc: dict) -> str:
     if probes:
         body.append(f"<details><summary>All {len(probes)} probes</summary>{_probe_table(probes)}</details>")
     return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-            f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
+            "<meta name=viewport content=\"width=device-width,initial-scale=1\">"
+            f"<title>{escape(title)}</title><style>{CSS}{DRAWING_CSS}{PLOT_CSS}</style></head><body>"
             + "\n".join(body) + "</body></html>\n")

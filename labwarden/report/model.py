@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labwarden.report.formats import write_all
-from labwarden.report.records import destination_label, probe_record
+from labwarden.report.records import destination_label, lab_record, probe_record
 
 FORMAT = 1
 
@@ -30,6 +30,12 @@ class Report:
     probes: list[dict] = field(default_factory=list)
     matrices: list[dict] = field(default_factory=list)
     sections: list[dict] = field(default_factory=list)
+    lab: dict | None = None  # the lab as drawn (records.lab_record): segments, nodes, tunnels
+
+    def describe_lab(self, policy) -> None:
+        """Record the lab the run tested, for the report's drawing (the first one described stays)."""
+        if self.lab is None:
+            self.lab = lab_record(policy)
 
     def add_probe(self, flow, expected, observed, policy, group: str = "probes") -> dict:
         record = probe_record(flow, expected, observed, policy, group)
@@ -44,6 +50,7 @@ class Report:
     def add_matrix(self, run, title: str = "segmentation matrix") -> dict:
         """A `MatrixRun`: its cells become probes of group `title`, drawn as a grid."""
         policy = run.policy
+        self.describe_lab(policy)
         for cell in run.cells.values():
             self.add_probe(cell.flow, cell.expected, cell.observed, policy, title)
         flows = list(run.cells)
@@ -70,8 +77,11 @@ class Report:
         return [p for p in self.probes if not p["ok"] and (group is None or p["group"] == group)]
 
     def to_dict(self) -> dict:
-        return {"labwarden_report": FORMAT, "header": self.header, "matrices": self.matrices,
-                "sections": self.sections, "probes": self.probes}
+        doc = {"labwarden_report": FORMAT, "header": self.header, "matrices": self.matrices,
+               "sections": self.sections, "probes": self.probes}
+        if self.lab is not None:
+            doc["lab"] = self.lab
+        return doc
 
     def save(self, directory: Path, stem: str = "labwarden") -> tuple[Path, ...]:
         """Write STEM.json, STEM.html (every format of `labwarden.report.formats`) into
@@ -83,4 +93,4 @@ class Report:
         doc = json.loads(Path(path).read_text())
         if doc.get("labwarden_report") != FORMAT:
             raise ValueError(f"{path}: not a labwarden report (format {FORMAT})")
-        return cls(doc["header"], doc["probes"], doc["matrices"], doc["sections"])
+        return cls(doc["header"], doc["probes"], doc["matrices"], doc["sections"], doc.get("lab"))

@@ -49,3 +49,24 @@ def probe_record(flow, expected, observed, policy, group: str) -> dict:
     }
     record["status"] = status(record)
     return record
+
+
+def lab_record(policy) -> dict:
+    """The lab as the report draws it (`labwarden.report.drawing`): segments, nodes with their
+    addresses, the router, impaired links, port forwards and tunnels; labels as probes name them."""
+    topology = policy.topology
+    return {
+        "name": topology.name, "router": policy.router,
+        "segments": [{"name": s.name, "subnet": str(s.subnet), "zone": next((z for z, segs in policy.zones.items() if s.name in segs), None)}
+                     for s in topology.segments.values()],
+        "nodes": [{"name": n.name, "label": policy.label(n.name),
+                   "addresses": {seg: str(a) for seg, a in n.addresses.items()}}
+                  for n in topology.nodes.values()],
+        "links": [{"segment": link.segment, "node": link.node, "profile": link.profile.name,
+                   "delay_ms": link.profile.delay_ms, "jitter_ms": link.profile.jitter_ms,
+                   "loss_pct": link.profile.loss_pct} for link in topology.links],
+        "forwards": [{"name": f.name, "public": str(f.public), "to": policy.label(f.to), "port": f.port}
+                     for f in policy.forwards],
+        "tunnels": [{"name": t.name, "client": policy.label(t.client), "local": str(t.local),
+                     "edge": policy.label(t.edge), "public": str(t.public)} for t in policy.tunnels],
+    }

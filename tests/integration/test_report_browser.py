@@ -4,7 +4,16 @@ The isolation matrix runs for real twice, once on the home lab's own router
 config and once on a mutant that lets servers open connections to personal
 devices. Each run's page must show, as Chromium builds it, one grid cell per
 (source node, destination address), the mismatch count the JSON and the JUnit
-XML agree on, and each cell's own count; the mutant's leak must be red.
+XML agree on, and each cell's own count; the mutant's leak must be red, in the
+grid and as red arrows in the lab's drawing (one per mismatching pair).
+
+At the sizes people use (1366x768, 1920x1080, a 390 px phone) the page must not
+scroll sideways as a whole (a wide grid or plot scrolls in its own box), the
+drawing must fit (the phone gets the narrow one), no text of the drawing or the
+plots may be smaller than 11 px on screen, and no two texts of one picture may
+overlap. The same holds for a page drawn from a made-up
+report with latency plots (no lab needed). The screenshots are written into the
+test's temporary folder for people to look at (pytest keeps the last few runs').
 """
 
 import json
@@ -17,12 +26,15 @@ from pathlib import Path
 import pytest
 
 from labwarden.declared.lab import load_lab
-from labwarden.report.browser import browser_dom, page_summary, screenshot
-from labwarden.report.records import LEAK
+from labwarden.report.browser import browser_dom, layout, overlapping, page_summary, screenshot
+from labwarden.report.html import render_html
+from labwarden.report.records import LEAK, lab_record
 
 ROOT = Path(__file__).resolve().parents[2]
 MUTANT = ROOT / "topologies" / "homelab" / "mutants" / "servers-to-personal.nft"
 RUNS = {"own-config": [], "mutant": ["--lw-router-config", str(MUTANT)]}
+SIZES = {"laptop": (1366, 768), "desktop": (1920, 1080), "phone": (390, 844)}
+SMALLEST_PX = 11
 
 
 @pytest.fixture(scope="module", params=list(RUNS))
@@ -70,6 +82,57 @@ def test_page_shows_the_grid_and_the_mismatches(run):
     if name == "mutant":
         cell = next(c for c in page["cells"] if (c["src"], c["dst"]) == ("servers/web", "personal/laptop"))
         assert cell["state"] == LEAK
+    # the drawing: one red arrow per (source, destination) with a mismatch, in any group
+    every_bad = Counter((p["src"], p["dst"]) for p in doc["probes"] if not p["ok"])
+    assert {(a["src"], a["dst"]): a["mismatches"] for a in page["arrows"]} == dict(every_bad)
+    assert page["narrow_arrows"] == page["arrows"]  # the phone's drawing says the same
+    if name == "mutant":
+        assert {a["state"] for a in page["arrows"]} == {LEAK}
 
     png = screenshot(out / "labwarden.html", out / "report.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def assert_legible(page: Path, out: Path) -> None:
+    """The page at every size of SIZES: see the module's docstring. Screenshots go to out."""
+    for label, (width, height) in SIZES.items():
+        seen = layout(page, width, height)
+        assert seen["page_width"] <= width and not seen["too_wide"], (label, seen["too_wide"])
+        assert seen["pictures"], "no drawing and no plot on the page"
+        for picture in seen["pictures"]:
+            small = [(t["text"], round(t["px"], 1)) for t in picture["texts"] if t["px"] < SMALLEST_PX]
+            assert not small, (label, picture["kind"], small[:5])
+            crowded = overlapping([t for t in picture["texts"] if not t["badge"]])
+            assert not crowded, (label, picture["kind"], crowded[:5])
+            if picture["kind"].startswith("lab"):  # the wide drawing on screens, the narrow on a phone
+                assert picture["kind"] == ("lab narrow" if width < 700 else "lab wide"), (label, picture["kind"])
+                assert not picture["scrolls"], f"the drawing does not fit at {label} ({width} px)"
+        png = screenshot(page, out / f"{page.stem}-{label}.png", width, height)
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_page_is_legible_at_common_sizes(run):
+    name, proc, out = run
+    assert_legible(out / "labwarden.html", out)
+
+
+def test_a_saved_report_with_latency_plots_is_legible(tmp_path):
+    """No lab: the airplane drawn from its files, a leak, and a satellite's latency samples."""
+    policy = load_lab(ROOT / "topologies" / "airplane").policy
+    loads = [640.0 + (i * 7) % 40 for i in range(19)] + [3612.0]  # one load lost a packet
+    pings = [0.05 + (i % 9) / 100 for i in range(30)]
+    leak = {"src": "wan/visitor", "dst": "cabin/laptop", "dst_address": "198.18.50.10", "flow": "leak",
+            "group": "nat", "service": "tcp/8080", "expected": ["filtered"], "reason": "made up",
+            "observed": "open", "ok": False, "status": LEAK, "detail": "", "by": None}
+    doc = {"labwarden_report": 1, "header": {"topology": "airplane"}, "matrices": [], "probes": [leak],
+           "lab": lab_record(policy),
+           "sections": [{"kind": "latency", "title": "wan/visitor -> wan/edge http/80",
+                         "data": {"unit": "ms", "budget": 1000, "series": [{"label": "http/80", "values": loads}]}},
+                        {"kind": "latency", "title": "cabin/laptop -> gateway@cabin icmp",
+                         "data": {"unit": "ms", "budget": 5, "series": [{"label": "icmp", "values": pings}]}}]}
+    page = tmp_path / "airplane.html"
+    page.write_text(render_html(doc))
+    shown = page_summary(browser_dom(page))
+    assert shown["arrows"] == shown["narrow_arrows"] == [
+        {"src": "wan/visitor", "dst": "cabin/laptop", "mismatches": 1, "state": LEAK}]
+    assert_legible(page, tmp_path)

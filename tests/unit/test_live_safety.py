@@ -16,7 +16,7 @@ from labwarden.declared.hostspec import masked, parse_spec
 from labwarden.declared.inventory import load_inventory
 from labwarden.declared.lab import load_lab
 from labwarden.errors import ConfigError, LabError
-from labwarden.probe import NodeAnswer, NodeJob, Observation, Probe, Transport, _call_agent
+from labwarden.probe import NodeAnswer, NodeJob, Observation, Probe, Transport, _call_agent, encode
 from labwarden.probe.pace import POLL_S, Pace
 from labwarden.realise.live import LiveLab
 from labwarden.realise.ssh import BoundedLocal, BoundedSsh, connect
@@ -310,9 +310,9 @@ def test_with_sudo_only_the_agent_runs_as_root():
 
         def run(self, command, *args, **kwargs):
             assert kwargs["timeout"] > 0  # the batch's bound reaches the backend
+            assert kwargs["stdin"] == encode({"nodes": {}}).encode()  # the request: on stdin, not argv
             ran.append(command % args)
             return type("R", (), {"rc": 0, "stdout": '{"nodes": {}}', "stderr": ""})()
     _call_agent(Transport(Host(), None, "/tmp/labwarden-x/agent.pyz", sudo=True), {"nodes": {}})
     _call_agent(Transport(Host(), None, "/tmp/labwarden-x/agent.pyz"), {"nodes": {}})
-    assert ran[0].startswith("sudo -n python3 /tmp/labwarden-x/agent.pyz ")
-    assert ran[1].startswith("python3 /tmp/labwarden-x/agent.pyz ")
+    assert ran == ["sudo -n python3 /tmp/labwarden-x/agent.pyz -", "python3 /tmp/labwarden-x/agent.pyz -"]

@@ -228,3 +228,46 @@ def test_the_report_shows_what_was_rate_limited():
     record, = [p for p in report.probes if p["flow"] == paced]
     assert record["ok"] and record["detail"].endswith(PACED_NOTE)
     assert "only when re-sent alone and paced (rate-limited, not blocked)" in render_html(report.to_dict())
+
+
+class OverloadedLab(FakeLab):
+    """The first burst loses every answer (a prober overloaded by a big lab); later batches
+    are answered as the policy says."""
+
+    async def run(self, jobs, timeout=1.0):
+        answers = await super().run(jobs, timeout)
+        if len(self.batches) == 1:
+            for answer in answers.values():
+                answer.observations = [Observation("filtered", None, "lost") for _ in answer.observations]
+        return answers
+
+
+def test_thousands_of_misses_are_re_sent_in_one_batch_not_paced_for_minutes():
+    random.seed(3)
+    policy = homelab()
+    flows = matrix_flows(policy)
+    lab = OverloadedLab(policy, lambda f: False, 1.0, 1)
+    reprobes = Reprobes()
+    observed = asyncio.run(observe(lab, flows, reprobes=reprobes))
+    assert len(reprobes.sent) > matrix.PACED_MAX
+    assert all(policy.expect(f).admits(o.verdict) for f, o in observed.items())
+    assert len(lab.batches) == 2 and ELAPSED.get() < 5.0  # one re-send, not len/2 waves 0.5 s apart
+    assert not reprobes.answered  # they answered at once: no rate limit to name
+
+
+def test_a_batch_bigger_than_the_prober_s_sockets_goes_in_calls_of_whole_nodes(monkeypatch):
+    policy = homelab()
+    flows = matrix_flows(policy)
+    monkeypatch.setattr(matrix, "MAX_PROBES_PER_CALL", 300)
+    lab = FakeLab(policy, lambda f: False, 1.0, 1)
+    sizes = []
+    run = lab.run
+
+    async def counted(jobs, timeout=1.0):
+        sizes.append(sum(len(j.probes) for j in jobs.values()))
+        return await run(jobs, timeout)
+    lab.run = counted
+    observed = asyncio.run(observe(lab, flows))
+    assert set(observed) == set(flows) and all(policy.expect(f).admits(o.verdict) for f, o in observed.items())
+    per_node = max(sum(1 for f in flows if f.src == n) for n in policy.topology.nodes)
+    assert sum(sizes) == len(flows) and len(sizes) > 1 and max(sizes) <= max(300, per_node), sizes

@@ -117,7 +117,7 @@ def test_suites_add_probes_and_sections(policy):
     html = render_html(report.to_dict())
     assert "<h2>nat: 1 probes, 0 mismatches</h2>" in html
     assert "traceroute laptop -&gt; edge" in html and "<tr class=bad><td>2</td><td>*</td></tr>" in html
-    assert "budget 1500 ms" in html and 'class="over"' in html  # 1700 ms is over the budget
+    assert "budget 1500 ms" in html and 'class="tick over"' in html  # 1700 ms is over the budget
     assert "accept &lt;script&gt;" in html  # an unknown kind is shown as escaped JSON
 
 
