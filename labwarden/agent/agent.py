@@ -10,8 +10,10 @@ base64(zlib(JSON)); prints one line of JSON. Request (every node key optional)::
         "netns": "/proc/1234/ns/net",        # null: stay where the agent runs (live lab)
         "container": ID, "pid_start": N,     # what that pid must still be: see netns.py
         "setup": {"rename": {MAC: NAME}, "routes": [[PREFIX|"default", NEXTHOP]],
+                  "only_these_routes": true,   # other routes of the main table go (not the default)
                   "sysctls": {KEY: VALUE}, "nft": RULESET, "nft_add": TEXT,
-                  "iptables": IPTABLES_RESTORE_FILE, "flush_conntrack": true},
+                  "iptables": IPTABLES_RESTORE_FILE, "flush_conntrack": true,
+                  "forget_neighbours": true},
         "info": true, "capture": {"seconds": 2.0}, "trace": true,
         "start_at": EPOCH_S,                 # send from then on (live labs: agents on many hosts)
         "near": [IP],                        # off-link addresses 0 hops away (the gateway's others)
@@ -987,6 +989,12 @@ class NodeRun:
                 if old != new:
                     commands += [["link", "set", old, "down"], ["link", "set", old, "name", new],
                                  ["link", "set", new, "up"]]
+        if setup.get("only_these_routes"):  # as plumbed: what a run added (an attacker's route) goes
+            net = lambda prefix: prefix if prefix == "default" else ipaddress.ip_network(prefix, strict=False)
+            wanted = {net(prefix) for prefix, _ in setup.get("routes", [])} | {"default"}
+            commands += [["route", "del", r["dst"], *(["via", r["gateway"]] if "gateway" in r else [])]
+                         for r in json.loads(self.sh("ip", "-j", "route", "show", "table", "main") or "[]")
+                         if r.get("protocol") != "kernel" and net(r["dst"]) not in wanted]
         # after renames: a link down drops routes
         commands += [["route", "replace", prefix, "via", nexthop] for prefix, nexthop in setup.get("routes", [])]
         self.ip_batch(commands)
@@ -1007,6 +1015,8 @@ class NodeRun:
             self.load_xtables(setup["iptables"])
         if setup.get("flush_conntrack"):
             self.flush_conntrack()
+        if setup.get("forget_neighbours"):  # as a new lab's: one that ran before has learnt them
+            self.sh("ip", "neigh", "flush", "all")
 
     def load_ruleset(self, text: str):
         """Replace the whole ruleset with the file's, in one transaction, and read it back.

@@ -1,4 +1,4 @@
-"""`labwarden up|down|status|matrix`: the lab outside pytest.
+"""`labwarden up|down|status|matrix|diff|init|learn`: the lab outside pytest.
 
     labwarden up [--topology homelab] [--router-config FILE]   start a lab and leave it running
                                           (up, matrix, diff: --allow-unsafe-compose runs a compose
@@ -35,7 +35,8 @@ import traceback
 
 import docker
 
-from labwarden.cli import diff, init, learn
+from labwarden import __version__
+from labwarden.cli import diff, helptext, init, learn
 from labwarden.errors import ConfigError, LabwardenError
 from labwarden.realise.cleanup import (docker_client, down_all, down_stale, kept_project, labwarden_projects,
                                        remove_project, sigterm_interrupts)
@@ -115,18 +116,23 @@ def cmd_matrix(args):
 
 def main(argv=None) -> int:
     sigterm_interrupts()  # every lab this command started is removed on the way out
-    parser = argparse.ArgumentParser(prog="labwarden", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="labwarden", description=__doc__.split("\n")[0],
+                                     epilog=helptext.EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"labwarden {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, func in (("up", cmd_up), ("down", cmd_down), ("status", cmd_status), ("matrix", cmd_matrix)):
-        p = sub.add_parser(name)
+        p = sub.add_parser(name, **helptext.command_help(name))
         p.set_defaults(func=func)
         if name != "status":
-            p.add_argument("--topology", default="homelab")
+            p.add_argument("--topology", default="homelab", metavar="NAME|PATH",
+                           help="topology name or folder (default: homelab)")
         if name in ("up", "matrix"):
-            p.add_argument("--router-config", default=None)
+            p.add_argument("--router-config", default=None, metavar="FILE",
+                           help="load this router config instead of the topology's own")
             p.add_argument(ALLOW_OPTION, action="store_true", help=ALLOW_HELP)
         if name == "matrix":
-            p.add_argument("--probe-timeout", type=fields.probe_timeout, default=1.0)
+            p.add_argument("--probe-timeout", type=fields.probe_timeout, default=1.0, metavar="S",
+                           help="seconds a probe waits for an answer (default 1.0)")
         if name == "down":
             p.add_argument("--all", action="store_true", help="remove every labwarden lab")
             p.add_argument("--stale", action="store_true",

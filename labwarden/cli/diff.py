@@ -39,6 +39,7 @@ from labwarden.checks.matrix import MatrixRun, render_grid, run_matrix
 from labwarden.checks.tunnel import start
 from labwarden.declared.fields import probe_timeout, read_text, shown
 from labwarden.declared.compose_safety import ALLOW_HELP, ALLOW_OPTION
+from labwarden.cli.helptext import command_help
 from labwarden.declared.lab import load_lab
 from labwarden.probe import NodeJob
 from labwarden import routers
@@ -216,12 +217,15 @@ def diff(topology, policy, before_spec: str, after_spec: str | None, *, timeout:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("diff", help="probe the matrix under two router configs and print what changed")
-    p.add_argument("--topology", default="homelab")
+    p = sub.add_parser("diff", **command_help("diff"))
+    p.add_argument("--topology", default="homelab", metavar="NAME|PATH",
+                   help="topology name or folder (default: homelab)")
     p.add_argument("--before", required=True, help="file, git revision of the router config, or REF:path")
     p.add_argument("--after", default=None, help="file or revision (default: the topology's own config)")
-    p.add_argument("--probe-timeout", type=probe_timeout, default=1.0)
-    p.add_argument("--report-dir", type=Path, default=Path("reports"))
+    p.add_argument("--probe-timeout", type=probe_timeout, default=1.0, metavar="S",
+                   help="seconds a probe waits for an answer (default 1.0)")
+    p.add_argument("--report-dir", type=Path, default=Path("reports"), metavar="DIR",
+                   help="where diff.json and diff.html go (default: reports/)")
     p.add_argument(ALLOW_OPTION, action="store_true", help=ALLOW_HELP)
     p.set_defaults(func=cmd_diff)
 

@@ -9,6 +9,10 @@ or an option:
     --lw-router-config PATH     load this config into the router instead (its kind, nftables or
                                 iptables, detected from its content)
     --lw-keep-lab               leave the lab up afterwards, and reuse it next run
+    --lw-attach PROJECT         run on the running lab PROJECT of this topology, which another
+                                process brought up and takes down: made as fresh as a new lab
+                                first (the router's config loaded, conntrack emptied, tunnel clients
+                                and impairments restarted) and left running (test_mutants.py)
     --lw-probe-timeout S        how long a probe waits before calling it filtered
     --lw-fuzz-profile NAME      hypothesis profile of suites/fuzz: ci (default) or nightly
     --lw-fuzz-replay FLOW       the one flow suites/fuzz/test_replay.py sends
@@ -41,14 +45,29 @@ from labwarden.declared.compose_safety import ALLOW_HELP, PYTEST_ALLOW_OPTION
 from labwarden.declared.lab import load_lab
 from labwarden.fuzz.flows.flow import FuzzFlow
 
-from labwarden.plugin import livemode, reporting
+from labwarden.plugin import livemode, passive, reporting
 
 _CONFIG = pytest.StashKey[tuple]()
 _REPLAY = pytest.StashKey[object]()
 
 
+_DEFAULTS: dict[str, object] = {}  # dest -> default of every option: a different value makes the run use labwarden
+
+
+class _Recording:
+    """The option group, noting each option's default."""
+
+    def __init__(self, group):
+        self.group = group
+
+    def addoption(self, *names, **kwargs):
+        self.group.addoption(*names, **kwargs)
+        dest = kwargs.get("dest") or names[0].lstrip("-").replace("-", "_")
+        _DEFAULTS[dest] = kwargs.get("default", False if kwargs.get("action") == "store_true" else None)
+
+
 def pytest_addoption(parser):
-    group = parser.getgroup("labwarden")
+    group = _Recording(parser.getgroup("labwarden"))
     group.addoption("--lw-topology", default="homelab", metavar="NAME|PATH",
                     help="topology name or folder (default: homelab)")
     group.addoption("--lw-router-config", default=None, type=Path, metavar="FILE",
@@ -56,6 +75,9 @@ def pytest_addoption(parser):
                          "instead of the topology's own")
     group.addoption("--lw-keep-lab", action="store_true",
                     help="leave the lab running after the run and reuse it next time")
+    group.addoption("--lw-attach", default=None, metavar="PROJECT",
+                    help="run on this running lab of the topology (another run's: it holds the lab's "
+                         "ranges and takes it down), made as fresh as a new lab first and left running")
     group.addoption("--lw-probe-timeout", default=1.0, type=fields.probe_timeout, metavar="S",
                     help="seconds a probe waits for an answer (default 1.0)")
     group.addoption("--lw-fuzz-profile", default="ci", choices=("ci", "nightly"),
@@ -75,12 +97,35 @@ def pytest_configure(config):
     reporting.configure(config)
     livemode.configure(config)
     config.addinivalue_line("markers", "lab: the test brings up (or uses) a Docker lab")
+    # passive unless the run uses labwarden (labwarden.plugin.passive); a --lw- option says so now
+    given = any(a.startswith("--lw-") for a in config.invocation_params.args)
+    if given or passive.explicit(config, _DEFAULTS):
+        _activate(config)
+
+
+def pytest_collection_finish(session):
+    """Without a --lw- option, the collected tests tell whether labwarden takes part."""
+    config = session.config
+    if passive.is_active(config) or hasattr(config, "workerinput"):
+        return
+    if any(passive.uses_labwarden(item) for item in session.items):
+        _activate(config)
+    else:
+        passive.withdraw_junit(config)  # no reports, no junit.xml of ours
+
+
+def _activate(config) -> None:
+    try:
+        # the lab (the default one too) is checked before any test runs: a mistake ends
+        # the run at once with one line naming file, field and problem (exit 4), not with
+        # one collection error per suite file
+        lab_config(config)
+    except pytest.UsageError:
+        passive.withdraw_junit(config)
+        raise
     # Ctrl-C and SIGTERM both unwind through fixture teardown: nothing is left running.
     sigterm_interrupts()
-    # the lab (the default one too) is checked now, before collection: a mistake ends
-    # the run at once with one line naming file, field and problem (exit 4), not with
-    # one collection error per suite file
-    lab_config(config)
+    passive.mark_active(config)
 
 
 def lab_config(config) -> tuple:
@@ -94,6 +139,10 @@ def lab_config(config) -> tuple:
                 raise ConfigError(router_config, "--lw-router-config", "no such file")
             if router_config is not None:
                 fields.read_text(router_config, str(router_config), "--lw-router-config")
+            if config.getoption("--lw-attach") is not None and (config.getoption("--lw-keep-lab")
+                                                               or livemode.is_live(config)):
+                raise ConfigError("--lw-attach", config.getoption("--lw-attach"), "a lab attached to is another "
+                                  "run's: it cannot be kept (--lw-keep-lab), nor be a live lab")
             topology, policy = livemode.apply(config, topology, policy)  # live: the real addresses
         except ConfigError as err:
             raise pytest.UsageError(f"labwarden: {err}") from None
@@ -116,7 +165,10 @@ def _replayed(config, policy) -> FuzzFlow | None:
 
 def pytest_generate_tests(metafunc):
     if "matrix_flow" in metafunc.fixturenames:
-        _, policy = lab_config(metafunc.config)
+        try:
+            _, policy = lab_config(metafunc.config)
+        except pytest.UsageError:
+            return  # said once, as the collection ends (_activate), not once per suite file
         flows = matrix_flows(policy)
         metafunc.parametrize("matrix_flow", flows, ids=[f.label(policy) for f in flows])
 
@@ -173,7 +225,8 @@ def lab(request, pytestconfig, labwarden_topology, labwarden_policy, labwarden_r
             instance, keep = livemode.live_lab(pytestconfig, labwarden_topology, labwarden_policy, log), False
         else:
             instance = ComposeLab(labwarden_topology, labwarden_policy, router_config=labwarden_router_config,
-                                  keep=keep, log=log, impair=pytestconfig.getoption("--lw-impair"))
+                                  keep=keep, log=log, impair=pytestconfig.getoption("--lw-impair"),
+                                  attach=pytestconfig.getoption("--lw-attach"))
         running, failure = start(instance), None  # it tears down what it started when it fails
     except (LabwardenError, docker.errors.DockerException) as err:
         failure = f"labwarden: the lab could not start: {err}"

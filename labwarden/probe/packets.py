@@ -9,10 +9,18 @@ import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from scapy.layers.dns import DNS, DNSQR
-from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import ARP, Ether
-from scapy.packet import Raw
+from scapy.config import conf
+
+# Every packet made here names its addresses (and frames their MACs): the host's routing
+# tables are never asked, so scapy does not read them when it loads. Reading them (one
+# netlink dump per interface) took 3-5 s of every pytest's start on a CI host with a hundred
+# Docker interfaces, and each mutant's run is a pytest of its own.
+conf.route_autoload = conf.route6_autoload = False
+
+from scapy.layers.dns import DNS, DNSQR  # noqa: E402 (after the switch above)
+from scapy.layers.inet import IP, UDP  # noqa: E402
+from scapy.layers.l2 import ARP, Ether  # noqa: E402
+from scapy.packet import Raw  # noqa: E402
 
 BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
 

@@ -4,8 +4,8 @@ Every labwarden lab is a Compose project named `lw-<topology>-<6 hex>` (or
 `lw-<topology>-kept`, kept with `--lw-keep-lab`/`labwarden up`); its containers,
 networks and volumes carry Docker's `com.docker.compose.project` label, and its
 generated compose file (the prober) is `<project>.override.yaml` in labwarden's
-private folder (realise/private.py). Runs of one topology take turns on
-`topology-<topology>.lock` there.
+private folder (realise/private.py). Labs whose subnets overlap take turns on their
+address ranges (realise/ranges.py), claimed in that folder too.
 
 Removing is idempotent: a project already gone, or removed meanwhile by another
 run, is no error. It is not interrupted: Ctrl-C or SIGTERM arriving meanwhile waits
@@ -19,6 +19,7 @@ Ctrl-C in the CLI and the pytest plugin (`sigterm_interrupts`).
 
 import contextlib
 import fcntl
+import ipaddress
 import os
 import re
 import signal
@@ -31,6 +32,7 @@ from labwarden.declared.topology import Topology
 from labwarden.errors import LabError
 from labwarden.probe.bound import stop_calls
 from labwarden.realise import private
+from labwarden.realise.ranges import overlapping
 
 PROJECT_PREFIX = "lw-"
 OVERRIDE_SUFFIX = ".override.yaml"
@@ -61,7 +63,8 @@ def run_projects(topology: Topology, projects) -> list[str]:
 
 
 def topology_lock(name: str):
-    """The lock file that runs of one topology take turns on (their subnets would clash)."""
+    """The by-name lock every run of a topology holds while its lab lives (realise/ranges.py
+    takes it beside the ranges claim, for one release): `down_stale` tells live from stale by it."""
     return private.open_lock(f"topology-{name}.lock", f"lock of topology {name}")
 
 
@@ -161,6 +164,18 @@ def labwarden_projects(client) -> set[str]:
     for network in client.api.networks(filters={"label": PROJECT_LABEL}):
         projects.add(network["Labels"][PROJECT_LABEL])
     return {p for p in projects if p.startswith(PROJECT_PREFIX)}
+
+
+def projects_on(client, ranges) -> set[str]:
+    """The labwarden projects with a network on any of these ranges (Docker would refuse ours)."""
+    found = set()
+    for network in client.api.networks(filters={"label": PROJECT_LABEL}):
+        project = (network.get("Labels") or {}).get(PROJECT_LABEL, "")
+        subnets = [ipaddress.ip_network(c["Subnet"], strict=False)
+                   for c in (network.get("IPAM") or {}).get("Config") or [] if c.get("Subnet")]
+        if project.startswith(PROJECT_PREFIX) and overlapping(ranges, subnets):
+            found.add(project)
+    return found
 
 
 def down_all() -> list[str]:

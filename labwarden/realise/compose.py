@@ -8,12 +8,13 @@ loaded) without anything from the nodes' images, then checked ready: every
 service the policy lists listens inside its node (its tunnels' pages are the
 checks' to wait for: labwarden.checks.tunnel.start). `ComposeLab.down()` removes
 every container and network of the run (realise/cleanup.py); both are idempotent.
+A running lab holds its address ranges (realise/ranges.py). `attach=PROJECT`: up() makes
+another's running lab as fresh as a new one (`_attach`) and down() leaves it running.
 """
 
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import functools
 import os
 import secrets
@@ -29,16 +30,17 @@ import testinfra
 from labwarden import routers
 from labwarden.realise import impair
 from labwarden.errors import LabError, ProbeError
-from labwarden.realise.cleanup import (PROJECT_PREFIX, docker_client, interrupts_deferred, kept_project,
-                                       labwarden_projects, override_file, remove_project, topology_lock,
-                                       write_override)
+from labwarden.realise.cleanup import (PROJECT_LABEL, PROJECT_PREFIX, docker_client, interrupts_deferred,
+                                       kept_project, labwarden_projects, override_file, projects_on,
+                                       remove_project, write_override)
 from labwarden.realise.image import REPOSITORY, ensure_image
 from labwarden.realise.impair import Impairment
 from labwarden.realise.lab import Lab, run_sync
+from labwarden.realise.ranges import RangesLock
+from labwarden.realise.sockets import listens
 from labwarden.routers.nftables.trace import shown_path, stdin_as
 from labwarden.probe import DOCUMENTATION_RANGES, NodeJob, Transport, run_jobs, run_rounds
 from labwarden.probe.ship import IN_PROBER, agent_zipapp
-from labwarden.declared.policy import Service
 from labwarden.declared.topology import Topology
 
 PROBER = "labwarden-prober"
@@ -81,7 +83,7 @@ class ComposeLab(Lab):
     """A lab of containers on this Docker engine; use as a context manager."""
 
     def __init__(self, topology: Topology, policy, *, router_config: Path | None = None,
-                 keep: bool = False, log=print, impair: str = "auto"):
+                 keep: bool = False, log=print, impair: str = "auto", attach: str | None = None):
         self.topology = topology
         self.impair_method = impair    # auto | netem | delayline | none (labwarden.realise.impair)
         self.impairment = Impairment([], reason="the lab is not up")
@@ -89,7 +91,8 @@ class ComposeLab(Lab):
         self.router_config = Path(router_config) if router_config else None
         self.keep = keep
         self.log = log
-        self.project = kept_project(topology) if keep else \
+        self.attach = attach is not None  # another's lab, running: `_attach`
+        self.project = attach if attach else kept_project(topology) if keep else \
             f"{PROJECT_PREFIX}{topology.name}-{secrets.token_hex(3)}"
         self.transports: dict[str, Transport] = {}
         self.containers: dict[str, object] = {}
@@ -97,28 +100,37 @@ class ComposeLab(Lab):
         self.image = f"{REPOSITORY}:latest"  # up() names the real one; `compose down` needs a name
         self._client = docker_client()
         self._override = override_file(self.project)
-        self._lock = None
+        self._ranges = RangesLock(topology.lab_ranges(), f"lab {self.project}", topology.name)
         self._interrupted_compose = False
-        self._attached = False  # up() found this kept lab running: down() leaves it
+        self._attached = False  # up() found this kept lab running, or attached to one: down() leaves it
 
     # ---- lifecycle -------------------------------------------------------
     def up(self) -> "ComposeLab":
         started = time.monotonic()
         try:
-            self.image = ensure_image(self.log)
-            self.timings["image_s"] = time.monotonic() - started
-            self._take_topology_lock()
-            self._refuse_twin()
-            self._attached = self.keep and self.project in labwarden_projects(self._client)
-            self._interrupted_compose = True  # until it returns: what it had in flight may land late
-            self._compose("up", "-d", "--no-build", "--quiet-pull", "--remove-orphans")
-            self._interrupted_compose = False
-            self.timings["compose_s"] = time.monotonic() - started - self.timings["image_s"]
-            self._timed("find_s", self._find_containers)
-            plumbed = self._timed("plumb_s", lambda: asyncio.run(self._plumb()))
-            self.impairment = self._timed("impair_s", lambda: impair.apply(self, self.impair_method))
+            resting, plumbed = [], None
+            if self.attach:
+                self.timings["image_s"] = 0.0  # its owner started it
+                resting = self._attach()
+                self.timings["fresh_s"] = time.monotonic() - started  # before impairments and tunnel clients
+            else:
+                self.image = ensure_image(self.log)
+                self.timings["image_s"] = time.monotonic() - started
+                self._take_ranges()
+                self.timings["lock_s"] = time.monotonic() - started - self.timings["image_s"]  # waiting
+                self._refuse_twin()
+                self._attached = self.keep and self.project in labwarden_projects(self._client)
+                self._interrupted_compose = True  # until it returns: what it had in flight may land late
+                self._compose("up", "-d", "--no-build", "--quiet-pull", "--remove-orphans")
+                self._interrupted_compose = False
+                self.timings["compose_s"] = time.monotonic() - started - self.timings["image_s"]
+                self._timed("find_s", self._find_containers)
+                plumbed = self._timed("plumb_s", lambda: asyncio.run(self._plumb()))
+            self.impairment = self._timed("impair_s", lambda: impair.apply(self, self.impair_method))  # afresh
             if self.impairment.links:
                 self.log(f"labwarden: {self.impairment.summary()}")
+            for c in resting:  # an attached lab's tunnel clients: connect under this run's ruleset
+                c.start()
             self._timed("ready_s", lambda: asyncio.run(self._wait_ready(plumbed)))
         except BaseException:
             self.down()
@@ -140,7 +152,7 @@ class ComposeLab(Lab):
         kept lab that was already running when up() attached to it is left alone."""
         with interrupts_deferred():
             try:
-                if self._attached:  # a kept lab that was running before: not this run's to remove
+                if self._attached or self.attach:  # a kept lab running before, another's: not this run's
                     return
                 if self._override.exists():
                     self._compose("down", "--volumes", "--remove-orphans", "--timeout", "1", check=False)
@@ -150,44 +162,54 @@ class ComposeLab(Lab):
                     remove_project(self._client, self.project)
                     self._interrupted_compose = False
             finally:
-                self._release_topology_lock()
+                self._ranges.release()
 
-    def _take_topology_lock(self) -> None:
-        """Runs of one topology on one machine take turns (their subnets would clash)."""
+    def _take_ranges(self) -> None:
+        """Labs whose subnets overlap take turns on one machine (Docker would refuse the second)."""
         if self.keep:
             return  # a kept lab outlives this process; _refuse_twin guards it instead
-        self._lock = topology_lock(self.topology.name)
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            self.log(f"labwarden: another run of {self.topology.name} is using its subnets; waiting")
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            try:
-                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                continue
-        raise LabError(f"another run of topology {self.topology.name} held its subnets for "
-                       f"{LOCK_WAIT_S:.0f} s; giving up")
-
-    def _release_topology_lock(self) -> None:
-        if self._lock is not None:
-            self._lock.close()  # closing the file releases the flock
-            self._lock = None
+        self._ranges.acquire(LOCK_WAIT_S, self.log)
 
     def _refuse_twin(self) -> None:
-        """Two labs of one topology cannot run at once: Docker refuses overlapping subnets."""
-        twins = sorted(p for p in labwarden_projects(self._client)
-                       if p.startswith(f"{PROJECT_PREFIX}{self.topology.name}-") and p != self.project)
+        """Labwarden labs already on our subnets (kept, or left by a killed run) are named."""
+        twins = {p for p in labwarden_projects(self._client) if p.startswith(f"{PROJECT_PREFIX}{self.topology.name}-")}
+        twins = sorted((twins | projects_on(self._client, self.topology.lab_ranges())) - {self.project})
         if twins:
             hint = ("`labwarden down --topology " + self.topology.name + "`" if kept_project(self.topology)
                     in twins else "wait for that run to end, or `labwarden down --all`")
-            raise LabError(f"topology {self.topology.name} is already running as {', '.join(twins)}: "
-                           f"its subnets cannot exist twice on one Docker engine ({hint}; "
+            raise LabError(f"lab {self.topology.name}: {', '.join(twins)} already runs on its "
+                           f"subnets, which cannot exist twice on one Docker engine ({hint}; "
                            "--lw-keep-lab reuses a kept lab)")
+
+    def _attach(self) -> list:
+        """The running lab `self.project` made as fresh as a new one: containers resumed, tunnel
+        clients killed (returned: up() starts them after the impairments), every node plumbed
+        again (this run's router config, routes, conntrack, neighbours: `_plumb(fresh=True)`),
+        listed services that do not listen (stopped by a killed run) started again."""
+        if self.project not in labwarden_projects(self._client) or \
+                not self.project.startswith(f"{PROJECT_PREFIX}{self.topology.name}-"):
+            running = sorted(p for p in labwarden_projects(self._client)
+                             if p.startswith(f"{PROJECT_PREFIX}{self.topology.name}-"))
+            raise LabError(f"no lab {self.project} of topology {self.topology.name} runs on this Docker "
+                           f"engine to attach to (running: {', '.join(running) or 'none'})")
+        self._attached = True
+        found = self._client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.project}"})
+        for c in found:
+            if c.status == "paused":  # a fault test's frozen tunnel client, if its run was killed
+                c.unpause()
+        resting = [c for c in found if c.attrs["HostConfig"].get("NetworkMode", "").startswith("container:")]
+        for c in resting:
+            if c.status in ("running", "paused"):  # (unpaused above)
+                c.kill()  # its connections end with it (closed by the kernel), as a stop would end them
+        self._find_containers(resting={c.labels["com.docker.compose.service"] for c in resting})
+        answers = asyncio.run(self._plumb(fresh=True))
+        tunnels = {(t.edge, t.public) for t in self.policy.tunnels}  # up once their clients are
+        for name, answer in answers.items():  # a service a killed run had stopped (nat's `lab-services stop`)
+            for s in sorted(self.policy.listening(name)):
+                if s.proto == "tcp" and (name, s) not in tunnels and not all(
+                        listens(answer.info, s, a) for a in self.topology.nodes[name].addresses.values()):
+                    self.exec(name, "python3", "/usr/local/bin/lab-services", "start", str(s.port))
+        return resting
 
     def _compose(self, *args, check=True):
         write_override(self.project, prober_override(agent_zipapp()))
@@ -200,12 +222,13 @@ class ComposeLab(Lab):
                            f"failed:\n{proc.stderr.strip()[-3000:]}")
         return proc
 
-    def _find_containers(self) -> None:
-        found = self._client.containers.list(
-            all=True, filters={"label": f"com.docker.compose.project={self.project}"})
+    def _find_containers(self, resting=frozenset()) -> None:
+        """The lab's containers and each node's transport; a LabError when one is missing or
+        not running (but the `resting` services, stopped on purpose)."""
+        found = self._client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.project}"})
         by_service = {c.labels["com.docker.compose.service"]: c for c in found}
         missing = [n for n in [*self.topology.nodes, PROBER] if n not in by_service]
-        stopped = [s for s, c in by_service.items() if c.status != "running"]
+        stopped = [s for s, c in by_service.items() if c.status != "running" and s not in resting]
         if missing or stopped:
             logs = "".join(f"\n--- {s}:\n{by_service[s].logs(tail=20).decode(errors='replace')}"
                            for s in stopped)
@@ -306,12 +329,15 @@ class ComposeLab(Lab):
             setup.update(self.router_kind().load(self.router_firewall().read_text()))
         return setup
 
-    async def _plumb(self) -> dict:
+    async def _plumb(self, fresh: bool = False) -> dict:
         """Routers first, with their rulesets, then everyone else: a node that had its route
         through a router before that router's ruleset (its NAT) was loaded could open a
         connection the router forwards unchanged, and conntrack keeps it that way for the
-        connection's life (a tunnel client's, say: then the inside address leaks to wan)."""
-        jobs = {name: NodeJob(setup=self._setup_for(name), info=True) for name in self.topology.nodes}
+        connection's life (a tunnel client's, say: then the inside address leaks to wan).
+        `fresh`: a lab that ran before also loses the routes a run added (nat's attackers'), its
+        tracked connections and its neighbours."""
+        forget = {"only_these_routes": True, "flush_conntrack": True, "forget_neighbours": True} if fresh else {}
+        jobs = {name: NodeJob(setup={**self._setup_for(name), **forget}, info=True) for name in self.topology.nodes}
         routers = {n for n, node in self.topology.nodes.items()
                    if n == self.policy.router or node.firewall is not None}
         rounds = [{n: j for n, j in jobs.items() if n in routers},
@@ -403,16 +429,6 @@ class ComposeLab(Lab):
         checks = [f"--{key.replace('_', '-')}={value}" for key, value in self.transports[node].namespace().items()]
         return self.prober_exec("python3", IN_PROBER, "enter", f"--node={node}", *checks, "--", *argv,
                                 timeout=timeout)
-
-
-def listens(info: dict, service: Service, addr) -> bool:
-    """Whether the node's sockets (the agent's `info`) have `service` listening on `addr`:
-    bound to it or to the wildcard, IPv4 or dual-stack IPv6."""
-    port = service.port
-    wanted = {f"{addr}:{port}", f"0.0.0.0:{port}", f"[::]:{port}", f"[::ffff:{addr}]:{port}"}
-    state = "LISTEN" if service.proto == "tcp" else "CLOSE"  # a bound, unconnected UDP socket
-    return any(sock["local"] in wanted and sock["state"] == state
-               for family in (service.proto, service.proto + "6") for sock in info.get(family, []))
 
 
 @functools.cache

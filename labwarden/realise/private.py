@@ -1,7 +1,8 @@
 """labwarden's private folder on this machine, and the only way files are made in it.
 
 Whatever labwarden keeps outside a run's own temporary folders lives here: the locks
-runs take turns on (`topology-<name>.lock`, `image.lock`), the generated compose files
+runs take turns on (`ranges.lock` and the labs' claims `ranges-*.lock`: realise/ranges.py;
+`image.lock`), the generated compose files
 of labs (`<project>.override.yaml`, the prober: run as root by Docker) and a live lab's
 SSH control sockets. The folder is `labwarden-<uid>` in the temporary folder (/tmp, or
 TMPDIR), private to the user who runs labwarden:

@@ -2,9 +2,8 @@
 removes its lab: no container, network, volume or override file of the run stays.
 
 The airplane lab under a name of its own (`intr`: other runs of airplane on this engine
-are not it), holding airplane's lock meanwhile (their subnets are the same)."""
+are not it); it waits for their subnets, the same, on its own (labwarden.realise.ranges)."""
 
-import fcntl
 import os
 import shutil
 import signal
@@ -17,7 +16,7 @@ import docker
 import pytest
 
 from labwarden.realise import private
-from labwarden.realise.cleanup import OVERRIDE_SUFFIX, PROJECT_LABEL, topology_lock
+from labwarden.realise.cleanup import OVERRIDE_SUFFIX, PROJECT_LABEL
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "intr"
@@ -54,9 +53,7 @@ def started(client, what: str) -> bool:
 def lab(tmp_path_factory):
     folder = tmp_path_factory.mktemp("labs") / NAME
     shutil.copytree(ROOT / "topologies" / "airplane", folder)
-    with topology_lock("airplane") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield folder
+    return folder
 
 
 @pytest.mark.parametrize("command,sig,moment,delay,how", [

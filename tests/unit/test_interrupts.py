@@ -11,6 +11,7 @@ import pytest
 from labwarden import cli
 from labwarden.realise import cleanup, compose
 from labwarden.realise.cleanup import interrupts_deferred, remove_project
+from labwarden.realise.ranges import RangesLock
 
 
 def test_a_signal_during_teardown_waits_for_its_end():
@@ -91,10 +92,13 @@ def test_a_kept_lab_found_running_is_not_removed_by_a_run_that_used_it(monkeypat
     removed = []
     monkeypatch.setattr(compose, "remove_project", lambda client, project: removed.append(project))
     lab = object.__new__(compose.ComposeLab)
-    lab.__dict__.update(_attached=True, _interrupted_compose=False, _lock=None, _client=None,
-                        project="lw-homelab-kept", _override=tmp_path / "none.yaml")
+    lab.__dict__.update(_attached=True, _interrupted_compose=False, _ranges=RangesLock([], "lab"), _client=None,
+                        project="lw-homelab-kept", _override=tmp_path / "none.yaml", attach=False)
     lab.down()
     assert removed == []
-    lab._attached = False
+    lab.__dict__.update(_attached=False, attach=True)  # another's lab, whose attaching failed early
+    lab.down()
+    assert removed == []
+    lab.attach = False
     lab.down()
     assert removed == ["lw-homelab-kept"]

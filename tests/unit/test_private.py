@@ -4,11 +4,13 @@ is ever followed (realise/private.py)."""
 import fcntl
 import os
 import tempfile
+from ipaddress import ip_network
 
 import pytest
 
 from labwarden.errors import LabError
 from labwarden.realise import cleanup, private
+from labwarden.realise.ranges import RangesLock
 
 
 @pytest.fixture
@@ -26,7 +28,7 @@ def target(tmp_path):
 
 
 def test_the_folder_is_made_private_and_holds_the_locks_and_compose_files(tmp):
-    with cleanup.topology_lock("homelab") as lock:
+    with private.open_lock("image.lock") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     written = cleanup.write_override("lw-homelab-abc123", "services: {}\n")
     home = tmp / f"labwarden-{os.getuid()}"
@@ -34,7 +36,7 @@ def test_the_folder_is_made_private_and_holds_the_locks_and_compose_files(tmp):
     assert st.st_mode & 0o777 == 0o700 and st.st_uid == os.getuid()
     assert written == cleanup.override_file("lw-homelab-abc123") == home / "lw-homelab-abc123.override.yaml"
     assert written.read_text() == "services: {}\n" and written.stat().st_mode & 0o777 == 0o600
-    assert sorted(p.name for p in home.iterdir()) == ["lw-homelab-abc123.override.yaml", "topology-homelab.lock"]
+    assert sorted(p.name for p in home.iterdir()) == ["image.lock", "lw-homelab-abc123.override.yaml"]
 
 
 def test_a_symlinked_folder_is_refused_not_followed(tmp, tmp_path):
@@ -43,7 +45,7 @@ def test_a_symlinked_folder_is_refused_not_followed(tmp, tmp_path):
     (tmp / f"labwarden-{os.getuid()}").symlink_to(elsewhere)
     with pytest.raises(LabError, match=r"labwarden-\d+: refusing it as labwarden's private folder: it is a "
                                        r"symlink \(to .*elsewhere\), which is never followed; .*Remove it"):
-        cleanup.topology_lock("homelab")
+        private.open_lock("image.lock")
     assert list(elsewhere.iterdir()) == []
 
 
@@ -72,11 +74,12 @@ def test_a_file_in_place_of_the_folder_is_refused(tmp):
 
 
 def test_a_symlink_where_a_lock_goes_is_not_followed(tmp, target):
-    lock = private.folder() / "topology-homelab.lock"
+    lock = private.folder() / "ranges.lock"
     lock.symlink_to(target)
-    with pytest.raises(LabError, match=r"topology-homelab.lock: a symlink \(to .*precious\) is where "
-                                       r"labwarden's lock of topology homelab goes; it is not followed .*remove it"):
-        cleanup.topology_lock("homelab")
+    with pytest.raises(LabError, match=r"ranges.lock: a symlink \(to .*precious\) is where "
+                                       r"labwarden's lock of the labs' address ranges goes; it is not followed "
+                                       r".*remove it"):
+        RangesLock([ip_network("198.18.1.0/24")], "lab lw-homelab-abc123").acquire(0)
     assert target.read_text() == "keep me\n"
 
 

@@ -3,7 +3,7 @@ through the router's ruleset): which socket counts as a service listening on an 
 
 from ipaddress import IPv4Address
 
-from labwarden.realise.compose import listens
+from labwarden.realise.sockets import listens
 from labwarden.declared.policy import Service
 
 ADDR = IPv4Address("198.18.1.1")
