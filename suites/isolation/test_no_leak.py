@@ -28,6 +28,7 @@ def docker_host_addresses():
             for a in link.get("addr_info", [])]
 
 
+@pytest.mark.asyncio(loop_scope="session")
 @pytest.mark.emulated_only("it probes the Docker host's bridges, which a live lab does not have")
 async def test_nothing_outside_answers(lab, labwarden_policy, probe_timeout, every_node_controlled):
     policy = labwarden_policy
@@ -51,6 +52,7 @@ async def test_nothing_outside_answers(lab, labwarden_policy, probe_timeout, eve
     assert not answered, "addresses outside the lab answered:\n  " + "\n  ".join(answered)
 
 
+@pytest.mark.asyncio(loop_scope="session")
 async def test_router_upstream_is_a_lab_node(lab, labwarden_policy):
     policy = labwarden_policy
     answer = (await lab.run({policy.router: NodeJob(info=True)}))[policy.router]
