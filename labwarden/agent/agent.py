@@ -11,7 +11,7 @@ base64(zlib(JSON)); prints one line of JSON. Request (every node key optional)::
         "container": ID, "pid_start": N,     # what that pid must still be: see netns.py
         "setup": {"rename": {MAC: NAME}, "routes": [[PREFIX|"default", NEXTHOP]],
                   "only_these_routes": true,   # other routes of the main table go (not the default)
-                  "sysctls": {KEY: VALUE}, "nft": RULESET, "nft_add": TEXT,
+                  "nft": RULESET, "nft_add": TEXT,
                   "iptables": IPTABLES_RESTORE_FILE, "ip6tables": IP6TABLES_RESTORE_FILE,
                   "flush_conntrack": true, "forget_neighbours": true},
         "info": true, "capture": {"seconds": 2.0}, "trace": true,
@@ -117,9 +117,10 @@ file in one transaction, then `nft list tables` must name exactly the file's tab
 filter`, ...) and `iptables-save` as many rules per table as the file appends, else the node
 fails. (An `ip6tables` key would do the same with ip6tables-restore, family ip6.)
 
-sysctls: containers mount /proc/sys read-only, so when `sysctl -w` fails they are written
-from a private mount namespace (`unshare -m`) where /proc/sys is remounted read-write;
-net.* keys belong to the writer's network namespace, so only the node changes.
+sysctls are not the agent's: it never writes under /proc or mounts anything (a container's
+/proc/sys is read-only, and Docker's default AppArmor profile denies writing or remounting
+it). A node's sysctls come from its compose `sysctls:` (labwarden.realise.sysctls); a setup
+with a "sysctls" key fails the node, saying so.
 """
 
 import base64
@@ -181,19 +182,6 @@ class AgentError(Exception):
 
 def encode_request(request: dict) -> str:
     return base64.b64encode(zlib.compress(json.dumps(request).encode())).decode()
-
-
-def proc_sys_read_only(mounts: str | None = None) -> bool:
-    """Whether /proc/sys is mounted read-only where the agent runs (as in a container)."""
-    if mounts is None:
-        try:
-            with open("/proc/self/mounts") as f:
-                mounts = f.read()
-        except OSError:
-            return False
-    options = [line.split()[3] for line in mounts.splitlines()
-               if len(line.split()) > 3 and line.split()[1] == "/proc/sys"]
-    return bool(options) and "ro" in options[-1].split(",")
 
 
 def decode_request(arg: str) -> dict:
@@ -1071,6 +1059,9 @@ class NodeRun:
             raise AgentError(f"node {self.name}: `ip {' '.join(failed)}` failed: {e}") from None
 
     def setup(self, setup: dict):
+        if setup.get("sysctls"):
+            raise AgentError(f"node {self.name}: the agent does not write sysctls ({', '.join(setup['sysctls'])}): "
+                             "set them in the node's compose `sysctls:` (or `docker run --sysctl`)")
         commands = []
         if setup.get("rename"):
             links = {link.get("address"): link["ifname"] for link in json.loads(self.sh("ip", "-j", "link"))}
@@ -1098,15 +1089,6 @@ class NodeRun:
         commands += routes[4] + [["addr", "replace", cidr, "dev", ifname, "nodad"]
                                  for ifname, cidr in setup.get("addrs", [])] + routes[6]
         self.ip_batch(commands)
-        pairs = [f"{key}={value}" for key, value in (setup.get("sysctls") or {}).items()]
-        if pairs:
-            try:
-                if proc_sys_read_only():  # a container's: known to fail, so not tried
-                    raise AgentError("read-only /proc/sys")
-                self.sh("sysctl", "-w", *pairs)
-            except AgentError:  # read-only /proc/sys (containers): remount it in a private mount ns
-                self.sh("unshare", "-m", "sh", "-c",
-                        'mount -o remount,rw /proc/sys && exec sysctl -w "$@"', "sh", *pairs)
         if setup.get("nft") is not None:
             self.load_ruleset(setup["nft"])
         if setup.get("nft_add"):

@@ -18,9 +18,11 @@ How packets reach the relay (policy routing, no netfilter hooks in the path):
 - written back, a packet re-enters from the TUN; pref 100 rules look it up in the local
   and main tables: delivered, or forwarded on. The detour costs one extra forwarding
   (TTL-1), which the relay gives back (TTL+1, checksum updated): a traceroute sees the
-  node once. rp_filter is loose and accept_local on on the TUNs; a node that did not
-  forward before gets ip_forward=1 and an nft forward chain that lets only the detour
-  through.
+  node once. The TUNs (and an ingress interface) forward, with rp_filter off and
+  accept_local on, set per device over netlink (devconf.py); a node that did not forward
+  before gets an nft forward chain that lets only the detour through. Nothing is
+  written under /proc/sys: what has no device (all.rp_filter 0, ip_early_demux 0 for
+  ingress) the node's compose `sysctls:` set, and is only checked here.
 """
 
 import fcntl
@@ -28,6 +30,8 @@ import json
 import os
 import struct
 import subprocess
+
+import devconf  # beside this file: a device's net.ipv4.conf.* over netlink
 
 TUNSETIFF, IFF_TUN, IFF_NO_PI = 0x400454CA, 0x0001, 0x1000
 NFT_TABLE = "labwarden_delayline"
@@ -68,22 +72,24 @@ def sh(*argv: str, stdin: str | None = None, check: bool = True) -> str:
     return done.stdout
 
 
-def read_sysctl(key: str) -> str | None:
+read_sysctl = devconf.read
+
+
+def set_devconf(ifname: str, values: dict[str, int]) -> None:
     try:
-        with open("/proc/sys/" + key.replace(".", "/")) as f:
-            return f.read().strip()
-    except OSError:
-        return None
+        devconf.set_conf(ifname, values)
+    except OSError as err:
+        raise PlumbError(str(err)) from None
 
 
-def write_sysctls(values: dict[str, str]):
-    pairs = [f"{k}={v}" for k, v in values.items()]
-    if not pairs:
-        return
-    if subprocess.run(["sysctl", "-q", "-w", *pairs], capture_output=True).returncode != 0:
-        # containers mount /proc/sys read-only: write from a private mount namespace
-        sh("unshare", "-m", "sh", "-c", 'mount -o remount,rw /proc/sys && exec sysctl -q -w "$@"',
-           "sh", *pairs)
+def check_sysctls(wanted: dict[str, str]) -> None:
+    """Global sysctls the relay relies on: set by the runtime (the node's compose `sysctls:`,
+    which labwarden's override adds), never written from here."""
+    wrong = {k: read_sysctl(k) for k, v in wanted.items() if read_sysctl(k) != v}
+    if wrong:
+        raise PlumbError("the delay line needs " + ", ".join(f"{k}={wanted[k]} (it is {v})" for k, v in wrong.items())
+                         + " in this node: labwarden's compose override sets them unless the node's service "
+                         "sets them itself (labwarden.realise.sysctls)")
 
 
 class Plumbing:
@@ -94,7 +100,7 @@ class Plumbing:
         self.tuns = [tun_of(l["id"], t) for l in self.links
                      for t in (["o"] if l.get("egress") else []) + (["i", "j"] if l.get("ingress") else [])]
         self.ingress = any(l.get("ingress") for l in self.links)
-        self.saved: dict[str, str] = {}
+        self.saved: dict[str, str | None] = {}  # ingress interface -> its forwarding before
         self.moved_local = False
         self.fds: dict[str, int] = {}
 
@@ -103,24 +109,18 @@ class Plumbing:
             self.fds[name] = open_tun(name)
             sh("ip", "link", "set", name, "txqueuelen", str(TXQUEUELEN), "up")
         was_forwarding = read_sysctl("net.ipv4.ip_forward") == "1"
-        wanted = {"net.ipv4.ip_forward": "1"}
-        # A device without an address fails any rp_filter check (the kernel's last resort), and
-        # the check uses max(all, device): so the TUNs get 0, and a non-zero `all` moves into
-        # every other device, which then filters as before.
-        strict_all = int(read_sysctl("net.ipv4.conf.all.rp_filter") or 0)
-        if strict_all:
-            wanted["net.ipv4.conf.all.rp_filter"] = "0"
-            for dev in os.listdir("/proc/sys/net/ipv4/conf"):
-                if dev not in ("all", "default") and not dev.startswith("lwd"):
-                    own = int(read_sysctl(f"net.ipv4.conf.{dev}.rp_filter") or 0)
-                    wanted[f"net.ipv4.conf.{dev}.rp_filter"] = str(max(own, strict_all))
+        check_sysctls({"net.ipv4.conf.all.rp_filter": "0",
+                       **({"net.ipv4.ip_early_demux": "0"} if self.ingress else {})})
+        # Forwarding is decided by the device a packet arrives on: the TUNs forward (what they
+        # write back leaves again), and so does an ingress interface (what arrives there is
+        # routed into its TUN); a node that did not forward lets only the detour through (nft).
         for name in self.tuns:
-            wanted |= {f"net.ipv4.conf.{name}.rp_filter": "0", f"net.ipv4.conf.{name}.accept_local": "1",
-                       f"net.ipv4.conf.{name}.send_redirects": "0"}
-        if self.ingress:  # early demux ties a packet to its socket, and ip_forward drops such packets
-            wanted["net.ipv4.ip_early_demux"] = "0"
-        self.saved = {k: read_sysctl(k) for k in wanted if ".lwd" not in k}
-        write_sysctls(wanted)
+            set_devconf(name, {"forwarding": 1, "rp_filter": 0, "accept_local": 1, "send_redirects": 0})
+        for link in self.links:
+            iface = (link.get("ingress") or {}).get("ifname")
+            if iface and read_sysctl(f"net.ipv4.conf.{iface}.forwarding") != "1":
+                self.saved[iface] = read_sysctl(f"net.ipv4.conf.{iface}.forwarding")
+                set_devconf(iface, {"forwarding": 1})
         self.nft(was_forwarding)
         batch = []
         for link in self.links:
@@ -188,10 +188,11 @@ class Plumbing:
         steps.append(["nft", "delete", "table", "ip", NFT_TABLE])
         for argv in steps:
             subprocess.run(argv, capture_output=True)
-        try:
-            write_sysctls({k: v for k, v in self.saved.items() if v is not None})
-        except PlumbError:
-            pass
+        for iface, forwarding in self.saved.items():
+            try:
+                set_devconf(iface, {"forwarding": int(forwarding or 0)})
+            except PlumbError:
+                pass
         for fd in self.fds.values():
             os.close(fd)
 
@@ -213,7 +214,7 @@ def readback(node: dict) -> dict:
     links = [{"name": l["ifname"], "up": "UP" in l.get("flags", []), "txqlen": l.get("txqlen")}
              for l in json.loads(sh("ip", "-j", "link") or "[]") if l["ifname"].startswith("lwd")]
     nft = sh("nft", "list", "table", "ip", NFT_TABLE, check=False)
-    keys = ["net.ipv4.ip_forward", "net.ipv4.ip_early_demux"] + [f"net.ipv4.conf.{l['name']}.{k}" for l in links
-                                      for k in ("rp_filter", "accept_local")]
+    keys = ["net.ipv4.ip_forward", "net.ipv4.ip_early_demux", "net.ipv4.conf.all.rp_filter"] + [
+        f"net.ipv4.conf.{l['name']}.{k}" for l in links for k in ("forwarding", "rp_filter", "accept_local")]
     return {"rules": rules, "tables": tables, "tuns": links, "nft": nft,
             "sysctls": {k: read_sysctl(k) for k in keys}}

@@ -4,6 +4,8 @@
                                           (up, matrix, diff: --allow-unsafe-compose runs a compose
                                           file that reaches the host; refused by default)
     labwarden down [--topology homelab | --all]                remove it (or every labwarden lab)
+    labwarden down --topology homelab --stale  remove only the labs killed runs of it left (not
+                                          its kept lab, nor one a live run is using: CI's clean-up)
     labwarden status                                           list the running labs
     labwarden matrix [--topology homelab] [--router-config FILE]
                      probe the segmentation matrix (on the running lab, else a temporary
@@ -36,8 +38,9 @@ import docker
 from labwarden import __version__
 from labwarden.cli import diff, helptext, init, learn
 from labwarden.errors import ConfigError, LabwardenError
-from labwarden.realise.cleanup import (docker_client, down_all, kept_project, labwarden_projects, remove_project,
-                                       sigterm_interrupts)
+from labwarden.realise.cleanup import (docker_client, down_all, down_stale, kept_project, labwarden_projects,
+                                       remove_project, sigterm_interrupts)
+from labwarden.realise import compose_config
 from labwarden.realise.compose import ComposeLab
 from labwarden.checks.matrix import render_grid, run_matrix
 from labwarden.checks.tunnel import start
@@ -52,7 +55,7 @@ def _load(args):
         if not Path(args.router_config).is_file():
             raise ConfigError(args.router_config, "--router-config", "no such file")
         fields.read_text(args.router_config, args.router_config, "--router-config")
-    return load_lab(args.topology, allow_unsafe_compose=args.allow_unsafe_compose)
+    return load_lab(args.topology, allow_unsafe_compose=args.allow_unsafe_compose, resolve=compose_config.resolver())
 
 
 def cmd_up(args):
@@ -68,9 +71,15 @@ def cmd_down(args):
         removed = down_all()
         print("removed: " + (", ".join(removed) if removed else "nothing"))
     else:
-        topology = load_topology(args.topology, allow_unsafe_compose=True)  # removes, starts nothing
-        remove_project(docker_client(), kept_project(topology))
-        print(f"removed {kept_project(topology)}")
+        topology = load_topology(args.topology, allow_unsafe_compose=True,  # removes, starts nothing
+                                 resolve=compose_config.resolver())
+        if args.stale:
+            stale = down_stale(topology)
+            print(f"a run of {topology.name} is live: its lab is left alone" if stale is None
+                  else "removed: " + (", ".join(stale) if stale else "nothing"))
+        else:
+            remove_project(docker_client(), kept_project(topology))
+            print(f"removed {kept_project(topology)}")
     return 0
 
 
@@ -128,6 +137,9 @@ def main(argv=None) -> int:
                            help="seconds a probe waits for an answer (default 1.0)")
         if name == "down":
             p.add_argument("--all", action="store_true", help="remove every labwarden lab")
+            p.add_argument("--stale", action="store_true",
+                           help="remove only the topology's labs that no live run holds (left by a killed run), "
+                                "not its kept lab")
     diff.add_parser(sub)
     init.add_parser(sub)
     learn.add_parser(sub)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labwarden.errors import LabwardenError, ProbeError
+from labwarden.realise import compose_config
 from labwarden.realise.compose import ComposeLab
 from labwarden.realise.lab import Lab
 from labwarden.checks.matrix import MatrixRun, render_grid, run_matrix
@@ -231,6 +232,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_diff(args) -> int:
-    topology, policy = load_lab(args.topology, allow_unsafe_compose=args.allow_unsafe_compose)
+    topology, policy = load_lab(args.topology, allow_unsafe_compose=args.allow_unsafe_compose,
+                                resolve=compose_config.resolver())
     return diff(topology, policy, args.before, args.after, timeout=args.probe_timeout,
                 report_dir=args.report_dir)

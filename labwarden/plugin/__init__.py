@@ -37,6 +37,7 @@ import pytest_asyncio
 
 from labwarden.errors import ConfigError, LabwardenError
 from labwarden.realise.cleanup import sigterm_interrupts
+from labwarden.realise import compose_config
 from labwarden.realise.compose import ComposeLab
 from labwarden.checks.matrix import check_controls, matrix_flows, run_matrix
 from labwarden.checks.tunnel import start
@@ -132,7 +133,7 @@ def lab_config(config) -> tuple:
     """(topology, policy) of this run, loaded once; a config mistake ends the run."""
     if _CONFIG not in config.stash:
         try:
-            topology, policy = load_lab(config.getoption("--lw-topology"),
+            topology, policy = load_lab(config.getoption("--lw-topology"), resolve=compose_config.resolver(),
                                         allow_unsafe_compose=config.getoption(PYTEST_ALLOW_OPTION))
             router_config = config.getoption("--lw-router-config")
             if router_config is not None and not router_config.is_file():

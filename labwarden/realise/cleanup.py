@@ -11,13 +11,17 @@ Removing is idempotent: a project already gone, or removed meanwhile by another
 run, is no error. It is not interrupted: Ctrl-C or SIGTERM arriving meanwhile waits
 until everything is removed (`interrupts_deferred`), then takes effect.
 `ComposeLab.down()` removes its own project; `labwarden down --all` (`down_all`)
-removes every labwarden project, like Mininet's `mn -c`. SIGTERM unwinds like
+removes every labwarden project, like Mininet's `mn -c`; `labwarden down --topology T
+--stale` (`down_stale`) only T's labs that no live run holds: what a killed run of T
+left, never a lab another run of T is using (that run holds T's lock). SIGTERM unwinds like
 Ctrl-C in the CLI and the pytest plugin (`sigterm_interrupts`).
 """
 
 import contextlib
+import fcntl
 import ipaddress
 import os
+import re
 import signal
 import threading
 from pathlib import Path
@@ -49,6 +53,19 @@ def docker_client():
 def kept_project(topology: Topology) -> str:
     """The project of a topology's kept lab (`--lw-keep-lab`, `labwarden up`)."""
     return f"{PROJECT_PREFIX}{topology.name}-kept"
+
+
+def run_projects(topology: Topology, projects) -> list[str]:
+    """The projects among `projects` that are runs of this topology (not its kept lab, nor
+    a topology whose name merely starts with this one's: `lw-home-lab-…` is not `home`'s)."""
+    own = re.compile(rf"{re.escape(PROJECT_PREFIX + topology.name)}-[0-9a-f]{{6}}")
+    return sorted(p for p in projects if own.fullmatch(p))
+
+
+def topology_lock(name: str):
+    """The by-name lock every run of a topology holds while its lab lives (realise/ranges.py
+    takes it beside the ranges claim, for one release): `down_stale` tells live from stale by it."""
+    return private.open_lock(f"topology-{name}.lock", f"lock of topology {name}")
 
 
 def override_file(project: str) -> Path:
@@ -177,3 +194,19 @@ def down_all() -> list[str]:
     if refused:
         raise LabError("; ".join(refused))
     return projects
+
+
+def down_stale(topology: Topology) -> list[str] | None:
+    """Remove this topology's run labs that no live run holds (left by a killed run); the
+    projects removed, or None when a run of the topology is live (its lock is held): then
+    nothing is removed, since that run's lab is in use. The kept lab is never touched."""
+    client = docker_client()
+    with topology_lock(topology.name) as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        stale = run_projects(topology, labwarden_projects(client))
+        for project in stale:  # a new run of it waits on the lock meanwhile
+            remove_project(client, project)
+    return stale

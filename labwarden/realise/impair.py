@@ -291,8 +291,12 @@ def verify_delayline(entries: list[dict], readback: dict) -> list[str]:
                 if mac.lower() not in nft.lower():
                     problems.append(f"no nft mark for frames from {mac}")
     sysctls = readback.get("sysctls", {})
-    if sysctls.get("net.ipv4.ip_forward") != "1":
-        problems.append("ip_forward is not 1")
+    for tun in tuns:
+        for key, value in (("forwarding", "1"), ("rp_filter", "0"), ("accept_local", "1")):
+            if sysctls.get(f"net.ipv4.conf.{tun}.{key}") != value:
+                problems.append(f"{tun}'s {key} is {sysctls.get(f'net.ipv4.conf.{tun}.{key}')}, not {value}")
+    if sysctls.get("net.ipv4.conf.all.rp_filter") != "0":
+        problems.append("net.ipv4.conf.all.rp_filter is not 0")
     return problems
 
 

@@ -53,6 +53,7 @@ def ipv6_targets(policy):
     return targets
 
 
+@pytest.mark.asyncio(loop_scope="session")
 @pytest.mark.emulated_only("it probes the Docker host's bridges, which a live lab does not have")
 async def test_nothing_outside_answers_ipv6(lab, labwarden_policy, probe_timeout, every_node_controlled):
     policy = labwarden_policy
@@ -71,6 +72,7 @@ async def test_nothing_outside_answers_ipv6(lab, labwarden_policy, probe_timeout
     assert not answered, "IPv6 addresses outside the lab answered:\n  " + "\n  ".join(answered)
 
 
+@pytest.mark.asyncio(loop_scope="session")
 async def test_ipv6_routes_lead_to_lab_nodes(lab, labwarden_policy):
     """Every IPv6 route a node has goes through a lab node's address (none through a
     link-local address, which is how the host's bridge or a rogue router would appear)."""
@@ -86,6 +88,7 @@ async def test_ipv6_routes_lead_to_lab_nodes(lab, labwarden_policy):
     assert not wrong, "IPv6 routes through something that is not a lab node:\n  " + "\n  ".join(wrong)
 
 
+@pytest.mark.asyncio(loop_scope="session")
 @pytest.mark.emulated_only("it probes the Docker host's bridges, which a live lab does not have")
 async def test_nothing_outside_answers(lab, labwarden_policy, probe_timeout, every_node_controlled):
     policy = labwarden_policy
@@ -109,6 +112,7 @@ async def test_nothing_outside_answers(lab, labwarden_policy, probe_timeout, eve
     assert not answered, "addresses outside the lab answered:\n  " + "\n  ".join(answered)
 
 
+@pytest.mark.asyncio(loop_scope="session")
 async def test_router_upstream_is_a_lab_node(lab, labwarden_policy):
     policy = labwarden_policy
     answer = (await lab.run({policy.router: NodeJob(info=True)}))[policy.router]

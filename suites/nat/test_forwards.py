@@ -38,6 +38,7 @@ def unforwarded_tcp_port(policy, near: int) -> int:
     raise LookupError("every port of the public address is open")
 
 
+@pytest.mark.asyncio(loop_scope="session")
 @pytest.mark.emulated_only("it stops and starts the web server inside its node")
 async def test_a_stopped_service_reads_differently_from_a_missing_forward(lab, nat_policy, probe_timeout):
     tcp = [f for f in nat_policy.forwards if f.public.proto == "tcp"]

@@ -8,6 +8,7 @@ import pytest
 from labwarden.checks import tunnel as tunnels
 
 
+@pytest.mark.asyncio(loop_scope="session")
 @pytest.mark.emulated_only("it kills and freezes the tunnel client's container")
 @pytest.mark.parametrize("kind", ["killed", "hung"])
 async def test_the_edge_reports_a_dead_client_and_recovers(lab, tunnel_policy, tunnel_case, kind,

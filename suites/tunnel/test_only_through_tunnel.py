@@ -5,9 +5,12 @@ That the policy itself opens no such way (no forward to the client, no allow fro
 outside) is a property of the policy file, tested without a lab in
 tests/unit/test_tunnel_policy.py."""
 
+import pytest
+
 from labwarden.checks import tunnel as tunnels
 
 
+@pytest.mark.asyncio(loop_scope="session")
 async def test_no_way_to_the_client_but_the_tunnel(lab, tunnel_policy, tunnel_case, probe_timeout):
     policy, t = tunnel_policy, tunnel_case
     cells = await tunnels.direct_reach(lab, policy, t, probe_timeout)
@@ -15,6 +18,7 @@ async def test_no_way_to_the_client_but_the_tunnel(lab, tunnel_policy, tunnel_ca
     assert not wrong, f"tunnel '{t.name}': reachable other than through the tunnel:\n  " + "\n  ".join(wrong)
 
 
+@pytest.mark.asyncio(loop_scope="session")
 async def test_the_tunnel_is_the_clients_outbound_connection(lab, tunnel_policy, tunnel_case, say):
     policy, t = tunnel_policy, tunnel_case
     seen = await tunnels.connection(lab, policy, t)

@@ -55,6 +55,7 @@ table inet lwtest {
 # (per destination and global) would turn a batch of rejections into "filtered".
 NO_ICMP_LIMITS = {"net.ipv4.icmp_ratelimit": "0", "net.ipv4.icmp_msgs_per_sec": "1000000",
                   "net.ipv4.icmp_msgs_burst": "1000000"}
+NO_ICMP_LIMITS_FLAGS = [arg for key, value in NO_ICMP_LIMITS.items() for arg in ("--sysctl", f"{key}={value}")]
 
 
 def docker(*args: str, check: bool = True) -> str:
@@ -93,9 +94,9 @@ class Lab:
         image = ensure_image(lambda message: None)  # the lab image, built if missing
         lab1, lab2 = self.network("lab1", "198.18.101"), self.network("lab2", "198.18.102")
         router = self.node("router", "--network", lab1, "--ip", ROUTER_CLIENT_SIDE,
-                           "--sysctl", "net.ipv4.ip_forward=1", image)
+                           "--sysctl", "net.ipv4.ip_forward=1", *NO_ICMP_LIMITS_FLAGS, image)
         docker("network", "connect", "--ip", ROUTER_SERVER_SIDE, lab2, router)
-        self.node("server", "--network", lab2, "--ip", SERVER, image, "http:80", "dns:53")
+        self.node("server", "--network", lab2, "--ip", SERVER, *NO_ICMP_LIMITS_FLAGS, image, "http:80", "dns:53")
         self.node("client", "--network", lab1, "--ip", CLIENT, image)
         self.node("tv", "--network", lab1, "--ip", TV, image, "discovery")
         self.node("prober", "--pid", "host", "--network", "none",
@@ -146,10 +147,9 @@ def lab():
         answer = lab.agent({
             "router": {"setup": {"rename": {lab.macs["router@lab1"]: "personal",
                                             lab.macs["router@lab2"]: "servers"},
-                                 "sysctls": NO_ICMP_LIMITS, "nft": ROUTER_RULES}, "info": True},
+                                 "nft": ROUTER_RULES}, "info": True},
             "client": {"setup": {"routes": [["default", ROUTER_CLIENT_SIDE]]}, "info": True},
-            "server": {"setup": {"routes": [["default", ROUTER_SERVER_SIDE]],
-                                 "sysctls": NO_ICMP_LIMITS}},
+            "server": {"setup": {"routes": [["default", ROUTER_SERVER_SIDE]]}},
         })
         for name, node in answer["nodes"].items():
             assert node["error"] is None, (name, node["error"])
@@ -179,8 +179,36 @@ def test_setup_renames_routes_and_reports_info(lab):
 
 
 def test_sysctls_reach_the_node_namespace_only(lab):
+    """Set by the runtime (--sysctl, compose's `sysctls:`), per network namespace."""
     assert lab.in_node("router", "cat", "/proc/sys/net/ipv4/icmp_ratelimit") == "0"
     assert docker("exec", lab.prober, "cat", "/proc/sys/net/ipv4/icmp_ratelimit") != "0"
+
+
+def test_the_agent_writes_no_sysctls(lab):
+    """A setup asking for sysctls fails its node before changing anything (Docker's AppArmor
+    profile would deny the write), and the prober's /proc/sys stays read-only."""
+    answer = lab.agent({"client": {"setup": {"routes": [["198.18.99.0/24", ROUTER_CLIENT_SIDE]],
+                                             "sysctls": {"net.ipv4.icmp_ratelimit": "0"}}, "info": True}})
+    error = answer["nodes"]["client"]["error"]
+    assert "does not write sysctls (net.ipv4.icmp_ratelimit)" in error and "compose" in error
+    assert "198.18.99.0/24" not in lab.in_node("client", "ip", "route")
+    assert lab.in_node("client", "cat", "/proc/sys/net/ipv4/icmp_ratelimit") != "0"
+    write = subprocess.run(["docker", "exec", lab.prober, "python3", IN_PROBER, "enter", "--node", "client",
+                            "--netns", lab.netns("client"), "--container", lab.ids["client"], "--",
+                            "sh", "-c", "echo 0 > /proc/sys/net/ipv4/icmp_ratelimit"],
+                           capture_output=True, text=True)
+    assert write.returncode != 0 and "Read-only file system" in write.stderr
+
+
+def test_device_settings_over_netlink(lab):
+    """What has a device (net.ipv4.conf.DEV.*) the agent sets over rtnetlink, which Docker's
+    AppArmor profile allows, not through /proc/sys (read back there)."""
+    script = ("import sys; sys.path.insert(0, %r); import devconf; "
+              "devconf.set_conf('lo', {'accept_local': 1, 'send_redirects': 0}); "
+              "print(devconf.read('net.ipv4.conf.lo.accept_local'), devconf.read('net.ipv4.conf.lo.send_redirects'))"
+              % IN_PROBER)
+    assert lab.in_node("client", "python3", "-c", script) == "1 0"
+    assert docker("exec", lab.prober, "cat", "/proc/sys/net/ipv4/conf/lo/accept_local") == "0"
 
 
 def test_tcp_verdicts(lab):

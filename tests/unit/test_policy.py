@@ -206,7 +206,7 @@ def test_every_flow_has_a_coherent_expectation(policy):
 
 
 def test_the_homelab_intent_holds_in_its_policy(policy):
-    """DESIGN.md's promises, read off the oracle: servers never open connections to
+    """The home lab's promises (topologies/homelab/policy.yaml), read off the oracle: servers never open connections to
     personal devices, and the GPU is reachable from the personal LAN only."""
     topo = policy.topology
     everything = policy.declared_services() | {Service("udp", 9)}

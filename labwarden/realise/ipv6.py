@@ -1,11 +1,21 @@
-"""The host's side of a dual-stack lab's bridges: IPv6 off there (see `silence`).
-
-Its own module for compose.py's size; it enters the host's network namespace from the
-prober, not a node's (nodes are entered in labwarden.agent.netns only)."""
+"""A dual-stack lab's IPv6 plumbing, beside compose.py (its size): a node's agent setup
+for its IPv6 addresses and routes (`setup`), and IPv6 off on the host's side of the lab's
+bridges (`silence`: it enters the host's network namespace from the prober, not a node's;
+nodes are entered in labwarden.agent.netns only)."""
 
 from __future__ import annotations
 
 import os
+
+
+def setup(topology, node) -> dict:
+    """The agent setup keys of a node's IPv6: `addrs` ([ifname, "addr/len"], added `nodad`)
+    and its routes (appended to `routes`, the IPv4 ones before)."""
+    prefixes = {s: topology.segments[s].subnet6.prefixlen for s in node.addresses6}
+    routes = [["default", str(node.gateway6)]] if node.gateway6 else []
+    routes += [[str(prefix), str(hop)] for prefix, hop in node.routes6.items()]
+    return {"addrs": [[node.interfaces[s], f"{a}/{prefixes[s]}"] for s, a in node.addresses6.items()],
+            "routes6": routes}
 
 
 def silence(lab) -> None:
