@@ -72,10 +72,10 @@ class Node:
     firewall: Path | None
     interfaces: dict[str, str] = field(hash=False)  # segment -> interface name
     router_kind: str | None = None  # as declared; None: detected from the firewall file
-    sysctls: dict[str, str] = field(default_factory=dict, hash=False)  # the service's own `sysctls:`
     addresses6: dict[str, IPv6Address] = field(default_factory=dict, hash=False)  # segment -> address
     gateway6: IPv6Address | None = None
     routes6: dict[IPv6Network, IPv6Address] = field(default_factory=dict, hash=False)
+    sysctls: dict[str, str] = field(default_factory=dict, hash=False)  # the service's own `sysctls:`
 
     def all_addresses(self) -> list:
         """Every address the node holds: IPv4 first, then IPv6."""
