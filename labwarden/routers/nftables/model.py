@@ -306,10 +306,14 @@ class World:
         default = router.gateway
         outside = topology.segment_of(default).name if default else next(iter(router.interfaces))
         nodes = {n: node for n, node in topology.nodes.items() if n != policy.router}
+        # a node's side: the segment it shares with the router (the source address its kernel
+        # picks towards the router), not whichever segment its compose file happens to list first
+        side = {n: next((s for s in node.segments if s in router.addresses), node.segments[0])
+                for n, node in nodes.items()}
         return cls(router_ifaces=dict(router.interfaces),
                    router_addresses=frozenset(router.addresses.values()),
-                   node_segments={n: node.segments[0] for n, node in nodes.items()},
-                   node_addresses={n: node.addresses[node.segments[0]] for n, node in nodes.items()},
+                   node_segments=side,
+                   node_addresses={n: node.addresses[side[n]] for n, node in nodes.items()},
                    subnets={s: seg.subnet for s, seg in topology.segments.items()},
                    outside=outside,
                    listening=frozenset((n, s.proto, s.port) for n, svcs in policy.services.items()
