@@ -12,8 +12,8 @@ base64(zlib(JSON)); prints one line of JSON. Request (every node key optional)::
         "setup": {"rename": {MAC: NAME}, "routes": [[PREFIX|"default", NEXTHOP]],
                   "only_these_routes": true,   # other routes of the main table go (not the default)
                   "nft": RULESET, "nft_add": TEXT,
-                  "iptables": IPTABLES_RESTORE_FILE, "flush_conntrack": true,
-                  "forget_neighbours": true},
+                  "iptables": IPTABLES_RESTORE_FILE, "ip6tables": IP6TABLES_RESTORE_FILE,
+                  "flush_conntrack": true, "forget_neighbours": true},
         "info": true, "capture": {"seconds": 2.0}, "trace": true,
         "start_at": EPOCH_S,                 # send from then on (live labs: agents on many hosts)
         "near": [IP],                        # off-link addresses 0 hops away (the gateway's others)
@@ -145,22 +145,26 @@ import zlib
 import netns  # beside this file, as timing is: entering a node's namespace, checked
 import timing  # beside this file (the zipapp's root): latency samples and traceroutes
 
-ETH_P_ALL, ETH_P_IP, ETH_P_ARP, ETH_P_8021Q = 0x0003, 0x0800, 0x0806, 0x8100
+ETH_P_ALL, ETH_P_IP, ETH_P_ARP, ETH_P_8021Q, ETH_P_IPV6 = 0x0003, 0x0800, 0x0806, 0x8100, 0x86DD
 PACKET_OUTGOING = 4
 SOL_PACKET, PACKET_STATISTICS, SO_ATTACH_FILTER = 263, 6, 26
-# classic BPF: keep incoming IPv4 frames only (pkttype != OUTGOING, protocol == 0x0800)
-INCOMING_IPV4 = [(0x20, 0, 0, 0xFFFFF004), (0x15, 3, 0, PACKET_OUTGOING), (0x20, 0, 0, 0xFFFFF000),
-                 (0x15, 0, 1, ETH_P_IP), (0x06, 0, 0, 0x40000), (0x06, 0, 0, 0)]
+# classic BPF: keep incoming IP frames only (pkttype != OUTGOING, protocol == 0x0800 or 0x86dd)
+INCOMING_IP = [(0x20, 0, 0, 0xFFFFF004), (0x15, 4, 0, PACKET_OUTGOING), (0x20, 0, 0, 0xFFFFF000),
+               (0x15, 1, 0, ETH_P_IP), (0x15, 0, 1, ETH_P_IPV6), (0x06, 0, 0, 0x40000), (0x06, 0, 0, 0)]
 SO_RCVBUFFORCE, SO_TIMESTAMPNS = 33, 35
 SOL_RAW, ICMP_FILTER = 255, 1
 IP_RECVERR, SO_EE_ORIGIN_ICMP = 11, 2
+IPV6_RECVERR, SO_EE_ORIGIN_ICMP6, ICMP6_FILTER = 25, 3, 1
+IPV6_EXTENSIONS = (0, 43, 60)  # hop-by-hop, routing, destination options: skipped to the payload
 MAX_FRAMES = 5000
 SNIFFER_TICK_S = 0.005    # an idle sniffer says every 5 ms that it has caught up
 SNIFFER_BUFFER = 64 << 20  # ~50,000 small frames: room for bursts while Python catches up
-ALWAYS_ALLOWED = ("127.0.0.0/8", "224.0.0.0/4", "255.255.255.255/32")
+ALWAYS_ALLOWED = ("127.0.0.0/8", "224.0.0.0/4", "255.255.255.255/32", "::1/128", "ff02::/16")
 ICMP_UNREACH = {0: "net-unreachable", 1: "host-unreachable", 2: "prot-unreachable",
                 3: "port-unreachable", 4: "frag-needed", 6: "net-unknown", 7: "host-unknown",
                 9: "net-prohibited", 10: "host-prohibited", 13: "admin-prohibited"}
+ICMP6_UNREACH = {0: "no-route", 1: "admin-prohibited", 2: "beyond-scope", 3: "addr-unreachable",
+                 4: "port-unreachable", 5: "policy-fail", 6: "reject-route"}
 DEFAULT_PAYLOADS = {
     53: struct.pack("!6H", 0x4c57, 0x0100, 1, 0, 0, 0) + b"\x03lab\x04test\x00\x00\x01\x00\x01",
     5353: struct.pack("!6H", 0, 0, 1, 0, 0, 0)
@@ -186,11 +190,13 @@ def decode_request(arg: str) -> dict:
 
 
 def raw_destination(item: dict) -> str:
-    """The IPv4 address a raw packet is meant for (for ARP: the address asked about)."""
+    """The IP address a raw packet is meant for (for ARP: the address asked about)."""
     if "l3" in item:
         data = bytes.fromhex(item["l3"])
+        if len(data) >= 40 and data[0] >> 4 == 6:
+            return socket.inet_ntop(socket.AF_INET6, data[24:40])
         if len(data) < 20 or data[0] >> 4 != 4:
-            raise ValueError("the l3 packet is not IPv4")
+            raise ValueError("the l3 packet is neither IPv4 nor IPv6")
         return socket.inet_ntoa(data[16:20])
     frame = bytes.fromhex(item["l2"])
     off, ethertype = 14, int.from_bytes(frame[12:14], "big")
@@ -198,9 +204,11 @@ def raw_destination(item: dict) -> str:
         off, ethertype = 18, int.from_bytes(frame[16:18], "big")
     if ethertype == ETH_P_IP and len(frame) >= off + 20:
         return socket.inet_ntoa(frame[off + 16:off + 20])
+    if ethertype == ETH_P_IPV6 and len(frame) >= off + 40:
+        return socket.inet_ntop(socket.AF_INET6, frame[off + 24:off + 40])
     if ethertype == ETH_P_ARP and len(frame) >= off + 28:
         return socket.inet_ntoa(frame[off + 24:off + 28])
-    raise ValueError(f"the l2 frame (ethertype {ethertype:#06x}) is neither IPv4 nor ARP")
+    raise ValueError(f"the l2 frame (ethertype {ethertype:#06x}) is neither IPv4, IPv6 nor ARP")
 
 
 def guard(request: dict) -> dict | None:
@@ -220,7 +228,7 @@ def guard(request: dict) -> dict | None:
                 reasons.append(f"raw packet {i} of node {name}: {e}, so its destination is unknown")
         for dst, where in targets:
             try:
-                inside = any(ipaddress.IPv4Address(dst) in net for net in ranges)
+                inside = in_nets(ipaddress.ip_address(dst), ranges)
             except ValueError:
                 inside = False  # a name: never looked up
             if not inside:
@@ -240,6 +248,7 @@ NFT_FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
 TABLE_STATEMENT = re.compile(r"^\s*(?:(add|create|delete|destroy)\s+)?table\s+(?:(%s)\s+)?([\w.$-]+)"
                              % "|".join(NFT_FAMILIES))
 TABLE_LINE = re.compile(r"^table (\S+) (\S+)$", re.M)  # `nft list tables`
+XTABLES = [("iptables", "iptables", "ip"), ("ip6tables", "ip6tables", "ip6")]  # setup key, tool, nft family
 XT_TABLE = re.compile(r"^\*(\w+)\s*$(.*?)^COMMIT\s*$", re.M | re.S)  # iptables-restore: *TABLE ... COMMIT
 XT_RULE = re.compile(r"^-[AI] ", re.M)
 
@@ -274,8 +283,36 @@ def parse_ipv4(data: bytes):
             data[(data[0] & 15) * 4:])
 
 
+def parse_ipv6(data: bytes):
+    """(src, dst, next header, hop limit, payload) of an IPv6 packet, past the extension
+    headers that come before a payload (a fragment's next header is 44: not parsed), or None."""
+    if len(data) < 40 or data[0] >> 4 != 6:
+        return None
+    nh, off = data[6], 40
+    while nh in IPV6_EXTENSIONS and len(data) >= off + 8:
+        nh, off = data[off], off + (data[off + 1] + 1) * 8
+    return (socket.inet_ntop(socket.AF_INET6, data[8:24]), socket.inet_ntop(socket.AF_INET6, data[24:40]),
+            nh, data[7], data[off:])
+
+
+def parse_ip(data: bytes):
+    return parse_ipv6(data) if data[:1] and data[0] >> 4 == 6 else parse_ipv4(data)
+
+
+def in_nets(ip, nets) -> bool:
+    """ip in any of nets, of its own family only (ipaddress would compare the integers)."""
+    return any(ip.version == net.version and ip in net for net in nets)
+
+
+def family_of(dst: str) -> int:
+    return socket.AF_INET6 if ":" in dst else socket.AF_INET
+
+
 def is_group(ip: str) -> bool:
-    return ip == "255.255.255.255" or 224 <= int(ip.split(".")[0]) <= 239
+    try:
+        return ip == "255.255.255.255" or ipaddress.ip_address(ip).is_multicast
+    except ValueError:
+        return False
 
 
 # /proc/thread-self/net shows the calling thread's namespace; /proc/self, the main thread's.
@@ -288,6 +325,9 @@ def local_addresses() -> set[str]:
                 last = text[4:]
             elif text == "/32 host LOCAL":
                 addrs.add(last)
+    if os.path.exists("/proc/thread-self/net/if_inet6"):  # absent when the kernel has no IPv6
+        with open("/proc/thread-self/net/if_inet6") as f:
+            addrs |= {socket.inet_ntop(socket.AF_INET6, bytes.fromhex(line.split()[0])) for line in f if line.strip()}
     return addrs
 
 
@@ -295,8 +335,16 @@ def connected_subnets() -> list:
     with open("/proc/thread-self/net/route") as f:
         rows = [[socket.inet_ntoa(struct.pack("<I", int(row[i], 16))) for i in (1, 2, 7)]
                 for row in (line.split() for line in f.read().splitlines()[1:])]
-    return [ipaddress.ip_network(f"{dst}/{mask}", strict=False)
+    nets = [ipaddress.ip_network(f"{dst}/{mask}", strict=False)
             for dst, gw, mask in rows if gw == "0.0.0.0" and mask != "0.0.0.0"]
+    if os.path.exists("/proc/thread-self/net/ipv6_route"):  # dst, len, src, len, next hop, ..., flags, dev
+        with open("/proc/thread-self/net/ipv6_route") as f:
+            for cols in (line.split() for line in f):
+                dst, length, hop, flags = bytes.fromhex(cols[0]), int(cols[1], 16), cols[4], int(cols[8], 16)
+                if 0 < length < 128 and set(hop) == {"0"} and not flags & 0x2 and dst[0] != 0xFF \
+                        and cols[9] != "lo":
+                    nets.append(ipaddress.IPv6Network((dst, length), strict=False))
+    return nets
 
 
 # ---------------------------------------------------------------- probes and their verdicts
@@ -304,6 +352,7 @@ def connected_subnets() -> list:
 class Probe:
     def __init__(self, spec: dict, timeout: float):
         self.id, self.proto, self.dst, self.port = spec["id"], spec["proto"], spec["dst"], spec.get("port")
+        self.addr = self.dst.split("%")[0]  # as answers name it: a link-local dst without its zone
         self.payload = (bytes.fromhex(spec["payload"]) if spec.get("payload") is not None
                         else DEFAULT_PAYLOADS.get(self.port, b"lw-probe"))
         self.timeout, self.sent, self.sock, self.result = timeout, None, None, None
@@ -335,7 +384,7 @@ class Book:
         self.lock, self.keys, self.pending, self.wake_fd = threading.Lock(), {}, len(probes), wake_fd
         self.local, self.onlink = local_addresses(), connected_subnets()
         self.broadcasts = {str(net.broadcast_address) for net in self.onlink}
-        self.near = {ipaddress.IPv4Address(a) for a in near}  # off-link, yet 0 hops away
+        self.near = {ipaddress.ip_address(a) for a in near}  # off-link, yet 0 hops away
         self.hops: dict[str, str | None] = {}
 
     def expect(self, key, probe: Probe):
@@ -351,7 +400,7 @@ class Book:
                     os.write(self.wake_fd, b"!")
 
     def answers(self, probe: Probe, src: str) -> bool:
-        return src == probe.dst or is_group(probe.dst) or probe.dst in self.broadcasts
+        return src == probe.addr or is_group(probe.addr) or probe.dst in self.broadcasts
 
     def feed(self, pkt, iface: str, when: float):
         src, dst, proto, ttl, l4 = pkt
@@ -375,6 +424,12 @@ class Book:
                 self.settle(probe, "open", src, ttl, when, f"echo reply from {src} (ttl {ttl})")
         elif proto == 1 and l4[0] in (3, 11):
             self.judge_icmp_error(src, ttl, l4[0], l4[1], parse_ipv4(l4[8:]), when)
+        elif proto == 58 and l4[0] == 129:
+            probe = self.keys.get(("icmp6",) + struct.unpack_from("!HH", l4, 4))
+            if probe and self.answers(probe, src):
+                self.settle(probe, "open", src, ttl, when, f"echo reply from {src} (hop limit {ttl})")
+        elif proto == 58 and l4[0] in (1, 3):  # destination unreachable, time exceeded
+            self.judge_icmp_error(src, ttl, l4[0], l4[1], parse_ipv6(l4[8:]), when, v6=True)
 
     def first_hop(self, dst: str) -> str | None:
         """The next hop the node routes dst through (cached `ip route get`)."""
@@ -388,9 +443,9 @@ class Book:
         return self.hops[dst]
 
     def judge_rst(self, probe, src, ttl, iface, when):
-        dst = ipaddress.IPv4Address(probe.dst)
+        dst = ipaddress.ip_address(probe.addr)
         if ttl in (64, 128, 255) and iface != "lo" and dst not in self.near \
-                and not any(dst in net for net in self.onlink):
+                and not in_nets(dst, self.onlink):
             hop = self.first_hop(probe.dst)
             self.settle(probe, "rejected", hop, ttl, when,
                         f"RST in the name of {src} with ttl {ttl} (0 hops) although {src} is not "
@@ -398,30 +453,34 @@ class Book:
         else:
             self.settle(probe, "closed", src, ttl, when, f"RST from {src} (ttl {ttl})")
 
-    def judge_icmp_error(self, src, ttl, kind, code, inner, when):
-        """An ICMP error quotes the header of what it is about: find that probe."""
+    def judge_icmp_error(self, src, ttl, kind, code, inner, when, v6=False):
+        """An ICMP (ICMPv6) error quotes the header of what it is about: find that probe."""
         if not inner or inner[0] not in self.local or len(inner[4]) < 8:
             return
         _, about, proto, _, l4 = inner
         if proto == 1 and l4[0] == 8:
             probe = self.keys.get(("icmp",) + struct.unpack_from("!HH", l4, 4))
+        elif proto == 58 and l4[0] == 128:
+            probe = self.keys.get(("icmp6",) + struct.unpack_from("!HH", l4, 4))
         elif proto in (6, 17):
             sport, dport = struct.unpack_from("!HH", l4)
             probe = self.keys.get(("tcp" if proto == 6 else "udp", sport))
             probe = probe if probe and probe.port == dport else None
         else:
             return
-        if not probe or probe.dst != about:
+        if not probe or probe.addr != about:
             return
-        if probe.proto == "udp" and kind == 3 and code == 3 and src == probe.dst:
-            self.settle(probe, "closed", src, ttl, when, f"ICMP port-unreachable from {src} (ttl {ttl})")
+        name, hops = ("ICMPv6 " + icmp6_name(kind, code), "hop limit") if v6 else ("ICMP " + icmp_name(kind, code), "ttl")
+        port_unreachable = (kind, code) == ((1, 4) if v6 else (3, 3))
+        if probe.proto == "udp" and port_unreachable and src == probe.addr:
+            self.settle(probe, "closed", src, ttl, when, f"{name} from {src} ({hops} {ttl})")
         else:
-            self.settle(probe, "rejected", src, ttl, when, f"ICMP {icmp_name(kind, code)} from {src} (ttl {ttl})")
+            self.settle(probe, "rejected", src, ttl, when, f"{name} from {src} ({hops} {ttl})")
 
     def zero_hops(self, dst: str) -> bool:
         """Whether only dst itself can answer in its name: on-link, ours, or our first hop's."""
-        ip = ipaddress.IPv4Address(dst)
-        return dst in self.local or ip in self.near or any(ip in net for net in self.onlink)
+        ip = ipaddress.ip_address(dst.split("%")[0])
+        return ip.is_link_local or dst in self.local or ip in self.near or in_nets(ip, self.onlink)
 
 
 def unprove_silences(probes: list[Probe], drops: int):
@@ -438,8 +497,14 @@ def icmp_name(kind: int, code: int) -> str:
         "time-exceeded" if kind == 11 else f"type {kind} code {code}"
 
 
+def icmp6_name(kind: int, code: int) -> str:
+    return ICMP6_UNREACH.get(code, f"unreachable (code {code})") if kind == 1 else \
+        "time-exceeded" if kind == 3 else f"type {kind} code {code}"
+
+
 def socket_icmp_error(sock) -> tuple | None:
-    """(type, code, sender) of the ICMP error a socket with IP_RECVERR queued, if any."""
+    """(type, code, sender) of the ICMP error a socket with IP_RECVERR queued, if any; ICMPv6's
+    (IPV6_RECVERR) too, its type and code then named as ICMP's would be (rejected either way)."""
     try:
         _, anc, _, _ = sock.recvmsg(1, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
     except OSError:
@@ -449,6 +514,9 @@ def socket_icmp_error(sock) -> tuple | None:
         if level == socket.IPPROTO_IP and kind == IP_RECVERR and len(data) >= 24 \
                 and data[4] == SO_EE_ORIGIN_ICMP:
             return data[5], data[6], socket.inet_ntoa(data[20:24])
+        if level == socket.IPPROTO_IPV6 and kind == IPV6_RECVERR and len(data) >= 40 \
+                and data[4] == SO_EE_ORIGIN_ICMP6:  # the offender's sockaddr_in6: address at 8
+            return data[5], data[6], socket.inet_ntop(socket.AF_INET6, data[24:40])
     return None
 
 
@@ -486,33 +554,37 @@ def connect_verdict(probe, book: Book, err: int):
         book.settle(probe, "error", detail=f"socket error: {why}")
 
 
-def bound_socket(kind: int) -> socket.socket:
+def bound_socket(kind: int, family: int = socket.AF_INET) -> socket.socket:
     """A socket whose local port is known (and expected) before anything leaves.
 
     A TCP port that bind() chose itself is given back as soon as the connection is
     refused, and the next probe may get it while the answer to the first is still on
     its way. A port named explicitly is kept until close(): so name one.
     """
-    s = socket.socket(socket.AF_INET, kind)
+    s = socket.socket(family, kind)
     s.setblocking(False)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    anywhere = "::" if family == socket.AF_INET6 else "0.0.0.0"
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     if kind == socket.SOCK_STREAM:  # an ICMP error about the SYN is kept with its sender
-        s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        s.setsockopt(*((socket.IPPROTO_IPV6, IPV6_RECVERR) if family == socket.AF_INET6
+                       else (socket.IPPROTO_IP, IP_RECVERR)), 1)
     for _ in range(64 if kind == socket.SOCK_STREAM else 0):
         try:
-            s.bind(("0.0.0.0", random.randrange(32768, 61000)))
+            s.bind((anywhere, random.randrange(32768, 61000)))
             return s
         except OSError as e:
             if e.errno != errno.EADDRINUSE:
                 raise
-    s.bind(("0.0.0.0", 0))
+    s.bind((anywhere, 0))
     return s
 
 
 class TcpProber:
     def launch(self, probe, book, sel):
-        s = probe.sock = bound_socket(socket.SOCK_STREAM)
+        s = probe.sock = bound_socket(socket.SOCK_STREAM, family_of(probe.dst))
         book.expect(("tcp", s.getsockname()[1]), probe)
         probe.sent = time.time()
         err = s.connect_ex((probe.dst, probe.port))
@@ -555,7 +627,7 @@ class TcpProber:
 
 class UdpProber:
     def launch(self, probe, book, sel):
-        s = probe.sock = bound_socket(socket.SOCK_DGRAM)
+        s = probe.sock = bound_socket(socket.SOCK_DGRAM, family_of(probe.dst))
         book.expect(("udp", s.getsockname()[1]), probe)
         probe.sent = time.time()
         try:
@@ -586,14 +658,18 @@ class UdpProber:
 
 
 class IcmpProber:
-    """Echo requests from one raw socket: the id is the node's, the sequence the probe's."""
+    """Echo requests from one raw socket: the id is the node's, the sequence the probe's.
+    ICMPv6 echo from a second one (the kernel fills in its checksum)."""
 
     def __init__(self):
         self.sock, self.ident, self.seq = None, random.randrange(1, 0xFFFF), 0
+        self.sock6 = None
 
     def launch(self, probe, book, sel):
         if book.connect_only:
             return self.launch_unprivileged(probe, book, sel)
+        if ":" in probe.dst:
+            return self.launch6(probe, book)
         if self.sock is None:
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
@@ -609,10 +685,25 @@ class IcmpProber:
         except OSError as e:
             local_failure(book, probe, e)
 
+    def launch6(self, probe, book):
+        if self.sock6 is None:
+            self.sock6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+            self.sock6.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, b"\xff" * 32)  # never read
+        self.seq += 1
+        book.expect(("icmp6", self.ident, self.seq), probe)
+        body = b"labwarden-probe".ljust(48, b".")
+        probe.sent = time.time()
+        try:
+            self.sock6.sendto(struct.pack("!BBHHH", 128, 0, 0, self.ident, self.seq) + body, (probe.dst, 0))
+        except OSError as e:
+            local_failure(book, probe, e)
+
     def launch_unprivileged(self, probe, book, sel):
         """A ping socket per probe (no root: net.ipv4.ping_group_range); the kernel picks the id."""
         try:
-            s = probe.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+            v6 = ":" in probe.dst
+            s = probe.sock = socket.socket(family_of(probe.dst), socket.SOCK_DGRAM,
+                                           socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP)
         except OSError as e:
             return book.settle(probe, "error", detail=f"ICMP without root needs net.ipv4.ping_group_range "
                                f"to include this user's group ({e})")
@@ -620,7 +711,7 @@ class IcmpProber:
         body = b"labwarden-probe".ljust(48, b".")
         probe.sent = time.time()
         try:
-            s.sendto(struct.pack("!BBHHH", 8, 0, 0, 0, 1) + body, (probe.dst, 0))
+            s.sendto(struct.pack("!BBHHH", 128 if v6 else 8, 0, 0, 0, 1) + body, (probe.dst, 0))
         except OSError as e:
             return local_failure(book, probe, e)
         sel.register(s, selectors.EVENT_READ, probe)
@@ -628,7 +719,7 @@ class IcmpProber:
     def on_event(self, probe, sel):
         try:
             data = probe.sock.recv(2048)
-            probe.socket_saw = ("reply", time.time()) if data[:1] == b"\0" else None
+            probe.socket_saw = ("reply", time.time()) if data[:1] in (b"\0", b"\x81") else None
         except OSError as e:
             probe.socket_saw = e.errno
         sel.unregister(probe.sock)
@@ -641,8 +732,9 @@ class IcmpProber:
             connect_verdict(probe, book, probe.socket_saw)
 
     def close(self):
-        if self.sock:
-            self.sock.close()
+        for sock in (self.sock, self.sock6):
+            if sock:
+                sock.close()
 
 
 # ---------------------------------------------------------------- sniffer
@@ -661,10 +753,10 @@ class Sniffer:
         except OSError:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SNIFFER_BUFFER)
         if not capture:  # the kernel drops what classification never needs
-            code = b"".join(struct.pack("HBBI", *op) for op in INCOMING_IPV4)
+            code = b"".join(struct.pack("HBBI", *op) for op in INCOMING_IP)
             prog = ctypes.create_string_buffer(code)
             self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
-                                 struct.pack("HL", len(INCOMING_IPV4), ctypes.addressof(prog)))
+                                 struct.pack("HL", len(INCOMING_IP), ctypes.addressof(prog)))
         self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.sock.setblocking(False)
         self.wake_r, self.wake_w = os.pipe()  # stop() wakes the loop at once
@@ -704,8 +796,8 @@ class Sniffer:
                     self.frames.append((iface, pkttype, frame))
                 else:
                     self.over_cap += 1
-            if self.book and pkttype != PACKET_OUTGOING and proto == ETH_P_IP:
-                pkt = parse_ipv4(frame[14:] if hatype in (1, 772) else frame)  # Ethernet, loopback
+            if self.book and pkttype != PACKET_OUTGOING and proto in (ETH_P_IP, ETH_P_IPV6):
+                pkt = parse_ip(frame[14:] if hatype in (1, 772) else frame)  # Ethernet, loopback
                 if pkt:
                     self.book.feed(pkt, iface, when)
             self.seen = when
@@ -790,9 +882,10 @@ def fetch_one(spec: dict, timeout: float) -> dict:
     out = {"id": spec["id"], "sport": None, "connected": False, "error": None, "eof": False,
            "reply": "", "connect_ms": None, "ms": None}
     started = time.time()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    v6 = ":" in str(spec["dst"])
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
     try:
-        sock.bind(("0.0.0.0", 0))
+        sock.bind(("::" if v6 else "0.0.0.0", 0))
         out["sport"] = sock.getsockname()[1]
         sock.settimeout(timeout)
         sock.connect((spec["dst"], int(spec["port"])))
@@ -987,14 +1080,22 @@ class NodeRun:
                          for r in json.loads(self.sh("ip", "-j", "route", "show", "table", "main") or "[]")
                          if r.get("protocol") != "kernel" and net(r["dst"]) not in wanted]
         # after renames: a link down drops routes
-        commands += [["route", "replace", prefix, "via", nexthop] for prefix, nexthop in setup.get("routes", [])]
+        routes = {6: [], 4: []}
+        for prefix, nexthop in setup.get("routes", []):
+            routes[6 if ":" in nexthop else 4].append(["route", "replace", prefix, "via", nexthop])
+        # IPv6 (labwarden's own addresses, not Docker's) after the IPv4 routes, its routes after
+        # its addresses (a next hop must be on a link); no `-6`: `ip -batch` refuses options on
+        # its lines, and `ip` takes the family from the addresses
+        commands += routes[4] + [["addr", "replace", cidr, "dev", ifname, "nodad"]
+                                 for ifname, cidr in setup.get("addrs", [])] + routes[6]
         self.ip_batch(commands)
         if setup.get("nft") is not None:
             self.load_ruleset(setup["nft"])
         if setup.get("nft_add"):
             self.sh("nft", "-f", "-", stdin=setup["nft_add"])
-        if setup.get("iptables") is not None:
-            self.load_xtables(setup["iptables"])
+        if setup.get("iptables") is not None or setup.get("ip6tables") is not None:
+            self.load_xtables([(setup[key], tool, family) for key, tool, family in XTABLES
+                               if setup.get(key) is not None])
         if setup.get("flush_conntrack"):
             self.flush_conntrack()
         if setup.get("forget_neighbours"):  # as a new lab's: one that ran before has learnt them
@@ -1016,25 +1117,35 @@ class NodeRun:
                              f"{show(have - want)}; missing: {show(want - have)}); a table made by "
                              "an include, or by something running in the node, is not allowed")
 
-    def load_xtables(self, text: str, tool: str = "iptables", family: str = "ip"):
-        """Replace the whole firewall with an iptables-restore file (iptables-nft), and read it back.
+    def load_xtables(self, files: list[tuple[str, str, str]]):
+        """Replace the whole firewall with iptables-restore files (iptables-nft), and read it back.
 
-        The file is parsed first (`--test`), so a broken one leaves the old rules in place.
-        Between the flush and the restore the node has no rules for a moment: a loader that
-        cares empties conntrack afterwards (flush_conntrack runs after this)."""
-        self.sh(f"{tool}-restore", "--test", stdin=text)
+        files: [(text, tool, nft family)]: ("...", "iptables", "ip"), ("...", "ip6tables", "ip6").
+        Each file is parsed first (`--test`), so a broken one leaves the old rules in place.
+        Then the whole nft ruleset is flushed once and every file restored: a family without
+        a file has no rules (accepts everything). Between the flush and the restores the node
+        has no rules for a moment: a loader that cares empties conntrack afterwards
+        (flush_conntrack runs after this)."""
+        for text, tool, _ in files:
+            self.sh(f"{tool}-restore", "--test", stdin=text)
         self.sh("nft", "flush", "ruleset")
-        self.sh(f"{tool}-restore", stdin=text)
-        want, rules = set(), {}
-        for table, body in XT_TABLE.findall(text):
-            want.add((family, table))
-            rules[table] = rules.get(table, 0) + len(XT_RULE.findall(body))
+        for text, tool, _ in files:
+            self.sh(f"{tool}-restore", stdin=text)
+        want, saved_all, rules_all = set(), {}, {}
+        for text, tool, family in files:
+            rules = {}
+            for table, body in XT_TABLE.findall(text):
+                want.add((family, table))
+                rules[table] = rules.get(table, 0) + len(XT_RULE.findall(body))
+            rules_all[tool] = rules
+            saved_all[tool] = {table: len(XT_RULE.findall(body))
+                               for table, body in XT_TABLE.findall(self.sh(f"{tool}-save"))}
         have = set(TABLE_LINE.findall(self.sh("nft", "list", "tables")))
-        saved = {table: len(XT_RULE.findall(body)) for table, body in XT_TABLE.findall(self.sh(f"{tool}-save"))}
-        if have != want or saved != rules:
+        if have != want or saved_all != rules_all:
             show = lambda tables: ", ".join(f"{f} {n}" for f, n in sorted(tables)) or "none"
-            raise AgentError(f"node {self.name}: after {tool}-restore the node holds the tables {show(have)} "
-                             f"with rules {saved}, but the file declares {show(want)} with rules {rules}")
+            tools = "/".join(f"{tool}-restore" for _, tool, _ in files)
+            raise AgentError(f"node {self.name}: after {tools} the node holds the tables {show(have)} "
+                             f"with rules {saved_all}, but the files declare {show(want)} with rules {rules_all}")
 
     def flush_conntrack(self):
         """Forget every tracked connection, so a new ruleset inherits none an earlier one let in.
@@ -1044,7 +1155,7 @@ class NodeRun:
         IPCTNL_MSG_CT_DELETE without attributes is `conntrack -F`, which nodes need not have.
         """
         netlink_netfilter, ctnetlink, ct_delete, request, ack = 12, 1, 2, 1, 4
-        body = struct.pack("BBH", socket.AF_INET, 0, 0)
+        body = struct.pack("BBH", socket.AF_UNSPEC, 0, 0)  # every family: IPv4 and IPv6 connections
         message = struct.pack("=IHHII", 16 + len(body), ctnetlink << 8 | ct_delete, request | ack, 1, 0) + body
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink_netfilter) as nl:
             nl.settimeout(5)
@@ -1057,11 +1168,15 @@ class NodeRun:
 
     def info(self) -> dict:
         links, routes = json.loads(self.sh("ip", "-j", "addr")), json.loads(self.sh("ip", "-j", "route"))
+        routes6 = json.loads(self.sh("ip", "-j", "-6", "route") or "[]")
         return {"interfaces": [{"name": link["ifname"], "mac": link.get("address"),
                                 "up": "UP" in link.get("flags", []),
                                 "addrs": [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
-                                          if a.get("family") == "inet"]} for link in links],
+                                          if a.get("family") == "inet"],
+                                "addrs6": [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
+                                           if a.get("family") == "inet6"]} for link in links],
                 "routes": [{"dst": r["dst"], "via": r.get("gateway"), "dev": r.get("dev")} for r in routes],
+                "routes6": [{"dst": r["dst"], "via": r.get("gateway"), "dev": r.get("dev")} for r in routes6],
                 **{proto: sockets(proto) for proto in ("tcp", "udp", "tcp6", "udp6")}}
 
     def send(self, items: list[dict]):
@@ -1070,11 +1185,13 @@ class NodeRun:
         try:
             for i, item in enumerate(items):
                 try:
-                    if "l3" in item:
-                        if "l3" not in sockets:
-                            sockets["l3"] = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-                            sockets["l3"].setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-                        sockets["l3"].sendto(bytes.fromhex(item["l3"]), (raw_destination(item), 0))
+                    if "l3" in item:  # IPPROTO_RAW: the packet is sent with its own IP header
+                        dst = raw_destination(item)
+                        key = "l3:" + str(family_of(dst))
+                        if key not in sockets:
+                            sockets[key] = socket.socket(family_of(dst), socket.SOCK_RAW, socket.IPPROTO_RAW)
+                            sockets[key].setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                        sockets[key].sendto(bytes.fromhex(item["l3"]), (dst, 0))
                     else:
                         key = "l2:" + item["iface"]
                         if key not in sockets:

@@ -17,6 +17,7 @@ policy and marked as copied.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from labwarden.checks.landing import locate
@@ -72,9 +73,10 @@ def learned(policy: Policy, observed: dict[Flow, Observation],
     blocked = "reject" if any(o.verdict == "rejected" for o in crossing.values()) else "drop"
     moved = {f for f, lands in landed.items() if any(n != f.dst_node or p != f.port for n, p in lands)}
     services: dict[str, set[Service]] = {}
+    tunnelled = {(t.edge, t.public) for t in policy.tunnels}  # copied tunnels (IPv4 only): not services
     for flow, seen in observed.items():
         if seen.verdict == "open" and flow.dst_node is not None and seen.by in (None, flow.dst) \
-                and flow.proto != "icmp" and flow not in moved:
+                and flow.proto != "icmp" and flow not in moved and (flow.dst_node, flow.service) not in tunnelled:
             services.setdefault(flow.dst_node, set()).add(flow.service)
     forwards: dict[Service, LearnedForward] = {}
     for flow, lands in landed.items():
@@ -177,6 +179,13 @@ def learned_text(policy: Policy, learn: Learned, origin: str) -> str:
     out.append(f"antispoof: {str(policy.antispoof).lower()}   # copied: learn does not forge packets")
     if policy.syn_limit is not None:
         out.append(f"syn_limit: {{rate: {policy.syn_limit.rate:g}, burst: {policy.syn_limit.burst}}}   # copied")
+    if policy.tunnels:  # an edge's tunnel port answers as a service would, on IPv4 only
+        out.append("tunnels:   # copied: learn cannot tell a tunnel's public port from a service")
+        for t in policy.tunnels:
+            page = f", page: {os.path.relpath(t.page, policy.topology.path)}" if t.page else ""
+            host = f", host: {t.host}" if t.host else ""
+            out.append(f"  - {{name: {t.name}, client: {t.client}, local: {t.local}, edge: {t.edge}, "
+                       f"public: {t.public}{page}{host}}}")
     out += ["", "# What learn found:"] + [f"#   {line}" for line in summary(policy, learn)]
     return "\n".join(out) + "\n"
 

@@ -64,7 +64,7 @@ def matrix_flows(policy: Policy) -> list[Flow]:
         for dst_name, dst in topology.nodes.items():
             if dst_name == src:
                 continue
-            for address in dst.addresses.values():
+            for address in dst.all_addresses():  # IPv4, then IPv6: same ports
                 flows += [policy.flow(src, address, service) for service in services]
     return flows
 
@@ -81,13 +81,16 @@ def crosses(policy: Policy, flow: Flow) -> bool:
 
 def controls(policy: Policy, flows: list[Flow]) -> dict[str, list[Flow]]:
     """Per source node, a few flows that must be open, spread over destinations; the first
-    crosses the router whenever the policy lets the node cross it at all."""
+    crosses the router whenever the policy lets the node cross it at all. As many per
+    address family the node probes: an IPv6 silence needs an IPv6 control."""
     chosen: dict[str, list[Flow]] = {}
+    per_family: dict[tuple, int] = {}
     open_flows = [f for f in flows if policy.expect(f).verdicts == {"open"}]
     for flow in sorted(open_flows, key=lambda f: not crosses(policy, f)):  # stable: crossing first
-        picked = chosen.setdefault(flow.src, [])
-        if len(picked) < CONTROLS_PER_NODE and all(f.dst != flow.dst for f in picked):
+        picked, key = chosen.setdefault(flow.src, []), (flow.src, flow.dst.version)
+        if per_family.get(key, 0) < CONTROLS_PER_NODE and all(f.dst != flow.dst for f in picked):
             picked.append(flow)
+            per_family[key] = per_family.get(key, 0) + 1
     return chosen
 
 

@@ -135,7 +135,7 @@ def changes(before: MatrixRun, after: MatrixRun) -> list[Change]:
 async def load_config(lab: Lab, config: Config) -> None:
     router = lab.policy.router
     try:
-        await lab.run({router: NodeJob(setup=routers.detect(config.text).load(config.text))})
+        await lab.run({router: NodeJob(setup=routers.detect(config.text).load(config.text, config.path))})
     except ProbeError as err:
         raise LabwardenError(f"loading {config.shown} into {router} failed: "
                              f"{stdin_as(str(err), config.shown)}") from None

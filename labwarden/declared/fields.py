@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
 import yaml
@@ -250,6 +250,24 @@ def network(f, where: str, raw, strict: bool = True) -> IPv4Network:
         return IPv4Network(str(raw), strict=strict)
     except ValueError as e:
         raise ConfigError(f, where, f"{raw!r} is not an IPv4 subnet such as 198.18.10.0/24 ({e})") from None
+
+
+def address6(f, where: str, raw) -> IPv6Address:
+    try:
+        held = IPv6Address(str(raw))
+    except ValueError:
+        raise ConfigError(f, where, f"{raw!r} is not an IPv6 address such as 2001:db8:0:10::10") from None
+    if held.scope_id or held.is_link_local or held.is_multicast or held.is_unspecified or held.is_loopback:
+        raise ConfigError(f, where, f"{held} is not a unicast address a lab node can hold "
+                          "(link-local, multicast, :: and ::1 are not)")
+    return held
+
+
+def network6(f, where: str, raw, strict: bool = True) -> IPv6Network:
+    try:
+        return IPv6Network(str(raw), strict=strict)
+    except ValueError as e:
+        raise ConfigError(f, where, f"{raw!r} is not an IPv6 prefix such as 2001:db8:0:10::/64 ({e})") from None
 
 
 def valid_ifname(name) -> bool:

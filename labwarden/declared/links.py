@@ -150,9 +150,9 @@ def parse_links(f, doc: dict, segments: dict, nodes: dict) -> list[Link]:
         if x is None:
             continue
         where = f"networks.{name}.x-labwarden"
-        if not isinstance(x, dict) or set(x) - {"impair"}:
-            raise ConfigError(f, where, "must be a mapping with the key: impair")
-        if str(name) in segments:
+        if not isinstance(x, dict) or set(x) - {"impair", "ipv6"}:
+            raise ConfigError(f, where, "must be a mapping with the keys: impair, ipv6")
+        if str(name) in segments and x.get("impair") is not None:
             links.append(Link(str(name), str(name), None, parse_profile(f, f"{where}.impair", x["impair"])))
     for name, spec in (doc.get("services") or {}).items():
         x = spec.get("x-labwarden") if isinstance(spec, dict) else None

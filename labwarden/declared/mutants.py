@@ -2,8 +2,8 @@
 a run's JUnit XML against them. No Docker here: tests/integration/test_mutants.py runs
 the suites; tests/unit/test_mutant_headers.py tests this.
 
-A mutant is a router config (topologies/<lab>/mutants/<name>.nft, or .rules for an
-iptables router) or a lab folder
+A mutant is a router config (topologies/<lab>/mutants/<name>.nft, or <name>.v4 for an
+iptables router, its IPv6 in <name>.v6 beside it) or a lab folder
 (topologies/<lab>/mutants/<name>/, the header in its compose.yaml). Its header names
 each test that must fail, by its node id (as `pytest --collect-only -q` prints it), and
 under it the text that test's own failure message must contain:

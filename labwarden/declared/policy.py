@@ -13,12 +13,17 @@ traffic for the router's public address (or, with `daddr: any`, for any address
 the outside zone sends through the router) on to an inside node. A router that
 rejects refuses a flow to one of its own addresses in that address's name, which
 no observer can tell from a closed port: such flows are expected "closed".
+
+Both address families: a node's IPv6 addresses are judged by the same zones and rules
+(an allow may name `family: ipv4|ipv6` to hold for one only). There is no NAT66: on
+IPv6 a forward is a *pinhole*, the outside zone reaching the target's own IPv6 address
+on the target port; the router's public address and `daddr: any` are IPv4's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from labwarden.errors import LabwardenError
@@ -30,6 +35,7 @@ BLOCKED = {"drop": frozenset({"filtered"}), "reject": frozenset({"rejected"}),
            "any": frozenset({"filtered", "rejected"})}
 ROUTER_ZONE = "router"
 PORT_FORMS = "tcp/N or udp/N (N in 1..65535), or icmp"
+FAMILIES = {"ipv4": 4, "ipv6": 6}
 
 
 @dataclass(frozen=True, order=True)
@@ -61,10 +67,12 @@ class Rule:
     targets: frozenset[str]
     ports: frozenset[Service]
     any: bool = False
+    family: int | None = None  # 4 or 6: the rule holds for that IP version only; None: both
 
-    def covers(self, src_zone: str, dst_zone: str, service: Service) -> bool:
+    def covers(self, src_zone: str, dst_zone: str, service: Service, version: int | None = None) -> bool:
         return (src_zone in self.sources and dst_zone in self.targets
-                and (self.any or service in self.ports))
+                and (self.any or service in self.ports)
+                and (self.family is None or version is None or self.family == version))
 
 
 @dataclass(frozen=True)
@@ -115,9 +123,9 @@ class SynLimit:
 
 @dataclass(frozen=True)
 class Flow:
-    """A new connection (or echo request) from a node to an address."""
+    """A new connection (or echo request) from a node to an address (IPv4 or IPv6)."""
     src: str
-    dst: IPv4Address
+    dst: IPv4Address | IPv6Address
     proto: str
     port: int | None
     dst_node: str | None = None
@@ -127,14 +135,16 @@ class Flow:
         return Service(self.proto, self.port)
 
     def label(self, policy: Policy) -> str:
-        """The flow's id everywhere: 'servers/web -> personal/laptop tcp/22'."""
+        """The flow's id everywhere: 'servers/web -> personal/laptop tcp/22', and for an IPv6
+        address 'servers/web -> personal/laptop tcp/22 (2001:db8:0:1::10)'."""
         if self.dst_node == policy.router:
             dst = f"{policy.router}@{policy.topology.segment_of(self.dst).name}"
         elif self.dst_node is not None:
             dst = policy.label(self.dst_node)
         else:
-            dst = str(self.dst)
-        return f"{policy.label(self.src)} -> {dst} {self.service}"
+            return f"{policy.label(self.src)} -> {self.dst} {self.service}"
+        family = f" ({self.dst})" if self.dst.version == 6 else ""
+        return f"{policy.label(self.src)} -> {dst} {self.service}{family}"
 
 
 @dataclass(frozen=True)
@@ -202,10 +212,12 @@ class Policy:
         named |= {t.public for t in self.tunnels} | {t.local for t in self.tunnels}
         return named | {f.public for f in self.forwards} | {f.target for f in self.forwards}
 
-    def listening(self, node: str) -> frozenset[Service]:
+    def listening(self, node: str, version: int | None = None) -> frozenset[Service]:
         """What answers on the node's addresses: its services, and the public side of
-        the tunnels it is the edge of."""
-        return frozenset(self.services.get(node, ())) | {t.public for t in self.tunnels if t.edge == node}
+        the tunnels it is the edge of. A tunnel publishes on the edge's IPv4 addresses only
+        (`ssh -R 0.0.0.0:PORT`, PageKite's --host=0.0.0.0): none of it on IPv6 (version 6)."""
+        tunnels = {t.public for t in self.tunnels if t.edge == node} if version != 6 else set()
+        return frozenset(self.services.get(node, ())) | tunnels
 
     # -- the oracle -------------------------------------------------------
 
@@ -215,10 +227,13 @@ class Policy:
         holder = topology.node_at(flow.dst)
         dst_node = holder.name if holder else None
         if dst_node == flow.src:
-            return self._reached(dst_node, service, "same node")
+            return self._reached(dst_node, service, "same node", flow.dst.version)
         forward = self._forward(flow)  # `daddr: any` takes any address sent through the router
         if forward is not None:
             return self._reached(forward.to, forward.target, f"forward '{forward.name}'")
+        pinhole = self._pinhole(flow)
+        if pinhole is not None:
+            return self._reached(pinhole.to, pinhole.target, f"pinhole '{pinhole.name}'", 6)
         if segment is None:
             return Expectation(frozenset({"filtered"}), None, "not a lab address")
         if dst_node == self.router:
@@ -226,13 +241,13 @@ class Policy:
         if topology.on_link(topology.nodes[flow.src], flow.dst):
             if holder is None:
                 return Expectation(frozenset({"filtered"}), None, "no such host")
-            return self._reached(dst_node, service, "same segment")
-        rule = self._rule(self.zone_of(flow.src), self.zone_of_segment(segment.name), service)
+            return self._reached(dst_node, service, "same segment", flow.dst.version)
+        rule = self._rule(self.zone_of(flow.src), self.zone_of_segment(segment.name), service, flow.dst.version)
         if rule is None:
             return self._blocked()
         if holder is None:
             return Expectation(frozenset({"filtered"}), None, "no such host")
-        return self._reached(dst_node, service, f"allow '{rule.name}'")
+        return self._reached(dst_node, service, f"allow '{rule.name}'", flow.dst.version)
 
     def return_allowed(self, flow: Flow) -> bool:
         """Replies pass for every flow that reached its node (the router is stateful)."""
@@ -260,8 +275,8 @@ class Policy:
 
     def _forward(self, flow: Flow) -> Forward | None:
         """The forward that sends this flow on to an inside node, if any."""
-        if flow.src == self.router or not self.forwards:
-            return None
+        if flow.src == self.router or not self.forwards or flow.dst.version == 6:
+            return None  # IPv6 has no NAT: its forwards are pinholes (_pinhole)
         from_outside = self.zone_of(flow.src) == self.outside
         if flow.dst == self.public and (from_outside or self.hairpin):
             return next((f for f in self.forwards if f.public == flow.service), None)
@@ -273,8 +288,16 @@ class Policy:
             return None  # already addressed to the target: nothing to rewrite, so a direct flow
         return forward
 
+    def _pinhole(self, flow: Flow) -> Forward | None:
+        """On IPv6 a forward lets the outside zone reach the target's own address on the
+        target port through the router (no address is rewritten)."""
+        if flow.dst.version != 6 or flow.src == self.router or flow.dst_node is None \
+                or self.zone_of(flow.src) != self.outside or self.topology.on_link(flow.src, flow.dst):
+            return None
+        return next((f for f in self.forwards if f.to == flow.dst_node and f.target == flow.service), None)
+
     def _to_router(self, flow: Flow, service: Service) -> Expectation:
-        rule = self._rule(self.zone_of(flow.src), ROUTER_ZONE, service)
+        rule = self._rule(self.zone_of(flow.src), ROUTER_ZONE, service, flow.dst.version)
         if rule is None:
             expected = self._blocked()
             if self.blocked != "drop" and service.proto != "icmp":
@@ -286,15 +309,15 @@ class Policy:
                 expected = Expectation(verdicts, None, "default deny (refused by the router itself: "
                                        "looks closed)")
         else:
-            expected = self._reached(self.router, service, f"allow '{rule.name}'")
+            expected = self._reached(self.router, service, f"allow '{rule.name}'", flow.dst.version)
         return expected
 
-    def _rule(self, src_zone: str, dst_zone: str, service: Service) -> Rule | None:
-        return next((r for r in self.allow if r.covers(src_zone, dst_zone, service)), None)
+    def _rule(self, src_zone: str, dst_zone: str, service: Service, version: int | None = None) -> Rule | None:
+        return next((r for r in self.allow if r.covers(src_zone, dst_zone, service, version)), None)
 
-    def _reached(self, node: str, service: Service, reason: str) -> Expectation:
+    def _reached(self, node: str, service: Service, reason: str, version: int | None = None) -> Expectation:
         # hosts answer ping; a port answers only if something listens on it
-        listening = service.proto == "icmp" or service in self.listening(node)
+        listening = service.proto == "icmp" or service in self.listening(node, version)
         return Expectation(frozenset({"open" if listening else "closed"}), node, reason)
 
     def _blocked(self) -> Expectation:

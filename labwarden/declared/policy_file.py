@@ -12,13 +12,13 @@ from pathlib import Path
 from labwarden.errors import ConfigError
 from labwarden.declared.budgets import load_budgets
 from labwarden.declared.fields import address, among, as_list, check_keys, lab_file, read_yaml, shown
-from labwarden.declared.policy import (BLOCKED, PORT_FORMS, ROUTER_ZONE, Forward, Policy, Rule, Service,
+from labwarden.declared.policy import (BLOCKED, FAMILIES, PORT_FORMS, ROUTER_ZONE, Forward, Policy, Rule, Service,
                                        SynLimit, Tunnel)
 from labwarden.declared.topology import Topology
 
 KEYS = ("router", "zones", "blocked", "services", "allow", "forwards",
         "public", "masquerade", "hairpin", "antispoof", "syn_limit", "tunnels", "budgets")
-RULE_KEYS = ("name", "from", "to", "ports")
+RULE_KEYS = ("name", "from", "to", "ports", "family")
 FORWARD_KEYS = ("name", "public", "to", "port", "daddr")
 FORWARD_DADDRS = ("public", "any")
 SYN_LIMIT_KEYS = ("rate", "burst")
@@ -128,11 +128,16 @@ def _rule(f, where, raw, known: list[str]) -> Rule:
                 raise ConfigError(f, f"{where}.{key}", f"unknown zone {zone!r}; known zones: {', '.join(known)}")
         ends[key] = frozenset(zones)
     name = str(raw.get("name", where))
+    family = raw.get("family")
+    if family is not None and not among(family, FAMILIES):
+        raise ConfigError(f, f"{where}.family", f"{family!r} is not an address family; use one of: "
+                          f"{', '.join(FAMILIES)} (or leave it out: both)")
+    version = FAMILIES[family] if family is not None else None
     if raw["ports"] == "any":
-        return Rule(name, ends["from"], ends["to"], frozenset(), any=True)
+        return Rule(name, ends["from"], ends["to"], frozenset(), any=True, family=version)
     ports = as_list(f, f"{where}.ports", raw["ports"])
     services = frozenset(_port(f, f"{where}.ports[{i}]", p, allow_any=True) for i, p in enumerate(ports))
-    return Rule(name, ends["from"], ends["to"], services)
+    return Rule(name, ends["from"], ends["to"], services, family=version)
 
 
 def _public(f, doc, topology: Topology, router: str) -> IPv4Address | None:

@@ -15,6 +15,14 @@ content, see labwarden.routers) and ``interfaces``
 (segment -> interface name inside the node, default: the segment's name);
 ``impair`` (segment -> link profile), as is ``x-labwarden: {impair: PROFILE}`` on a
 network: both become the topology's ``links`` (labwarden.declared.links).
+
+IPv6 is labwarden's, not Docker's (Docker's IPv6 IPAM puts the prefix's ``::1`` on the
+host's bridge, and the host forwards IPv6): ``x-labwarden: {ipv6: PREFIX}`` on a network
+gives the segment its prefix; on a service, ``ipv6`` (segment -> address) gives the node
+its address there, ``gateway6`` its IPv6 default route, and ``routes`` may name IPv6
+prefixes with IPv6 next hops. The prober adds them (realise/compose.py); the compose file
+enables IPv6 in each node with ``sysctls:``. ``addresses``, ``gateway`` and ``routes`` of a
+Node stay IPv4; ``addresses6``, ``gateway6`` and ``routes6`` are the IPv6 side.
 """
 
 from __future__ import annotations
@@ -22,17 +30,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
 from typing import Callable
 
 from labwarden.errors import ConfigError, LabwardenError
 from labwarden.declared.compose_safety import INTERPOLATED, check_compose
-from labwarden.declared.fields import (COMPOSE_NAMES, IFNAME_RULE, address, among, check_keys, lab_file, network,
-                                       read_text, read_yaml, valid_ifname)
+from labwarden.declared.fields import (COMPOSE_NAMES, IFNAME_RULE, address, address6, among, check_keys, lab_file,
+                                       network, network6, read_text, read_yaml, valid_ifname)
 from labwarden.declared.links import Link, parse_links
 
-X_KEYS = ("firewall", "gateway", "impair", "interfaces", "routes", "router_kind")  # impair: see declared/links.py
+X_KEYS = ("firewall", "gateway", "gateway6", "impair", "interfaces", "ipv6", "routes", "router_kind")  # impair: see declared/links.py
 # the router kinds a topology may name: labwarden.routers.KINDS says where each lives
 ROUTER_KINDS = ("nftables", "iptables")
 # reads a compose file as Compose does: (name shown in errors, path) -> the resolved document
@@ -41,10 +49,10 @@ Resolver = Callable[[str, Path], dict]
 PACKAGE_TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
 
 
-def as_address(value) -> IPv4Address:
-    """value as an IPv4Address; one already is one is not parsed again (IPv4Address(an
-    IPv4Address) formats it and parses the text)."""
-    return value if isinstance(value, IPv4Address) else IPv4Address(value)
+def as_address(value) -> IPv4Address | IPv6Address:
+    """value as an IPv4Address or IPv6Address; one already is one is not parsed again
+    (IPv4Address(an IPv4Address) formats it and parses the text)."""
+    return value if isinstance(value, (IPv4Address, IPv6Address)) else ip_address(value)
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ class Segment:
     name: str
     subnet: IPv4Network
     gateway: IPv4Address | None  # the ipam gateway: the bridge's address, held by no node
+    subnet6: IPv6Network | None = None  # x-labwarden.ipv6: labwarden's prefix, not Docker's
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,14 @@ class Node:
     firewall: Path | None
     interfaces: dict[str, str] = field(hash=False)  # segment -> interface name
     router_kind: str | None = None  # as declared; None: detected from the firewall file
+    addresses6: dict[str, IPv6Address] = field(default_factory=dict, hash=False)  # segment -> address
+    gateway6: IPv6Address | None = None
+    routes6: dict[IPv6Network, IPv6Address] = field(default_factory=dict, hash=False)
     sysctls: dict[str, str] = field(default_factory=dict, hash=False)  # the service's own `sysctls:`
+
+    def all_addresses(self) -> list:
+        """Every address the node holds: IPv4 first, then IPv6."""
+        return [*self.addresses.values(), *self.addresses6.values()]
 
     @property
     def segments(self) -> list[str]:
@@ -94,13 +110,13 @@ class Topology:
     links: list[Link] = field(default_factory=list, hash=False)  # the impaired ones
 
     @functools.cached_property
-    def _holders(self) -> dict[IPv4Address, Node]:
+    def _holders(self) -> dict[IPv4Address | IPv6Address, Node]:
         """Address -> node, built once: the oracle asks for every cell of the matrix
         (N^2 x ports of them: a scan of every node each time was most of a 40-node
         matrix's engine time). A topology is not changed once loaded."""
-        held: dict[IPv4Address, Node] = {}
+        held: dict[IPv4Address | IPv6Address, Node] = {}
         for node in self.nodes.values():
-            for held_address in node.addresses.values():
+            for held_address in node.all_addresses():
                 held.setdefault(held_address, node)
         return held
 
@@ -112,7 +128,7 @@ class Topology:
         """The segment whose subnet contains this address, if any."""
         address = as_address(address)
         for segment in self.segments.values():
-            if address in segment.subnet:
+            if address in (segment.subnet if address.version == 4 else segment.subnet6 or ()):
                 return segment
         return None
 
@@ -125,10 +141,15 @@ class Topology:
     def lab_ranges(self) -> list[IPv4Network]:
         return [segment.subnet for segment in self.segments.values()]
 
+    def lab_ranges6(self) -> list[IPv6Network]:
+        return [segment.subnet6 for segment in self.segments.values() if segment.subnet6 is not None]
+
     def on_link(self, a: Node | str, b_address) -> bool:
         """Whether a reaches b_address directly, without a router in between."""
         node = self.nodes[a] if isinstance(a, str) else a
         b_address = as_address(b_address)
+        if b_address.version == 6:
+            return any(b_address in (self.segments[s].subnet6 or ()) for s in node.addresses6)
         return any(b_address in self.segments[s].subnet for s in node.segments)
 
 
@@ -163,15 +184,16 @@ def load_topology(path_or_name, search=(Path("topologies"),), allow_unsafe_compo
     if not services or not isinstance(services, dict):
         raise ConfigError(f, "services", "no services: a lab needs at least one node")
     nodes: dict[str, Node] = {}
-    holders: dict[IPv4Address, str] = {}
+    holders: dict = {}
     for name, spec in services.items():
         node = _node(f, folder, str(name), spec, segments)
         if node is None:
             continue
-        for seg, held in node.addresses.items():
+        held_at = [(held, f"networks.{seg}.ipv4_address") for seg, held in node.addresses.items()]
+        held_at += [(held, f"x-labwarden.ipv6.{seg}") for seg, held in node.addresses6.items()]
+        for held, at in held_at:
             if held in holders:
-                raise ConfigError(f, f"services.{name}.networks.{seg}.ipv4_address",
-                                  f"{held} is already the address of {holders[held]}")
+                raise ConfigError(f, f"services.{name}.{at}", f"{held} is already the address of {holders[held]}")
             holders[held] = node.name
         nodes[node.name] = node
     return Topology(name=folder.resolve().name, path=folder.resolve(), compose_file=compose.resolve(),
@@ -254,8 +276,24 @@ def _segments(f, networks) -> dict[str, Segment]:
             if subnet.overlaps(other.subnet):
                 raise ConfigError(f, f"{where}.subnet",
                                   f"{subnet} of segment {name} overlaps segment {other.name} ({other.subnet})")
-        segments[str(name)] = Segment(str(name), subnet, gateway)
+        segments[str(name)] = Segment(str(name), subnet, gateway, _prefix6(f, name, spec, segments))
     return segments
+
+
+def _prefix6(f, name, spec, segments) -> IPv6Network | None:
+    """The segment's IPv6 prefix (x-labwarden.ipv6), or None: the segment is IPv4 only."""
+    x = spec.get("x-labwarden") if isinstance(spec, dict) else None
+    if not isinstance(x, dict) or x.get("ipv6") is None:
+        return None  # a malformed x-labwarden is named by labwarden.declared.links
+    where = f"networks.{name}.x-labwarden.ipv6"
+    prefix = network6(f, where, x["ipv6"])
+    if prefix.is_link_local or prefix.is_multicast or prefix.prefixlen > 126:
+        raise ConfigError(f, where, f"{prefix} is not a prefix for a segment's hosts (link-local, multicast "
+                          "and prefixes longer than /126 are not); e.g. 2001:db8:0:10::/64")
+    for other in segments.values():
+        if other.subnet6 is not None and prefix.overlaps(other.subnet6):
+            raise ConfigError(f, where, f"{prefix} of segment {name} overlaps segment {other.name} ({other.subnet6})")
+    return prefix
 
 
 def _node(f, folder: Path, name: str, spec, segments: dict[str, Segment]) -> Node | None:
@@ -325,12 +363,28 @@ def _extras(f, folder, name, x, addresses, segments) -> Node:
                               f"({attached}); a next hop must be on-link")
         return hop
 
+    addresses6 = _addresses6(f, f"{where}.ipv6", name, x.get("ipv6"), addresses, segments)
+
+    def on_link6(at, raw) -> IPv6Address:
+        hop = address6(f, at, raw)
+        if not any(hop in segments[s].subnet6 for s in addresses6):
+            attached = ", ".join(f"{s} {segments[s].subnet6}" for s in addresses6) or "none"
+            raise ConfigError(f, at, f"{hop} is not on a segment {name} has an IPv6 address on "
+                              f"({attached}); a next hop must be on-link")
+        return hop
+
     gateway = on_link(f"{where}.gateway", x["gateway"]) if x.get("gateway") is not None else None
+    gateway6 = on_link6(f"{where}.gateway6", x["gateway6"]) if x.get("gateway6") is not None else None
     raw_routes = x.get("routes") or {}
     if not isinstance(raw_routes, dict):
         raise ConfigError(f, f"{where}.routes", "must map prefixes to next hops, e.g. {198.18.0.0/15: 203.0.113.2}")
-    routes = {network(f, f"{where}.routes[{p}]", p): on_link(f"{where}.routes[{p}]", hop)
-              for p, hop in raw_routes.items()}
+    routes, routes6 = {}, {}
+    for p, hop in raw_routes.items():
+        at = f"{where}.routes[{p}]"
+        if ":" in str(p):
+            routes6[network6(f, at, p)] = on_link6(at, hop)
+        else:
+            routes[network(f, at, p)] = on_link(at, hop)
     firewall = lab_file(f, f"{where}.firewall", folder, x["firewall"]) if x.get("firewall") is not None else None
     if firewall is not None:
         read_text(firewall, str(folder / str(x["firewall"])))  # UTF-8, not huge: checked before it is loaded
@@ -339,7 +393,27 @@ def _extras(f, folder, name, x, addresses, segments) -> Node:
         raise ConfigError(f, f"{where}.router_kind", f"unknown router kind {kind!r}; known kinds: "
                           f"{', '.join(ROUTER_KINDS)}")
     interfaces = _interfaces(f, f"{where}.interfaces", name, x.get("interfaces"), addresses)
-    return Node(name, addresses, gateway, routes, firewall, interfaces, kind)
+    return Node(name, addresses, gateway, routes, firewall, interfaces, kind, addresses6, gateway6, routes6)
+
+
+def _addresses6(f, where, name, raw, addresses, segments) -> dict[str, IPv6Address]:
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f, where, "must map segment names to IPv6 addresses, e.g. {servers: 2001:db8:0:10::10}")
+    held = {}
+    for seg, value in raw.items():
+        if seg not in addresses:
+            raise ConfigError(f, f"{where}.{seg}", f"{seg} is not a segment {name} is attached to "
+                              f"(attached: {', '.join(addresses)})")
+        prefix = segments[seg].subnet6
+        if prefix is None:
+            raise ConfigError(f, f"{where}.{seg}", f"segment {seg} has no IPv6 prefix: give it one "
+                              f"(networks.{seg}.x-labwarden.ipv6)")
+        address = address6(f, f"{where}.{seg}", value)
+        if address not in prefix or address == prefix.network_address:
+            raise ConfigError(f, f"{where}.{seg}", f"{address} is not a host address of segment {seg} ({prefix})")
+        held[str(seg)] = address
+    return held
 
 
 def _interfaces(f, where, name, raw, addresses) -> dict[str, str]:

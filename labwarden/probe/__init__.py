@@ -16,18 +16,18 @@ import base64
 import json
 import zlib
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from labwarden.errors import CaptureIncomplete, ProbeError
 from labwarden.probe.bound import agent_bound, run_bounded
 
-DOCUMENTATION_RANGES = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
+DOCUMENTATION_RANGES = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
 
 
 @dataclass(frozen=True)
 class Probe:
     proto: str                 # tcp | udp | icmp
-    dst: IPv4Address
+    dst: IPv4Address | IPv6Address
     port: int | None = None
     payload: bytes | None = None
 
@@ -44,7 +44,7 @@ class Probe:
 class Observation:
     """What one probe saw: the verdict, who answered and how."""
     verdict: str               # open | closed | rejected | filtered | error
-    by: IPv4Address | None
+    by: IPv4Address | IPv6Address | None
     detail: str
     ttl: int | None = None
     rtt_ms: float | None = None
@@ -56,7 +56,7 @@ class Observation:
 @dataclass(frozen=True)
 class Fetch:
     """One short TCP exchange: connect, send `send`, read what comes back (a page, a banner)."""
-    dst: IPv4Address
+    dst: IPv4Address | IPv6Address
     port: int
     send: bytes = b""
     tls: bool = False
@@ -181,7 +181,7 @@ def encode(request: dict) -> str:
 
 def _observation(item: dict) -> Observation:
     by = item.get("by")
-    return Observation(item["verdict"], IPv4Address(by) if by else None,
+    return Observation(item["verdict"], ip_address(by) if by else None,
                        item.get("detail", ""), item.get("ttl"), item.get("rtt_ms"))
 
 

@@ -29,7 +29,7 @@ import docker
 import testinfra
 
 from labwarden import routers
-from labwarden.realise import impair, sysctls
+from labwarden.realise import impair, ipv6, sysctls
 from labwarden.errors import LabError, ProbeError
 from labwarden.realise.cleanup import (PROJECT_LABEL, PROJECT_PREFIX, docker_client, interrupts_deferred,
                                        kept_project, labwarden_projects, override_file, projects_on,
@@ -139,6 +139,7 @@ class ComposeLab(Lab):
                 self._interrupted_compose = False
                 self.timings["compose_s"] = time.monotonic() - started - self.timings["image_s"]
                 self._timed("find_s", self._find_containers)
+                self._timed("silence_s", lambda: ipv6.silence(self))
                 plumbed = self._timed("plumb_s", lambda: asyncio.run(self._plumb()))
             self.impairment = self._timed("impair_s", lambda: impair.apply(self, self.impair_method))  # afresh
             if self.impairment.links:
@@ -321,7 +322,7 @@ class ComposeLab(Lab):
             yield
         finally:
             own = self.router_firewall()
-            run_sync(self.run({self.policy.router: NodeJob(setup={**self.router_kind().load(own.read_text()),
+            run_sync(self.run({self.policy.router: NodeJob(setup={**self.router_kind().load(own.read_text(), own),
                                                                    "flush_conntrack": True})}))
             for c in sidecars:
                 c.start()
@@ -339,9 +340,10 @@ class ComposeLab(Lab):
         routes = [[str(prefix), str(hop)] for prefix, hop in node.routes.items()]
         if node.gateway:
             routes.insert(0, ["default", str(node.gateway)])
-        setup = {"rename": rename, "routes": routes}  # sysctls: the compose override's
+        v6 = ipv6.setup(self.topology, node)
+        setup = {"rename": rename, "addrs": v6["addrs"], "routes": routes + v6["routes6"]}  # sysctls: the override's
         if name == self.policy.router and self.router_firewall():
-            setup.update(self.router_kind().load(self.router_firewall().read_text()))
+            setup.update(self.router_kind().load(self.router_firewall().read_text(), self.router_firewall()))
         return setup
 
     async def _plumb(self, fresh: bool = False) -> dict:
@@ -382,8 +384,8 @@ class ComposeLab(Lab):
 
         `first`: answers with each node's info to look at first (the plumbing's: one agent
         call fewer when everything already listens)."""
-        pending = {name: [(s, addr) for s in sorted(self.policy.listening(name)) if s.proto != "icmp"
-                          for addr in self.topology.nodes[name].addresses.values()]
+        pending = {name: [(s, addr) for addr in self.topology.nodes[name].all_addresses()
+                          for s in sorted(self.policy.listening(name, addr.version)) if s.proto != "icmp"]
                    for name in self.topology.nodes}
         tunnels = {(t.edge, t.public) for t in self.policy.tunnels}
         pending = {n: p for n, p in pending.items() if p}
@@ -408,7 +410,8 @@ class ComposeLab(Lab):
 
     # ---- probing ---------------------------------------------------------
     def allowed_ranges(self, extra=()) -> list[str]:
-        return [str(r) for r in self.topology.lab_ranges()] + list(DOCUMENTATION_RANGES) + list(extra)
+        return [str(r) for r in [*self.topology.lab_ranges(), *self.topology.lab_ranges6()]] + \
+            list(DOCUMENTATION_RANGES) + list(extra)
 
     async def run(self, jobs: dict[str, NodeJob], timeout: float = 1.0, allow_extra=()):
         with self._restarts_named():
@@ -444,5 +447,3 @@ class ComposeLab(Lab):
         checks = [f"--{key.replace('_', '-')}={value}" for key, value in self.transports[node].namespace().items()]
         return self.prober_exec("python3", IN_PROBER, "enter", f"--node={node}", *checks, "--", *argv,
                                 timeout=timeout)
-
-

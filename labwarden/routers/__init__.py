@@ -36,9 +36,10 @@ class RouterKind:
     version_command = ""     # run on the router's transport host
     can_trace = False        # whether the deciding rule of a flow can be traced
 
-    def load(self, text: str) -> dict:
+    def load(self, text: str, path: Path | None = None) -> dict:
         """Agent setup keys that replace the router's whole ruleset with `text` atomically and
-        read it back (the node fails, naming what differs)."""
+        read it back (the node fails, naming what differs). `path`: the file `text` came from,
+        for a kind whose config has companions beside it (iptables' rules.v6)."""
         raise NotImplementedError
 
     def trace_setup(self, addresses) -> dict:
@@ -48,9 +49,10 @@ class RouterKind:
     def untrace_setup(self) -> dict:
         raise LabwardenError(f"a router of kind {self.name} cannot trace which rule decided a flow")
 
-    def header(self) -> dict:
+    def header(self, config: Path | None = None, dual_stack: bool = False) -> dict:
         """What a report's header says of this kind: its name, and (said, not left to guess)
-        when failures cannot name the rule that decided."""
+        when failures cannot name the rule that decided. `config`: the router's file;
+        `dual_stack`: whether the lab has IPv6."""
         fields = {"router_kind": self.name}
         if not self.can_trace:
             fields["router_trace"] = f"not traced: a router of kind {self.name} cannot tell which rule decided"

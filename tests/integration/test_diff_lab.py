@@ -59,10 +59,10 @@ def test_a_config_without_flush_replaces_the_whole_ruleset(tmp_path):
 
 
 def test_the_iptables_config_keeps_the_homelab_as_the_nftables_one_does(tmp_path):
-    """Two router kinds, one intent: the diff from nftables.conf to iptables.rules (each
+    """Two router kinds, one intent: the diff from nftables.conf to rules.v4 (+ rules.v6) (each
     loaded by its own kind, detected from its content) changes no flow."""
     nftables = ROOT / "topologies" / "homelab" / "router" / "nftables.conf"
-    iptables = ROOT / "topologies" / "homelab" / "router" / "iptables.rules"
+    iptables = ROOT / "topologies" / "homelab" / "router" / "rules.v4"
     proc = diff("--before", str(nftables), "--after", str(iptables), report_dir=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "no flow changed verdict" in proc.stdout

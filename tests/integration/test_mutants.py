@@ -3,7 +3,7 @@ each with the text its header gives, in that test's own failure (read from the r
 JUnit XML, not from anywhere in the output).
 
 A mutant is a router config with one mistake, topologies/<lab>/mutants/<name>.nft (or
-.rules for an iptables router), or, when the mistake is not in the router's config (a
+<name>.v4 for an iptables router, its IPv6 in <name>.v6), or, when the mistake is not in the router's config (a
 tunnel client that exposes its whole node), a lab folder topologies/<lab>/mutants/<name>/
 with the header in its compose.yaml. The header (labwarden/declared/mutants.py says it whole):
 
@@ -48,7 +48,7 @@ def case_id(mutant: Path) -> str:
 
 
 # each lab's router configs one after the other (one lab up for all of them), then its lab folders
-MUTANTS = sorted([*(ROOT / "topologies").glob("*/mutants/*.nft"), *(ROOT / "topologies").glob("*/mutants/*.rules"),
+MUTANTS = sorted([*(ROOT / "topologies").glob("*/mutants/*.nft"), *(ROOT / "topologies").glob("*/mutants/*.v4"),
                   *(ROOT / "topologies").glob("*/mutants/*/compose.yaml")],
                  key=lambda m: (lab_of(m), m.name == "compose.yaml", case_id(m)))
 

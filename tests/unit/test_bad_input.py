@@ -148,7 +148,7 @@ TOPOLOGY_CASES = {
         "is not an IPv4 subnet"),
     "unknown x-labwarden key": (
         x("web", gw="198.18.10.1"), "services.web.x-labwarden.gw",
-        "unknown key; known keys: firewall, gateway, impair, interfaces, routes"),
+        "unknown key; known keys: firewall, gateway, gateway6, impair, interfaces, ipv6, routes"),
     "interface for a segment not attached": (
         x("web", interfaces={"wan": "eth0"}), "services.web.x-labwarden.interfaces.wan",
         "wan is not a segment web is attached to (attached: servers)"),
@@ -168,11 +168,11 @@ TOPOLOGY_CASES = {
         x("web", impair={"wan": "lan"}), "services.web.x-labwarden.impair.wan",
         "wan is not a segment web is attached to (attached: servers)"),
     "impaired segment with an unknown setting": (
-        lambda d: d["networks"]["servers"].update({"x-labwarden": {"impair": {"delay": "5 ms", "lag": 1}}}),
+        lambda d: d["networks"]["servers"].setdefault("x-labwarden", {}).update(impair={"delay": "5 ms", "lag": 1}),
         "networks.servers.x-labwarden.impair.lag",
         "unknown key; known keys: profile, delay, jitter, loss, rate, limit, reorder"),
     "impaired segment with a delay that is no time": (
-        lambda d: d["networks"]["servers"].update({"x-labwarden": {"impair": {"delay": "5 parsecs"}}}),
+        lambda d: d["networks"]["servers"].setdefault("x-labwarden", {}).update(impair={"delay": "5 parsecs"}),
         "networks.servers.x-labwarden.impair.delay", "'5 parsecs' is not a quantity in ms, s, us"),
 }
 

@@ -141,7 +141,7 @@ def test_wrong_types_in_an_inventory_are_config_errors(tmp_path, change, field):
 
 
 def impair(profile):
-    return lambda d: d["networks"]["wan"].update({"x-labwarden": {"impair": profile}})
+    return lambda d: d["networks"]["wan"].setdefault("x-labwarden", {}).update(impair=profile)
 
 
 @pytest.mark.parametrize("file, change, field, problem", [

@@ -17,7 +17,7 @@ from labwarden.declared.mutants import TRACEBACK, Expected, junit_key, outcomes,
 
 ROOT = Path(__file__).resolve().parents[2]
 MUTANTS = sorted((ROOT / "topologies").glob("*/mutants/*.nft")) + \
-    sorted((ROOT / "topologies").glob("*/mutants/*.rules")) + \
+    sorted((ROOT / "topologies").glob("*/mutants/*.v4")) + \
     sorted((ROOT / "topologies").glob("*/mutants/*/compose.yaml"))
 CELL = "suites/isolation/test_matrix.py::test_cell[servers/web -> personal/laptop tcp/22]"
 

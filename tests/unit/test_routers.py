@@ -50,10 +50,10 @@ def test_only_nftables_traces_and_the_others_say_so():
 
 @pytest.mark.parametrize("path, name", [
     ("router/nftables.conf", "nftables"),
-    ("router/iptables.rules", "iptables"),
+    ("router/rules.v4", "iptables"),
     ("mutants/forward-accept.nft", "nftables"),
-    ("mutants/iptables-forward-accept.rules", "iptables"),
-    ("mutants/iptables-dnat-to-gpu.rules", "iptables"),
+    ("mutants/iptables-forward-accept.v4", "iptables"),
+    ("mutants/iptables-dnat-to-gpu.v4", "iptables"),
 ])
 def test_the_kind_is_detected_from_the_files_content(path, name):
     assert routers.detect((HOMELAB / path).read_text()).name == name
@@ -88,7 +88,7 @@ def test_a_topology_names_its_routers_kind(lab):
 
 
 def test_without_the_key_the_kind_comes_from_the_firewall_file(lab):
-    set_router(lab, firewall="router/iptables.rules")
+    set_router(lab, firewall="router/rules.v4")
     router = load_topology(lab).nodes["router"]
     assert router.router_kind is None
     assert routers.of_router(router, router.firewall).name == "iptables"
@@ -104,6 +104,19 @@ def test_an_unknown_kind_in_a_topology_names_file_field_and_the_known_kinds(lab)
 
 
 def test_the_agent_counts_tables_and_rules_of_an_iptables_restore_file():
-    text = (HOMELAB / "router/iptables.rules").read_text()
+    text = (HOMELAB / "router/rules.v4").read_text()
     counts = {table: len(XT_RULE.findall(body)) for table, body in XT_TABLE.findall(text)}
     assert counts == {"raw": 1, "filter": 23, "nat": 2}
+
+
+def test_iptables_loads_rules_v6_beside_rules_v4_and_says_when_there_is_none(tmp_path):
+    ipt = routers.kind("iptables")
+    v4 = HOMELAB / "router/rules.v4"
+    assert ipt.load("V4", v4) == {"iptables": "V4", "ip6tables": (HOMELAB / "router/rules.v6").read_text()}
+    assert ipt.header(v4, dual_stack=True)["router_ipv6"] == "ip6tables-restore rules.v6"
+    lone = tmp_path / "edge.v4"
+    lone.write_text(v4.read_text())
+    assert ipt.load("V4", lone) == {"iptables": "V4"}  # nothing for IPv6: the suites judge the hole
+    assert ipt.load("V4") == {"iptables": "V4"}
+    assert ipt.header(lone, dual_stack=True)["router_ipv6"].startswith("not filtered: no edge.v6 beside edge.v4")
+    assert "router_ipv6" not in ipt.header(lone, dual_stack=False)

@@ -7,51 +7,43 @@
     lab-services kite 198.18.60.30:80 http:laptop.tunnel.test:127.0.0.1:8080
     lab-services stop 80 | start 80         (in a running node: stop/start a service)
 
-Each word starts one real server: Python's HTTP server (with a large listen
-backlog, since the stock one's backlog of 5 times out under concurrent
-probes), TLS on top of it, OpenSSH's sshd, git daemon behind socat (git daemon
-listens with a backlog of 5 too), a JSON "inference API", dnsmasq answering
-for lab.test only (it never forwards a query out of the lab), and a responder
-to mDNS/SSDP discovery queries. The process is the container's PID 1: it
-exits, and stops its children, on SIGTERM.
+Each word starts one real server: Python's HTTP server (with a large listen backlog, since the stock
+one's backlog of 5 times out under concurrent probes), TLS on top of it, OpenSSH's sshd, git daemon
+behind socat (git daemon listens with a backlog of 5 too), a JSON "inference API", dnsmasq answering
+for lab.test only (it never forwards a query out of the lab), and a responder to mDNS/SSDP discovery
+queries. The process is the container's PID 1: it exits, and stops its children, on SIGTERM.
 
-Publishing a local page the way `python3 -m http.server 8080` and
-`cloudflared tunnel --url http://localhost:8080` do:
+Publishing a local page the way `python3 -m http.server 8080` and `cloudflared tunnel --url
+http://localhost:8080` do:
 
-- `www:PORT[:DIR]` serves the files of DIR (default /srv/www) like
-  `python3 -m http.server PORT`, with the large backlog;
-- `tunnel-edge:PORT[:LISTEN,...]` is the tunnel's public edge: an sshd that
-  accepts only the keys in /tunnel/authorized_keys, only for remote
-  forwards, only on the LISTEN addresses (host:port, e.g. 0.0.0.0:80), and
-  drops a client that stops answering within a few seconds;
-- `tunnel SSH-ARGS...` (the rest of the line) is the client: `ssh -N` with a
-  key made at first start in /tunnel (its public half is appended to
-  /tunnel/authorized_keys, a volume the edge shares), an outbound connection
-  only, restarted half a second after it ends, as autossh would;
-- `kite-front:PORT:KITE` is a PageKite front-end (Debian's `pagekite`): it
-  serves the kite named KITE (e.g. laptop.tunnel.test) on PORT, routing by
-  the Host header (CONNECT for raw kites), and answers any other name, or a
-  kite that is not connected, with `503 Unavailable`. The kites' shared
-  secret is made at its first start in /tunnel/kite-secret (the tunnel-keys
-  volume, which the clients share), as a kite service hands one to its users.
-  pagekite's own front-end pings an idle tunnel every 20 s at best and gives
-  up on it after ~45 s more; the lab's edge asks its own kite for / every
-  second over loopback instead, and restarts the front-end (dropping the
-  tunnel: visitors get 503 until the client is back) when two asks in a row
-  get no byte within 3 s: a hung client is noticed within ~10 s;
-- `kite FRONTEND SERVICE...` (the rest of the line) is the client, as
-  `pagekite.py 8080 laptop.tunnel.test` is: one outbound connection to
-  FRONTEND (host:port), multiplexing every visitor's request on it; each
-  SERVICE is pagekite's `--service_on` without the secret
-  (PROTO:KITE:HOST:PORT, e.g. http:laptop.tunnel.test:127.0.0.1:8080, or
-  raw/22:... for a kite reached by CONNECT). It waits for the secret and for
-  the front-end to answer, then runs pagekite, restarted half a second after
-  it ends or after 4 s without a connection to the front-end (pagekite's own
-  retry backs off for 5 to 60 s).
+- `www:PORT[:DIR]` serves the files of DIR (default /srv/www) like `python3 -m http.server PORT`,
+  with the large backlog;
+- `tunnel-edge:PORT[:LISTEN,...]` is the tunnel's public edge: an sshd that accepts only the keys in
+  /tunnel/authorized_keys, only for remote forwards, only on the LISTEN addresses (host:port, e.g.
+  0.0.0.0:80), and drops a client that stops answering within a few seconds;
+- `tunnel SSH-ARGS...` (the rest of the line) is the client: `ssh -N` with a key made at first start
+  in /tunnel (its public half is appended to /tunnel/authorized_keys, a volume the edge shares), an
+  outbound connection only, restarted half a second after it ends, as autossh would;
+- `kite-front:PORT:KITE` is a PageKite front-end (Debian's `pagekite`): it serves the kite named
+  KITE (e.g. laptop.tunnel.test) on PORT, routing by the Host header (CONNECT for raw kites), and
+  answers any other name, or a kite that is not connected, with `503 Unavailable`. The kites' shared
+  secret is made at its first start in /tunnel/kite-secret (the tunnel-keys volume, which the
+  clients share), as a kite service hands one to its users. pagekite's own front-end pings an idle
+  tunnel every 20 s at best and gives up on it after ~45 s more; the lab's edge asks its own kite
+  for / every second over loopback instead, and restarts the front-end (dropping the tunnel:
+  visitors get 503 until the client is back) when two asks in a row get no byte within 3 s: a hung
+  client is noticed within ~10 s;
+- `kite FRONTEND SERVICE...` (the rest of the line) is the client, as `pagekite.py 8080
+  laptop.tunnel.test` is: one outbound connection to FRONTEND (host:port), multiplexing every
+  visitor's request on it; each SERVICE is pagekite's `--service_on` without the secret
+  (PROTO:KITE:HOST:PORT, e.g. http:laptop.tunnel.test:127.0.0.1:8080, or raw/22:... for a kite
+  reached by CONNECT). It waits for the secret and for the front-end to answer, then runs pagekite,
+  restarted half a second after it ends or after 4 s without a connection to the front-end
+  (pagekite's own retry backs off for 5 to 60 s).
 
-`stop PORT` and `start PORT` ask the node's running lab-services (over the
-unix socket /run/lab-services.ctl) to stop or start the service on PORT: a
-service that is down without its node being down.
+`stop PORT` and `start PORT` ask the node's running lab-services (over the unix socket
+/run/lab-services.ctl) to stop or start the service on PORT: a service that is down without its node
+being down.
 """
 
 import functools
@@ -68,11 +60,19 @@ import threading
 import time
 
 PAGE = b"<!doctype html><title>lab</title><p>served by %s</p>\n"
+V6_OFF = "/proc/sys/net/ipv6/conf/all/disable_ipv6"  # compose `sysctls:` turn IPv6 on (Docker's default: off)
+IPV6 = os.path.exists(V6_OFF) and open(V6_OFF).read().strip() == "0"
 
 
 class Server(http.server.ThreadingHTTPServer):
+    """Dual-stack where the node has IPv6 (one socket on [::]: bindv6only is 0 in a netns)."""
     request_queue_size = 1024
     daemon_threads = True
+
+    def __init__(self, address, handler):
+        if IPV6:
+            self.address_family, address = socket.AF_INET6, ("::", address[1])
+        super().__init__(address, handler)
 
 
 class PageHandler(http.server.BaseHTTPRequestHandler):
@@ -133,6 +133,10 @@ def discovery_responder():
                 sock.sendto(b"labwarden-discovery " + name, peer)
 
         threading.Thread(target=answer, daemon=True).start()
+        if IPV6:  # unicast queries over IPv6 too (ff02::fb and friends are not joined)
+            sock6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            sock6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1), sock6.bind(("::", port))
+            threading.Thread(target=answer, args=(sock6,), daemon=True).start()
 
 
 CONTROL = "/run/lab-services.ctl"
@@ -349,7 +353,8 @@ def starter(kind, port, extra):
         return lambda: KiteFront(port, extra)
     if kind == "git":
         return lambda: Child([
-            "socat", f"TCP-LISTEN:{port},fork,reuseaddr,backlog=1024",
+            "socat", f"TCP6-LISTEN:{port},ipv6only=0,fork,reuseaddr,backlog=1024" if IPV6
+            else f"TCP-LISTEN:{port},fork,reuseaddr,backlog=1024",
             "EXEC:git daemon --inetd --export-all --base-path=/srv/git /srv/git",
         ])
     if kind == "dns":

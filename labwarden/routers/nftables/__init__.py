@@ -13,7 +13,7 @@ class Nftables(RouterKind):
     version_command = "nft --version"
     can_trace = True
 
-    def load(self, text: str) -> dict:
+    def load(self, text: str, path=None) -> dict:
         return {"nft": text}  # the agent flushes the ruleset in the same transaction
 
     def trace_setup(self, addresses) -> dict:

@@ -188,7 +188,7 @@ def parse_config(text: str) -> dict[tuple, dict]:
             table = (m.group(1), m.group(2))
         elif table and (m := re.match(r"^chain\s+(\S+)\s*\{", s)):
             chain = (*table, m.group(1))
-            chains[chain] = {"rules": [], "policy": None}
+            chains.setdefault(chain, {"rules": [], "policy": None})  # reopened: its rules follow
             rest = s[m.end():]
             if "policy" in rest:
                 chains[chain]["policy"] = Source(number, raw.strip())
