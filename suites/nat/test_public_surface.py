@@ -21,13 +21,16 @@ def test_only_the_declared_forwards_answer(public_surface, nat_policy):
 def test_only_the_pinholes_answer_on_ipv6(public_surface6, nat_policy):
     """IPv6 has no NAT: the router's outside IPv6 address and each pinholed node's IPv6
     addresses, every TCP port and the usual UDP ports, answer only as the policy says."""
-    wrong = [f"{s.address}: {p}" for s in public_surface6 for p in s.problems(nat_policy)]
-    answering = {str(s.address): sorted(f"{c.flow.proto}/{c.flow.port}" for c in s.answering())
-                 for s in public_surface6}
+    wrong = [p for s in public_surface6 for p in s.problems(nat_policy)]
+    answering = []
+    for s in public_surface6:
+        ports = sorted((c.flow.proto, c.flow.port) for c in s.answering())
+        shown = ", ".join(f"{proto}/{port}" for proto, port in ports[:12]) + (", ..." if len(ports) > 12 else "")
+        answering.append(f"{s.address}: {len(ports)} ports ({shown or 'none'})")
     scanned = sum(len(s.cells) for s in public_surface6)
-    assert not wrong, (f"{scanned} ports of {', '.join(answering)} probed from "
-                       f"{nat_policy.label(public_surface6[0].src)}; answering: {answering}:\n  "
-                       + "\n  ".join(wrong))
+    assert not wrong, (f"{scanned} ports probed from {nat_policy.label(public_surface6[0].src)}; answering: "
+                       f"{'; '.join(answering)}; {len(wrong)} not as the policy says, first 40:\n  "
+                       + "\n  ".join(wrong[:40]))
 
 
 def test_router_management_is_not_reachable_from_outside(management, nat_policy):
