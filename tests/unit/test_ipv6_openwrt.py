@@ -3,19 +3,15 @@
 `--lw-attach` route reset (`only_these_routes`) on both families. No Docker."""
 
 import shutil
-import sys
 from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
-import yaml
 
 from labwarden.declared.lab import load_lab
 from labwarden.errors import ConfigError
 from labwarden.realise.lab import Lab
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "labwarden" / "agent"))
-import agent  # noqa: E402
+from test_ipv6 import agent, edit  # the homelab's IPv6 tests: the agent module, a policy edit
 
 OPENWRT = Path(__file__).resolve().parents[2] / "topologies" / "openwrt-homelab"
 
@@ -27,16 +23,7 @@ def policy():
 
 @pytest.fixture
 def lab(tmp_path):
-    folder = tmp_path / "openwrt-homelab"
-    shutil.copytree(OPENWRT, folder)
-    return folder
-
-
-def edit(folder, name, change):
-    file = folder / name
-    doc = yaml.safe_load(file.read_text())
-    change(doc)
-    file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return Path(shutil.copytree(OPENWRT, tmp_path / "openwrt-homelab"))
 
 
 def test_every_openwrt_segment_and_node_is_dual_stack(policy):
