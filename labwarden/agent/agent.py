@@ -10,7 +10,8 @@ base64(zlib(JSON)); prints one line of JSON. Request (every node key optional)::
         "netns": "/proc/1234/ns/net",        # null: stay where the agent runs (live lab)
         "container": ID, "pid_start": N,     # what that pid must still be: see netns.py
         "setup": {"rename": {MAC: NAME}, "routes": [[PREFIX|"default", NEXTHOP]],
-                  "only_these_routes": true,   # other routes of the main table go (not the default)
+                  "only_these_routes": true,   # other routes of the main table go, both families
+                                               # (not the default, nor the kernel's own)
                   "nft": RULESET, "nft_add": TEXT,
                   "iptables": IPTABLES_RESTORE_FILE, "ip6tables": IP6TABLES_RESTORE_FILE,
                   "flush_conntrack": true, "forget_neighbours": true},
@@ -281,6 +282,29 @@ def parse_ipv4(data: bytes):
         return None
     return (socket.inet_ntoa(data[12:16]), socket.inet_ntoa(data[16:20]), data[9], data[8],
             data[(data[0] & 15) * 4:])
+
+
+def stray_routes(v4: list, v6: list, routes: list) -> list:
+    """`ip -batch` lines deleting the main table's routes (`ip -j route` of each family) that
+    are neither the kernel's own (an address's prefix, IPv6's fe80::/64 and multicast) nor
+    the default nor among the routes to plumb: what a run added (an attacker's route).
+    IPv6 lines name `::/0` and the device, as `ip -batch` takes no `-6`."""
+    def net(prefix, family):
+        if prefix == "default":
+            return ipaddress.ip_network("0.0.0.0/0" if family == 4 else "::/0")
+        return ipaddress.ip_network(prefix, strict=False)
+    wanted = {net(p, 6 if ":" in hop else 4) for p, hop in routes} | {net("default", 4), net("default", 6)}
+    lines = []
+    for family, listed in ((4, v4), (6, v6)):
+        for r in listed:
+            dst = net(r["dst"], family)
+            if r.get("protocol") == "kernel" or r.get("type") in ("multicast", "local", "broadcast") \
+                    or dst.is_multicast or dst.is_link_local or dst in wanted:
+                continue
+            lines.append(["route", "del", str(dst) if family == 6 else r["dst"],
+                          *(["via", r["gateway"]] if "gateway" in r else []),
+                          *(["dev", r["dev"]] if family == 6 and "dev" in r else [])])
+    return lines
 
 
 def parse_ipv6(data: bytes):
@@ -1074,11 +1098,9 @@ class NodeRun:
                     commands += [["link", "set", old, "down"], ["link", "set", old, "name", new],
                                  ["link", "set", new, "up"]]
         if setup.get("only_these_routes"):  # as plumbed: what a run added (an attacker's route) goes
-            net = lambda prefix: prefix if prefix == "default" else ipaddress.ip_network(prefix, strict=False)
-            wanted = {net(prefix) for prefix, _ in setup.get("routes", [])} | {"default"}
-            commands += [["route", "del", r["dst"], *(["via", r["gateway"]] if "gateway" in r else [])]
-                         for r in json.loads(self.sh("ip", "-j", "route", "show", "table", "main") or "[]")
-                         if r.get("protocol") != "kernel" and net(r["dst"]) not in wanted]
+            listed = {family: json.loads(self.sh("ip", f"-{family}", "-j", "route", "show", "table", "main")
+                                         or "[]") for family in (4, 6)}
+            commands += stray_routes(listed[4], listed[6], setup.get("routes", []))
         # after renames: a link down drops routes
         routes = {6: [], 4: []}
         for prefix, nexthop in setup.get("routes", []):

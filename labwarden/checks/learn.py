@@ -179,6 +179,9 @@ def learned_text(policy: Policy, learn: Learned, origin: str) -> str:
     out.append(f"antispoof: {str(policy.antispoof).lower()}   # copied: learn does not forge packets")
     if policy.syn_limit is not None:
         out.append(f"syn_limit: {{rate: {policy.syn_limit.rate:g}, burst: {policy.syn_limit.burst}}}   # copied")
+    if policy.nd_blocked:
+        out.append(f"nd_blocked: [{', '.join(sorted(policy.nd_blocked))}]   # copied: learn cannot tell a "
+                   "router that refuses neighbour discovery from one that filters every IPv6 flow")
     if policy.tunnels:  # an edge's tunnel port answers as a service would, on IPv4 only
         out.append("tunnels:   # copied: learn cannot tell a tunnel's public port from a service")
         for t in policy.tunnels:

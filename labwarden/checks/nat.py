@@ -178,16 +178,39 @@ async def public_surface(lab, policy: Policy, src: str, timeout: float = 1.0) ->
     return surface
 
 
+async def public_surface6(lab, policy: Policy, src: str, timeout: float = 1.0) -> list[Surface]:
+    """IPv6 has no NAT, so its public surface is the router's IPv6 address on the outside
+    segment and every pinholed node's IPv6 addresses: each scanned from src on every TCP
+    port (the router's under a syn_limit: the ports public_surface paces) and the usual UDP
+    ports, judged by the oracle: only the pinholes answer. [] where src has no IPv6."""
+    topology = policy.topology
+    if not topology.nodes[src].addresses6:
+        return []
+    router = topology.nodes[policy.router]
+    own = router.addresses6.get(topology.segment_of(policy.public).name)
+    pinholed = sorted({f.to for f in policy.forwards if f.family != 4})
+    targets = [own] * (own is not None) + [a for n in pinholed for a in topology.nodes[n].addresses6.values()]
+    surfaces = []
+    for address in targets:
+        tcp_ports = range(1, 65536)
+        if policy.syn_limit is not None and address == own:
+            await asyncio.sleep(policy.syn_limit.burst / policy.syn_limit.rate)  # a full SYN bucket
+            named = policy.declared_services() | set(MANAGEMENT) | {Service("tcp", p) for p in COMMON_TCP}
+            tcp_ports = sorted({s.port for s in named if s.proto == "tcp"})
+        surfaces.append(await scan(lab, policy, src, address, tcp_ports, COMMON_UDP, timeout=timeout))
+    return surfaces
+
+
 # -- the router's own services from outside ---------------------------------------
 
 async def management(lab, policy: Policy, timeout: float = 1.0) -> list[Cell]:
-    """Every outside node to every router address on its services and the usual
-    management ports (ssh, telnet, DNS, web UI, SNMP, UPnP)."""
+    """Every outside node to every router address (IPv6's too) on its services and the
+    usual management ports (ssh, telnet, DNS, web UI, SNMP, UPnP)."""
     router = policy.topology.nodes[policy.router]
     services = sorted(set(MANAGEMENT) | set(policy.listening(policy.router)) | {Service("icmp")},
                       key=lambda s: (s.proto, s.port or 0))
     flows = [policy.flow(src, address, svc) for src in outside_nodes(policy)
-             for address in router.addresses.values() for svc in services]
+             for address in router.all_addresses() for svc in services]
     observed = await observe(lab, flows, timeout)
     return [Cell(f, policy.expect(f), observed[f]) for f in flows]
 
@@ -258,7 +281,7 @@ class WayIn:
     cells: list[Cell]                      # every probe, judged by the oracle
     arrivals: dict                         # inside node -> [Seen] from outside that the policy delivers nowhere
     controls: dict                         # inside node -> whether its capture saw the router's ping
-    routes: dict                           # outside node -> inside prefixes routed via the router
+    routes: dict                           # outside node -> [[inside prefix, via the router]]
     landings: list = field(default_factory=list)   # [Landing]: the flows that took them there
 
     def problems(self, policy: Policy) -> list[str]:
@@ -278,7 +301,8 @@ class WayIn:
 
 async def no_way_in(lab, policy: Policy, timeout: float = 1.0) -> WayIn:
     """Outside nodes that share a segment with the router's public address get a route to
-    every inside segment via it (an attacker's own route), then probe every inside address;
+    every inside segment via it (an attacker's own route; on IPv6 via the router's address
+    there), then probe every inside address, IPv6's too;
     every inside node captures. Nothing from outside may arrive but what the policy delivers
     (a forward that takes any destination address, `daddr: any`); the TCP flows behind
     anything else are sent again as connections, to name each and the rule that let it in."""
@@ -286,15 +310,20 @@ async def no_way_in(lab, policy: Policy, timeout: float = 1.0) -> WayIn:
     inside_segments = [s for s in topology.segments if policy.zone_of_segment(s) != policy.outside]
     public_segment = topology.segment_of(policy.public).name
     attackers = [n for n in outside_nodes(policy) if public_segment in topology.nodes[n].addresses]
-    routes = {n: [str(topology.segments[s].subnet) for s in inside_segments] for n in attackers}
-    await lab.run({n: NodeJob(setup={"routes": [[p, str(policy.public)] for p in prefixes]})
-                   for n, prefixes in routes.items()}, timeout=timeout)
+    router = topology.nodes[policy.router]
+    public6 = router.addresses6.get(public_segment)  # IPv6: no NAT, the same attack on the pinholes' side
+    routes = {n: [[str(topology.segments[s].subnet), str(policy.public)] for s in inside_segments]
+              + [[str(topology.segments[s].subnet6), str(public6)] for s in inside_segments
+                 if public6 is not None and topology.nodes[n].addresses6 and topology.segments[s].subnet6]
+              for n in attackers}
+    await lab.run({n: NodeJob(setup={"routes": prefixes}) for n, prefixes in routes.items()}, timeout=timeout)
     inside = [n for n in inside_nodes(policy)]
     listening = {s for n in inside for s in policy.listening(n)} | {f.public for f in policy.forwards}
     ports = sorted(set(COMMON_TCP) | {s.port for s in listening if s.proto == "tcp"})
     udp = sorted({53, 5353} | {s.port for s in listening if s.proto == "udp"})
     flows = [policy.flow(src, address, svc) for src in attackers for n in inside
-             for address in topology.nodes[n].addresses.values()
+             for address in topology.nodes[n].all_addresses()
+             if address.version == 4 or any(r[1] == str(public6) for r in routes[src])
              for svc in [*(Service("tcp", p) for p in ports), *(Service("udp", p) for p in udp),
                          Service("icmp")]]
     jobs = {n: NodeJob(capture_s=CAPTURE_S) for n in inside}
@@ -303,7 +332,6 @@ async def no_way_in(lab, policy: Policy, timeout: float = 1.0) -> WayIn:
         by_src.setdefault(flow.src, []).append(flow)
     for src, fs in by_src.items():
         jobs.setdefault(src, NodeJob()).probes = [Probe(f.proto, f.dst, f.port) for f in fs]
-    router = topology.nodes[policy.router]
     control_probes = [Probe("icmp", topology.nodes[n].address_on(s)) for n in inside
                       for s in topology.nodes[n].segments if s in router.addresses]
     jobs[policy.router] = NodeJob(probes=control_probes)
@@ -317,10 +345,10 @@ async def no_way_in(lab, policy: Policy, timeout: float = 1.0) -> WayIn:
         arrivals[node] = undelivered(policy, flows, node, seen)
         controls[node] = any(s.src in router_addresses and s.kind == "icmp" and s.payload[:1] == b"\x08"
                              for s in seen if s.direction == "in")
-    outsiders = {a: n for n in outside_nodes(policy) for a in topology.nodes[n].addresses.values()}
+    outsiders = {a: n for n in outside_nodes(policy) for a in topology.nodes[n].all_addresses()}
     landings = []
     for src in sorted({outsiders[s.src] for frames in arrivals.values() for s in frames if s.kind != "icmp"}):
-        sent = [f for f in by_src.get(src, []) if f.proto != "icmp"]
+        sent = [f for f in by_src.get(src, []) if f.proto != "icmp" and f.dst.version == 4]  # locate: IPv4
         if sent:
             located = await locate(lab, policy, src, sent, timeout)
             landings += [landing for landing in located.values() if not landing.ok]

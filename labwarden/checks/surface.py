@@ -1,4 +1,4 @@
-"""The surface of one address from one node: every TCP port and the usual UDP ports
+"""The surface of one address (IPv4 or IPv6) from one node: every TCP port and the usual UDP ports
 probed in batches and judged by the oracle, or swept at full speed for what lands
 inside; for what answers against the oracle, where its connection lands
 (`labwarden.checks.landing`). The NAT checks scan the router's public address with it,
@@ -6,7 +6,7 @@ the tunnel checks an edge's.
 """
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from labwarden.probe import packets
 from labwarden.checks.landing import CAPTURE_S, Landing, first_packet, locate, ports_of
@@ -25,7 +25,7 @@ class Surface:
     """A scan of one address from one node: a cell per port probed, judged by the oracle,
     and where the connections that reached inside nodes landed."""
     src: str
-    address: IPv4Address
+    address: IPv4Address | IPv6Address
     cells: list[Cell]
     landings: dict = field(default_factory=dict)   # flow -> Landing
 
@@ -62,10 +62,11 @@ async def scan(lab, policy: Policy, src: str, address, tcp_ports=range(1, 65536)
     observed = {}
     for start in range(0, len(flows), batch):
         observed.update(await observe(lab, flows[start:start + batch], timeout))
-    surface = Surface(src, IPv4Address(address),
+    surface = Surface(src, ip_address(address),
                       [Cell(f, policy.expect(f), observed[f]) for f in flows])
+    # where an IPv6 connection lands is not located: captures and marked datagrams read IPv4
     wrong = [c.flow for c in surface.unexpected()
-             if c.flow.proto == "tcp" and c.observed.verdict in ("open", "closed")]
+             if c.flow.proto == "tcp" and c.observed.verdict in ("open", "closed") and c.flow.dst.version == 4]
     if wrong:
         surface.landings = await locate(lab, policy, src, wrong, timeout)
     return surface

@@ -90,6 +90,7 @@ class Forward:
     to: str
     port: int
     daddr: str = "public"
+    family: int | None = None  # 4: a DNAT only (no IPv6 pinhole); 6: a pinhole only; None: both
 
     @property
     def target(self) -> Service:
@@ -178,6 +179,9 @@ class Policy:
     syn_limit: SynLimit | None = None
     tunnels: list[Tunnel] = field(default_factory=list)
     budgets: list[Budget] = field(default_factory=list)  # per path, what latency must hold
+    # zones whose segments get no IPv6 neighbour discovery from the router (its input chain
+    # refuses their ICMPv6 NS/NA): on IPv6 nothing there reaches the router, nor through it
+    nd_blocked: frozenset[str] = frozenset()
 
     def zone_of(self, node: str) -> str:
         if node == self.router:
@@ -228,6 +232,9 @@ class Policy:
         dst_node = holder.name if holder else None
         if dst_node == flow.src:
             return self._reached(dst_node, service, "same node", flow.dst.version)
+        unresolved = self._unresolved(flow, segment)
+        if unresolved is not None:
+            return Expectation(BLOCKED["any"], None, unresolved)
         forward = self._forward(flow)  # `daddr: any` takes any address sent through the router
         if forward is not None:
             return self._reached(forward.to, forward.target, f"forward '{forward.name}'")
@@ -275,18 +282,33 @@ class Policy:
 
     def _forward(self, flow: Flow) -> Forward | None:
         """The forward that sends this flow on to an inside node, if any."""
-        if flow.src == self.router or not self.forwards or flow.dst.version == 6:
+        forwards = [f for f in self.forwards if f.family != 6]
+        if flow.src == self.router or not forwards or flow.dst.version == 6:
             return None  # IPv6 has no NAT: its forwards are pinholes (_pinhole)
         from_outside = self.zone_of(flow.src) == self.outside
         if flow.dst == self.public and (from_outside or self.hairpin):
-            return next((f for f in self.forwards if f.public == flow.service), None)
+            return next((f for f in forwards if f.public == flow.service), None)
         through_router = flow.dst_node == self.router or not self.topology.on_link(flow.src, flow.dst)
         if not (from_outside and through_router):
             return None
-        forward = next((f for f in self.forwards if f.daddr == "any" and f.public == flow.service), None)
+        forward = next((f for f in forwards if f.daddr == "any" and f.public == flow.service), None)
         if forward is not None and flow.dst_node == forward.to and flow.port == forward.port:
             return None  # already addressed to the target: nothing to rewrite, so a direct flow
         return forward
+
+    def _unresolved(self, flow: Flow, segment) -> str | None:
+        """Why an IPv6 flow dies at neighbour discovery (nd_blocked), or None: its source
+        cannot resolve the router on its segment, or the router cannot resolve its target."""
+        if flow.dst.version != 6 or not self.nd_blocked or segment is None:
+            return None
+        through = flow.src == self.router or not self.topology.on_link(flow.src, flow.dst)
+        src_zone = self.zone_of(flow.src)
+        if src_zone in self.nd_blocked and (through or flow.dst_node == self.router):
+            return f"nd_blocked: {src_zone} cannot resolve the router's IPv6 address (neighbour discovery refused)"
+        dst_zone = self.zone_of_segment(segment.name)
+        if dst_zone in self.nd_blocked and through and flow.dst_node != self.router:
+            return f"nd_blocked: the router cannot resolve {flow.dst} in {dst_zone} (neighbour discovery refused)"
+        return None
 
     def _pinhole(self, flow: Flow) -> Forward | None:
         """On IPv6 a forward lets the outside zone reach the target's own address on the
@@ -294,7 +316,8 @@ class Policy:
         if flow.dst.version != 6 or flow.src == self.router or flow.dst_node is None \
                 or self.zone_of(flow.src) != self.outside or self.topology.on_link(flow.src, flow.dst):
             return None
-        return next((f for f in self.forwards if f.to == flow.dst_node and f.target == flow.service), None)
+        return next((f for f in self.forwards
+                     if f.family != 4 and f.to == flow.dst_node and f.target == flow.service), None)
 
     def _to_router(self, flow: Flow, service: Service) -> Expectation:
         rule = self._rule(self.zone_of(flow.src), ROUTER_ZONE, service, flow.dst.version)

@@ -17,9 +17,9 @@ from labwarden.declared.policy import (BLOCKED, FAMILIES, PORT_FORMS, ROUTER_ZON
 from labwarden.declared.topology import Topology
 
 KEYS = ("router", "zones", "blocked", "services", "allow", "forwards",
-        "public", "masquerade", "hairpin", "antispoof", "syn_limit", "tunnels", "budgets")
+        "public", "masquerade", "hairpin", "antispoof", "syn_limit", "tunnels", "budgets", "nd_blocked")
 RULE_KEYS = ("name", "from", "to", "ports", "family")
-FORWARD_KEYS = ("name", "public", "to", "port", "daddr")
+FORWARD_KEYS = ("name", "public", "to", "port", "daddr", "family")
 FORWARD_DADDRS = ("public", "any")
 SYN_LIMIT_KEYS = ("rate", "burst")
 TUNNEL_KEYS = ("name", "client", "local", "edge", "public", "page", "host")
@@ -55,6 +55,10 @@ def load_policy(topology: Topology, path=None) -> Policy:
     for i, zone in enumerate(masquerade):
         if not among(zone, zones):
             raise ConfigError(f, f"masquerade[{i}]", f"unknown zone {zone!r}; known zones: {', '.join(zones)}")
+    nd_blocked = as_list(f, "nd_blocked", doc.get("nd_blocked"))
+    for i, zone in enumerate(nd_blocked):
+        if not among(zone, zones):
+            raise ConfigError(f, f"nd_blocked[{i}]", f"unknown zone {zone!r}; known zones: {', '.join(zones)}")
     flags = {key: doc.get(key, False) for key in ("hairpin", "antispoof")}
     for key, value in flags.items():
         if not isinstance(value, bool):
@@ -63,6 +67,7 @@ def load_policy(topology: Topology, path=None) -> Policy:
     tunnels = _tunnels(f, as_list(f, "tunnels", doc.get("tunnels")), topology, services)
     policy = Policy(file.resolve(), topology, router, zones, blocked, services, allow, forwards,
                     public, masquerade, **flags, syn_limit=syn_limit, tunnels=tunnels)
+    policy.nd_blocked = frozenset(nd_blocked)
     policy.budgets = load_budgets(f, doc.get("budgets"), policy)  # paths are named by the policy's labels
     return policy
 
@@ -167,7 +172,12 @@ def _forward(f, where, raw, topology: Topology) -> Forward:
         raise ConfigError(f, f"{where}.daddr", f"{daddr!r} is not one of: {', '.join(FORWARD_DADDRS)} "
                           "(public: the router's public address only; any: any address the outside "
                           "zone sends through the router)")
-    return Forward(str(raw.get("name", where)), public, raw["to"], port, daddr)
+    family = raw.get("family")
+    if family is not None and not among(family, FAMILIES):
+        raise ConfigError(f, f"{where}.family", f"{family!r} is not an address family; use one of: "
+                          f"{', '.join(FAMILIES)} (ipv4: a DNAT only, no IPv6 pinhole; or leave it out: both)")
+    version = FAMILIES[family] if family is not None else None
+    return Forward(str(raw.get("name", where)), public, raw["to"], port, daddr, version)
 
 
 def _syn_limit(f, raw) -> SynLimit | None:

@@ -36,6 +36,18 @@ async def public_surface(lab, nat_policy, probe_timeout):
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def public_surface6(lab, nat_policy, probe_timeout):
+    """The router's IPv6 address on the outside segment and every pinholed node's IPv6
+    addresses, every TCP port and the usual UDP ports each, from the scanner."""
+    scanner = nat.outside_nodes(nat_policy)
+    preferred = [n for n in scanner if n == "scanner"] or scanner
+    surfaces = await nat.public_surface6(lab, nat_policy, preferred[0], timeout=probe_timeout) if scanner else []
+    if not surfaces:
+        pytest.skip("no IPv6 on the outside segment: no IPv6 surface to scan")
+    return surfaces
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def management(lab, nat_policy, probe_timeout):
     return await nat.management(lab, nat_policy, probe_timeout)
 

@@ -131,9 +131,9 @@ def test_a_shared_lab_carries_nothing_over(shared, tmp_path):
     """A mutant that forwards everything (forward-accept) runs on the shared home lab and is
     caught. The lab is then left as killed runs would leave it: its tunnel client frozen (a
     fault test), the web server stopped (nat's stopped-service check), attackers' routes into
-    the house on the wan hosts (nat's no-way-in check). The home lab's own config then runs
-    on that same lab, and every test of the mutant's suites and of the tunnel suite passes;
-    the attackers' routes are gone."""
+    the house on the wan hosts (nat's no-way-in check), on both families. The home lab's own
+    config then runs on that same lab, and every test of the mutant's suites and of the tunnel
+    suite passes; the attackers' routes are gone, IPv6's too."""
     mutant = ROOT / "topologies/homelab/mutants/forward-accept.nft"
     expected = read_header(mutant)
     proc, junit = run_suites(suites(expected), mutant_lab(mutant, shared), tmp_path / "mutant")
@@ -144,8 +144,12 @@ def test_a_shared_lab_carries_nothing_over(shared, tmp_path):
     client.pause()
     assert lab.exec("web", "python3", "/usr/local/bin/lab-services", "stop", "80").returncode == 0
     inside = [str(s.subnet) for name, s in lab.topology.segments.items() if name != "wan"]
+    inside6 = [str(s.subnet6) for name, s in lab.topology.segments.items() if name != "wan"]
     attackers = ["visitor", "scanner"]
-    run_sync(lab.run({n: NodeJob(setup={"routes": [[p, "203.0.113.2"] for p in inside]}) for n in attackers}))
+    run_sync(lab.run({n: NodeJob(setup={"routes": [[p, "203.0.113.2"] for p in inside]
+                                        + [[p, "2001:db8:ffff::2"] for p in inside6]}) for n in attackers}))
+    planted = run_sync(lab.run({n: NodeJob(info=True) for n in attackers}))
+    assert all(set(inside6) <= {r["dst"] for r in planted[n].info["routes6"]} for n in attackers), planted
 
     proc, junit = run_suites([*suites(expected), "suites/tunnel"], ["--lw-topology", "homelab", "--lw-attach", lab.project],
                              tmp_path / "own")
@@ -156,3 +160,4 @@ def test_a_shared_lab_carries_nothing_over(shared, tmp_path):
     routes = run_sync(lab.run({n: NodeJob(info=True) for n in attackers}))
     for n in attackers:
         assert not {r["dst"] for r in routes[n].info["routes"]} & set(inside), routes[n].info["routes"]
+        assert not {r["dst"] for r in routes[n].info["routes6"]} & set(inside6), routes[n].info["routes6"]
