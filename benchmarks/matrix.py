@@ -59,6 +59,12 @@ def main() -> int:
         figures["verdicts"] = len(run.cells)
         figures["mismatches"] = sum(not c.ok for c in run.cells.values())
         figures["resent"] = len(run.reprobes.sent)
+        rtts = sorted(c.observed.rtt_ms for c in run.cells.values() if c.observed.rtt_ms is not None)
+        if rtts:  # how late the answers came: what a shorter --timeout would have to wait for
+            figures["answered"] = len(rtts)
+            figures["rtt_p50_ms"] = rtts[len(rtts) // 2]
+            figures["rtt_p99_ms"] = rtts[int(len(rtts) * 0.99)]
+            figures["rtt_max_ms"] = rtts[-1]
         figures["verdicts_per_s"] = round(len(run.cells) / figures["matrix_s"], 1)
 
         flows = matrix_flows(policy)
