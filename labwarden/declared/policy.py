@@ -178,6 +178,7 @@ class Policy:
     syn_limit: SynLimit | None = None
     tunnels: list[Tunnel] = field(default_factory=list)
     budgets: list[Budget] = field(default_factory=list)  # per path, what latency must hold
+    _expected: dict = field(default_factory=dict, init=False, repr=False)  # expect()'s answers
 
     def zone_of(self, node: str) -> str:
         if node == self.router:
@@ -222,6 +223,13 @@ class Policy:
     # -- the oracle -------------------------------------------------------
 
     def expect(self, flow: Flow) -> Expectation:
+        """What the policy says of the flow; asked once per flow (a matrix asks about each cell
+        about four times: 0.3 s of the home lab's matrix). A loaded policy does not change."""
+        if flow not in self._expected:
+            self._expected[flow] = self._expect(flow)
+        return self._expected[flow]
+
+    def _expect(self, flow: Flow) -> Expectation:
         topology, service = self.topology, flow.service
         segment = topology.segment_of(flow.dst)
         holder = topology.node_at(flow.dst)
