@@ -36,6 +36,7 @@ from labwarden.checks import latency  # noqa: E402
 from labwarden.declared.links import Link, Profile  # noqa: E402
 from labwarden.realise.compose import PROBER, ComposeLab  # noqa: E402
 from labwarden.declared.lab import load_lab  # noqa: E402
+from labwarden.realise import compose_config  # noqa: E402
 from labwarden.probe.ship import IN_PROBER  # noqa: E402
 
 LAB = Path(__file__).resolve().parents[1] / "tests" / "integration" / "latency_lab"
@@ -108,7 +109,8 @@ print(json.dumps(out))
 
 def page(loads: int) -> dict:
     """The airplane's page loads: the suite's samples and an independent client's, alternately."""
-    topology, policy = load_lab(Path(__file__).resolve().parents[1] / "topologies" / "airplane")
+    topology, policy = load_lab(Path(__file__).resolve().parents[1] / "topologies" / "airplane",
+                                resolve=compose_config.resolver())
     budget = next(b for b in policy.budgets if b.kind == "http")
     budget = replace(budget, samples=loads)
     figures = {"budget": budget.label, "suite": [], "client": []}
@@ -187,7 +189,7 @@ def main() -> int:
         if args.json:
             print(json.dumps(figures))
         return 0
-    lab = ComposeLab(*load_lab(LAB), log=lambda m: None)
+    lab = ComposeLab(*load_lab(LAB, resolve=compose_config.resolver()), log=lambda m: None)
     figures = {}
     with lab:
         figures["method"] = lab.impairment.method

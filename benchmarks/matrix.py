@@ -3,7 +3,10 @@
     python benchmarks/matrix.py [--topology homelab] [--sample 40] [--json]
 
 Brings the lab up (the image must exist or is built first, not timed), probes
-the full matrix through the batched agent, then times a sample of the same
+the full matrix through the batched agent (both address families in one batch, as
+the suite does: `matrix_s`), then each family's cells on their own
+(`matrix_v4_s`/`matrix_v4_cells`, `matrix_v6_s`/...; every node's controls ride
+along each time, as in the suite), then times a sample of the same
 probes done the naive way (one `docker exec` per probe, bash's /dev/tcp with a
 1 s timeout) and extrapolates. With --json the last line is one JSON object.
 """
@@ -23,6 +26,7 @@ from labwarden.realise.image import ensure_image  # noqa: E402
 from labwarden.realise.compose import ComposeLab  # noqa: E402
 from labwarden.checks.matrix import matrix_flows, run_matrix  # noqa: E402
 from labwarden.declared.lab import load_lab  # noqa: E402
+from labwarden.realise import compose_config  # noqa: E402
 
 
 def naive_probe(lab, flow) -> None:
@@ -35,10 +39,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--topology", default="homelab")
     parser.add_argument("--sample", type=int, default=40, help="naive probes to time")
+    parser.add_argument("--timeout", type=float, default=1.0,
+                        help="the probes' wait for an answer, s (the suite's --lw-probe-timeout)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    topology, policy = load_lab(args.topology)
+    topology, policy = load_lab(args.topology, resolve=compose_config.resolver())
     ensure_image()
     figures = {"topology": topology.name}
     started = time.monotonic()
@@ -48,13 +54,29 @@ def main() -> int:
         figures["up_s"] = round(time.monotonic() - started, 3)
         figures.update({f"up_{k}": round(v, 3) for k, v in lab.timings.items() if k != "up_s"})
         started = time.monotonic()
-        run = asyncio.run(run_matrix(lab, policy))
+        run = asyncio.run(run_matrix(lab, policy, timeout=args.timeout))
         figures["matrix_s"] = round(time.monotonic() - started, 3)
         figures["verdicts"] = len(run.cells)
         figures["mismatches"] = sum(not c.ok for c in run.cells.values())
+        figures["resent"] = len(run.reprobes.sent)
+        rtts = sorted(c.observed.rtt_ms for c in run.cells.values() if c.observed.rtt_ms is not None)
+        if rtts:  # how late the answers came: what a shorter --timeout would have to wait for
+            figures["answered"] = len(rtts)
+            figures["rtt_p50_ms"] = rtts[len(rtts) // 2]
+            figures["rtt_p99_ms"] = rtts[int(len(rtts) * 0.99)]
+            figures["rtt_max_ms"] = rtts[-1]
         figures["verdicts_per_s"] = round(len(run.cells) / figures["matrix_s"], 1)
 
-        tcp = [f for f in matrix_flows(policy) if f.proto == "tcp"]
+        flows = matrix_flows(policy)
+        for family in sorted({f.dst.version for f in flows}):
+            mine = [f for f in flows if f.dst.version == family]
+            started = time.monotonic()
+            alone = asyncio.run(run_matrix(lab, policy, mine, timeout=args.timeout))
+            figures[f"matrix_v{family}_s"] = round(time.monotonic() - started, 3)
+            figures[f"matrix_v{family}_cells"] = len(alone.cells)
+            figures[f"matrix_v{family}_mismatches"] = sum(not c.ok for c in alone.cells.values())
+
+        tcp = [f for f in flows if f.proto == "tcp"]
         sample = random.Random(1).sample(tcp, min(args.sample, len(tcp)))
         started = time.monotonic()
         for flow in sample:

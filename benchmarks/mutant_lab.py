@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from labwarden.checks.tunnel import start  # noqa: E402
 from labwarden.declared.lab import load_lab  # noqa: E402
+from labwarden.realise import compose_config  # noqa: E402
 from labwarden.realise.compose import ComposeLab  # noqa: E402
 from labwarden.realise.image import ensure_image  # noqa: E402
 
@@ -32,7 +33,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    topology, policy = load_lab(args.topology)
+    topology, policy = load_lab(args.topology, resolve=compose_config.resolver())
     ensure_image()
     figures = {"topology": topology.name}
     lab = ComposeLab(topology, policy, log=lambda m: None)

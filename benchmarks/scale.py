@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import labwarden.probe  # noqa: E402
 from labwarden.checks.matrix import run_matrix  # noqa: E402
 from labwarden.declared.lab import load_lab  # noqa: E402
+from labwarden.realise import compose_config  # noqa: E402
 from labwarden.errors import LabError  # noqa: E402
 from labwarden.realise.compose import ComposeLab  # noqa: E402
 from labwarden.realise.image import ensure_image  # noqa: E402
@@ -148,7 +149,7 @@ class AgentCalls:
 
 def measure(folder: Path, n: int, base: str, log) -> dict:
     segments, _ = plan(n)
-    topology, policy = load_lab(generate(folder, n, base))
+    topology, policy = load_lab(generate(folder, n, base), resolve=compose_config.resolver())
     figures = {"nodes": n, "segments": segments}
     lab = ComposeLab(topology, policy, log=log)
     try:

@@ -11,8 +11,10 @@ under it the text that test's own failure message must contain:
     # labwarden-test: suites/isolation/test_matrix.py::test_cell[servers/web -> personal/laptop tcp/22]
     # labwarden-expect-fail: servers/web -> personal/laptop tcp/22: expected filtered
 
-A test may have several texts, a header several tests; the suite files named run together,
-on one lab.
+A test may have several texts, a header several tests; the tests named (`named_tests()`, by
+node id, not their whole suite files) run together, on one lab. Their fixtures still probe
+what judging them needs: a matrix cell's session-wide matrix and every node's positive
+controls, a sweep's captures.
 
 The test must FAIL. An error does not count: it means the check could not judge (a
 fixture raised, a positive control failed, the lab broke), which proves nothing about
@@ -35,6 +37,13 @@ class Expected:
     """One test that must fail, and what its failure message must contain."""
     test: str                 # node id: suites/isolation/test_matrix.py::test_cell[...]
     texts: tuple[str, ...]
+
+
+def named_tests(expected: tuple[Expected, ...]) -> list[str]:
+    """The node ids of the tests, once each, in the header's order: a mutant's run is given
+    these, not their whole suite files. pytest reads a node id's parameters whole, an
+    IPv6 address's `::` included (it splits at `::` only before the `[`)."""
+    return list(dict.fromkeys(e.test for e in expected))
 
 
 def suites(expected: tuple[Expected, ...]) -> list[str]:

@@ -182,6 +182,7 @@ class Policy:
     # zones whose segments get no IPv6 neighbour discovery from the router (its input chain
     # refuses their ICMPv6 NS/NA): on IPv6 nothing there reaches the router, nor through it
     nd_blocked: frozenset[str] = frozenset()
+    _expected: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # expect()'s answers
 
     def zone_of(self, node: str) -> str:
         if node == self.router:
@@ -226,6 +227,13 @@ class Policy:
     # -- the oracle -------------------------------------------------------
 
     def expect(self, flow: Flow) -> Expectation:
+        """What the policy says of the flow; asked once per flow (a matrix asks about each cell
+        about four times: 0.3 s of the home lab's matrix). A loaded policy does not change."""
+        if flow not in self._expected:
+            self._expected[flow] = self._expect(flow)
+        return self._expected[flow]
+
+    def _expect(self, flow: Flow) -> Expectation:
         topology, service = self.topology, flow.service
         segment = topology.segment_of(flow.dst)
         holder = topology.node_at(flow.dst)

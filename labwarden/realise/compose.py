@@ -139,8 +139,8 @@ class ComposeLab(Lab):
                 self._interrupted_compose = False
                 self.timings["compose_s"] = time.monotonic() - started - self.timings["image_s"]
                 self._timed("find_s", self._find_containers)
-                self._timed("silence_s", lambda: ipv6.silence(self))
-                plumbed = self._timed("plumb_s", lambda: asyncio.run(self._plumb()))
+                plumbed = self._timed("plumb_s", lambda: asyncio.run(self._plumb(beside=asyncio.to_thread(
+                    self._timed, "silence_s", lambda: ipv6.silence(self)))))
             self.impairment = self._timed("impair_s", lambda: impair.apply(self, self.impair_method))  # afresh
             if self.impairment.links:
                 self.log(f"labwarden: {self.impairment.summary()}")
@@ -346,13 +346,13 @@ class ComposeLab(Lab):
             setup.update(self.router_kind().load(self.router_firewall().read_text(), self.router_firewall()))
         return setup
 
-    async def _plumb(self, fresh: bool = False) -> dict:
+    async def _plumb(self, fresh: bool = False, beside=None) -> dict:
         """Routers first, with their rulesets, then everyone else: a node that had its route
         through a router before that router's ruleset (its NAT) was loaded could open a
         connection the router forwards unchanged, and conntrack keeps it that way for the
         connection's life (a tunnel client's, say: then the inside address leaks to wan).
         `fresh`: a lab that ran before also loses the routes a run added (nat's attackers'), its
-        tracked connections and its neighbours."""
+        tracked connections and its neighbours. `beside`: run at once (up()'s ipv6.silence: independent)."""
         forget = {"only_these_routes": True, "flush_conntrack": True, "forget_neighbours": True} if fresh else {}
         jobs = {name: NodeJob(setup={**self._setup_for(name), **forget}, info=True) for name in self.topology.nodes}
         routers = {n for n, node in self.topology.nodes.items()
@@ -360,7 +360,7 @@ class ComposeLab(Lab):
         rounds = [{n: j for n, j in jobs.items() if n in routers},
                   {n: j for n, j in jobs.items() if n not in routers}]
         try:
-            answers = await self.run_rounds([r for r in rounds if r])
+            answers, _ = await asyncio.gather(self.run_rounds([r for r in rounds if r]), beside or asyncio.sleep(0))
             self._record_namespaces(answers)
             # each node's sockets as they were once plumbed: the readiness check's first look
             return {node: answer for batch in answers for node, answer in batch.items()}

@@ -28,6 +28,7 @@ import random
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Address
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -75,12 +76,14 @@ def ssh_lab(tmp_path_factory):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     with ComposeLab(topology, policy, log=lambda m: None) as lab:
         docker_mode = asyncio.run(run_matrix(lab, policy))
-        for node in topology.nodes:
-            start_sshd(lab, node, (tmp / "id_ed25519.pub").read_text())
+        public_key = (tmp / "id_ed25519.pub").read_text()
+        with ThreadPoolExecutor(8) as pool:  # the nodes' docker execs at once, not one after the other
+            list(pool.map(lambda node: start_sshd(lab, node, public_key), topology.nodes))
+            keys = dict(zip(topology.nodes, pool.map(lambda node: host_key(lab, node), topology.nodes)))
         subprocess.run(["docker", "exec", lab.containers["phone"].name, "useradd", "-m", PLAIN_USER],
                        check=True, timeout=30)
         known_hosts = tmp / "known_hosts"  # each node's own host key, under the name ssh is given
-        known_hosts.write_text("".join(f"{node} {host_key(lab, node)}\n" for node in topology.nodes))
+        known_hosts.write_text("".join(f"{node} {keys[node]}\n" for node in topology.nodes))
         ssh_config = tmp / "ssh_config"
         ssh_config.write_text(
             "Host *\n  User root\n  IdentityFile {key}\n  IdentitiesOnly yes\n"

@@ -10,7 +10,9 @@ with the header in its compose.yaml. The header (labwarden/declared/mutants.py s
     # labwarden-test: suites/isolation/test_matrix.py::test_cell[servers/web -> personal/laptop tcp/22]
     # labwarden-expect-fail: servers/web -> personal/laptop tcp/22: expected filtered
 
-The suite files named run for real, together, in a pytest of their own, and must fail.
+The tests named run for real, together, in a pytest of their own, and must fail: only
+those tests (by node id), not their whole suite files; their fixtures still do whatever
+judging them needs (the whole matrix and every node's positive controls for one cell).
 
 The router configs of one lab share ONE lab: this process brings the lab up once (holding its
 address ranges) and each mutant's run attaches to it (`--lw-attach PROJECT`), which makes it as
@@ -23,6 +25,7 @@ with impaired links (the airplane) is not shared: each of its mutants gets a new
 test_a_shared_lab_carries_nothing_over shows that a mutant's run leaves nothing behind.
 """
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from labwarden.declared.lab import load_lab
-from labwarden.declared.mutants import TRACEBACK, outcomes, read_header, suites, unmet
+from labwarden.declared.mutants import TRACEBACK, outcomes, read_header, suites, named_tests, unmet
 from labwarden.probe import NodeJob
 from labwarden.realise.compose import ComposeLab
 from labwarden.realise.lab import run_sync
@@ -92,8 +95,10 @@ def run_suites(files: list[str], lab: list[str], tmp_path: Path) -> tuple[subpro
     return proc, junit
 
 
+@functools.cache
 def impaired(name: str) -> bool:
-    """Whether topology `name` has impaired links (the airplane's satellite)."""
+    """Whether topology `name` has impaired links (the airplane's satellite); parsed once per
+    topology, not once per mutant."""
     return bool(load_lab(ROOT / "topologies" / name)[0].links)
 
 
@@ -117,9 +122,10 @@ def mutant_lab(mutant: Path, shared: SharedLab) -> list[str]:
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[case_id(m) for m in MUTANTS])
 def test_suites_catch_mutant(mutant, tmp_path, shared):
-    """One run of every suite file the header names, on a lab with the mutant in it."""
+    """One run of the tests the header names (not their whole suite files), on a lab with the
+    mutant in it."""
     expected = read_header(mutant)
-    proc, junit = run_suites(suites(expected), mutant_lab(mutant, shared), tmp_path)
+    proc, junit = run_suites(named_tests(expected), mutant_lab(mutant, shared), tmp_path)
     output = proc.stdout + proc.stderr
     name = mutant.relative_to(ROOT)
     assert proc.returncode == 1, f"the suites did not fail on {name} (exit {proc.returncode}):\n{output[-3000:]}"
@@ -136,7 +142,7 @@ def test_a_shared_lab_carries_nothing_over(shared, tmp_path):
     suite passes; the attackers' routes are gone, IPv6's too."""
     mutant = ROOT / "topologies/homelab/mutants/forward-accept.nft"
     expected = read_header(mutant)
-    proc, junit = run_suites(suites(expected), mutant_lab(mutant, shared), tmp_path / "mutant")
+    proc, junit = run_suites(named_tests(expected), mutant_lab(mutant, shared), tmp_path / "mutant")
     assert proc.returncode == 1 and not unmet(expected, outcomes(junit)), (proc.stdout + proc.stderr)[-3000:]
     lab = shared.of("homelab")
     client, = [c for c in lab.containers.values()

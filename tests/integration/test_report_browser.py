@@ -1,8 +1,8 @@
 """The HTML report of a real run, opened in a real browser (headless Chromium).
 
-The isolation matrix runs for real twice, once on the home lab's own router
-config and once on a mutant that lets servers open connections to personal
-devices. Each run's page must show, as Chromium builds it, one grid cell per
+The isolation matrix runs for real twice on one home lab (each run attached to it,
+as fresh as a new lab), once on the home lab's own router config and once on a
+mutant that lets servers open connections to personal devices. Each run's page must show, as Chromium builds it, one grid cell per
 (source node, destination address), the mismatch count the JSON and the JUnit
 XML agree on, and each cell's own count; the mutant's leak must be red, in the
 grid and as red arrows in the lab's drawing (one per mismatching pair).
@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from labwarden.declared.lab import load_lab
+from labwarden.realise.compose import ComposeLab
 from labwarden.report.browser import browser_dom, layout, overlapping, page_summary, screenshot
 from labwarden.report.html import render_html
 from labwarden.report.records import LEAK, lab_record
@@ -37,12 +38,23 @@ SIZES = {"laptop": (1366, 768), "desktop": (1920, 1080), "phone": (390, 844)}
 SMALLEST_PX = 11
 
 
+@pytest.fixture(scope="module")
+def lab():
+    """One home lab for both runs, not one each: each run attaches to it (`--lw-attach`), which
+    makes it as fresh as a new lab with that run's router config loaded (conntrack emptied,
+    tunnel clients restarted: labwarden.realise.compose.ComposeLab._attach, as
+    tests/integration/test_mutants.py's shared labs)."""
+    with ComposeLab(*load_lab(ROOT / "topologies" / "homelab"), log=lambda m: None) as lab:
+        yield lab
+
+
 @pytest.fixture(scope="module", params=list(RUNS))
-def run(request, tmp_path_factory):
+def run(request, tmp_path_factory, lab):
     out = tmp_path_factory.mktemp(request.param)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=no", "--no-header",
          "suites/isolation/test_matrix.py", "suites/isolation/test_stateful.py",
+         "--lw-topology", "homelab", "--lw-attach", lab.project,
          "--lw-report-dir", str(out), *RUNS[request.param]],
         cwd=ROOT, capture_output=True, text=True, timeout=1200)
     return request.param, proc, out

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from labwarden.errors import ConfigError
-from labwarden.declared.mutants import TRACEBACK, Expected, junit_key, outcomes, read_header, suites, unmet
+from labwarden.declared.mutants import TRACEBACK, Expected, junit_key, outcomes, read_header, suites, named_tests, unmet
 
 ROOT = Path(__file__).resolve().parents[2]
 MUTANTS = sorted((ROOT / "topologies").glob("*/mutants/*.nft")) + \
@@ -49,6 +49,17 @@ def test_a_header_names_tests_and_their_suites_in_its_order(tmp_path):
         Expected("suites/isolation/test_matrix.py::test_cell[ai/gpu -> servers/web tcp/80]",
                  ("ai/gpu -> servers/web tcp/80: expected filtered",)))
     assert suites(expected) == ["suites/isolation/test_matrix.py", "suites/fuzz/test_flows.py"]
+    assert named_tests(expected) == [e.test for e in expected]
+
+
+def test_a_test_named_twice_runs_once(tmp_path):
+    path = header(tmp_path, f"""\
+        # labwarden-test: {CELL}
+        # labwarden-expect-fail: expected filtered
+        # labwarden-test: {CELL}
+        # labwarden-expect-fail: observed open
+        """)
+    assert named_tests(read_header(path)) == [CELL]
 
 
 @pytest.mark.parametrize("text,problem", [
@@ -167,6 +178,23 @@ def test_every_mutant_names_tests_that_exist(mutant):
     lab = mutant.parent if mutant.name == "compose.yaml" else mutant.parents[1]
     missing = [e.test for e in read_header(mutant) if e.test not in collected(lab)]
     assert not missing, f"{mutant.name} names tests that are not collected on {lab.name}: {missing}"
+
+
+def lab_of(mutant: Path) -> Path:
+    return mutant.parent if mutant.name == "compose.yaml" else mutant.parents[1]
+
+
+@pytest.mark.parametrize("lab", sorted({lab_of(m) for m in MUTANTS}), ids=lambda lab: str(lab.relative_to(ROOT)))
+def test_the_named_ids_select_exactly_those_tests(lab):
+    """A mutant's run is given its tests' node ids (tests/integration/test_mutants.py): given
+    to pytest, they select those tests and no others, an IPv6 address's `::` in the id included."""
+    named = sorted({t for m in MUTANTS if lab_of(m) == lab for t in named_tests(read_header(m))})
+    with tempfile.TemporaryDirectory() as reports:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                               "--lw-report-dir", reports, "--lw-topology", str(lab), *named],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert sorted(line for line in proc.stdout.splitlines() if "::" in line) == named
 
 
 LAB_FOLDERS = [m.parent for m in MUTANTS if m.name == "compose.yaml"]
