@@ -282,8 +282,8 @@ async def rogue_routers(lab, policy: Policy, timeout: float = 1.0):
     link, while all of them capture.
 
     Returns [(sender, segment, {host: kinds that arrived})] for the hidden segments, and
-    {sender: (own-link peer, kinds it saw)} as controls (a capture on the sender's link sees
-    what the sender sends there, or "none arrived" proves nothing)."""
+    {sender: (own-link peer or the router, kinds it saw)} as controls (a capture on the
+    sender's link sees what the sender sends there, or "none arrived" proves nothing)."""
     topology = lab.topology
     plan, jobs, peers = [], {}, {}
     for sender in observers(policy):
@@ -296,11 +296,11 @@ async def rogue_routers(lab, policy: Policy, timeout: float = 1.0):
         job = jobs.setdefault(sender, NodeJob(capture_s=CAPTURE_S))
         link = (me.interfaces[home], lab.mac(sender, home))
         job.send += packets.rogue_router(me.addresses6[home], "ff02::1", marker, link)
+        # the control: a neighbour on the sender's link, else the router (on every link)
         peer = next((n for n, node in topology.nodes.items() if home in node.addresses6
-                     and n not in (sender, policy.router)), None)
-        if peer:
-            peers[sender] = peer
-            jobs.setdefault(peer, NodeJob()).capture_s = CAPTURE_S
+                     and n not in (sender, policy.router)), policy.router)
+        peers[sender] = peer
+        jobs.setdefault(peer, NodeJob()).capture_s = CAPTURE_S
         for segment in hidden:
             hosts = {n: node.addresses6[segment] for n, node in topology.nodes.items()
                      if segment in node.addresses6 and n != policy.router}
@@ -318,6 +318,5 @@ async def rogue_routers(lab, policy: Policy, timeout: float = 1.0):
                        and (s.kind == "ra" or (s.kind == "udp" and s.payload[:2] == b"\x02\x23"))
                        and marker in s.payload})
     results = [(sender, segment, {h: kinds(h, marker) for h in hosts}) for sender, segment, hosts, marker in plan]
-    controls = {sender: (peer, kinds(peer, marker)) for sender, _, _, marker in plan
-                if (peer := peers.get(sender))}
+    controls = {sender: (peers[sender], kinds(peers[sender], marker)) for sender, _, _, marker in plan}
     return results, controls

@@ -8,6 +8,11 @@ arrive there, while the same sent on its own link are seen by a neighbour."""
 import pytest
 
 
+def _controls_hold(missed: list[str], why: str) -> None:
+    if missed:
+        raise RuntimeError(f"control failed: {why}: " + "; ".join(missed))
+
+
 @pytest.fixture
 def forged(spoofing, labwarden_policy, positive_controls):
     """The sends, once every sender's and target's controls hold and the genuine packets arrived."""
@@ -18,10 +23,8 @@ def forged(spoofing, labwarden_policy, positive_controls):
     genuine = [o for o in spoofing if o[4]]
     if not genuine:
         pytest.skip("no node may send to another segment: nothing to forge against")
-    lost = [f"{label(s)} -> {label(t)} ({a})" for s, _, t, a, _, hit in genuine if not hit]
-    if lost:
-        raise RuntimeError("control failed: genuine packets did not arrive, so forged ones "
-                           "missing proves nothing: " + "; ".join(lost))
+    _controls_hold([f"{label(s)} -> {label(t)} ({a})" for s, _, t, a, _, hit in genuine if not hit],
+                   "genuine packets did not arrive, so forged ones missing proves nothing")
     return spoofing
 
 
@@ -41,12 +44,11 @@ def rogue_sends(rogue, labwarden_policy, positive_controls):
         pytest.skip("no node with IPv6 is kept from a segment with IPv6: no rogue router to try")
     positive_controls.require(*{n for sender, _, hosts in results for n in (sender, *hosts)},
                               *{peer for peer, _ in controls.values()})
-    blind = [f"{labwarden_policy.label(peer)} saw {', '.join(kinds) or 'nothing'} of what "
-             f"{labwarden_policy.label(sender)} sent to ff02::1"
-             for sender, (peer, kinds) in controls.items() if len(kinds) < 2]
-    if blind:
-        raise RuntimeError("control failed: a rogue router's packets on its own link were not all "
-                           "captured, so none arriving elsewhere proves nothing: " + "; ".join(blind))
+    _controls_hold([f"{labwarden_policy.label(peer)} saw {', '.join(kinds) or 'nothing'} of what "
+                    f"{labwarden_policy.label(sender)} sent to ff02::1"
+                    for sender, (peer, kinds) in controls.items() if len(kinds) < 2],
+                   "a rogue router's packets on its own link were not all captured, so none "
+                   "arriving elsewhere proves nothing")
     return results
 
 
