@@ -121,3 +121,11 @@ def test_forged_sources_are_tried_on_both_families(policy):
     assert all(p[1].version == 6 and p[3].version == 6 for p in plan)
     assert IPv6Address("2001:db8:0:1::10") in {p[1] for p in forged}  # a personal address
     assert not exposure._spoof_plan(policy, "web", 4)[0][1].version == 6
+
+
+def test_a_fetch_to_an_ipv6_address_names_it_as_a_literal():
+    """test_local_only follows IPv6 connections too (checks.landing.locate fetches them)."""
+    from labwarden.checks.fetch import fetch_for
+    web = fetch_for("2001:db8:0:10::10", 80)
+    assert web.dst == IPv6Address("2001:db8:0:10::10") and b"Host: [2001:db8:0:10::10]\r\n" in web.send
+    assert fetch_for(IPv6Address("2001:db8:0:20::10"), 22).send == b""
