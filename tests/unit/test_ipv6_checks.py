@@ -129,3 +129,16 @@ def test_a_fetch_to_an_ipv6_address_names_it_as_a_literal():
     web = fetch_for("2001:db8:0:10::10", 80)
     assert web.dst == IPv6Address("2001:db8:0:10::10") and b"Host: [2001:db8:0:10::10]\r\n" in web.send
     assert fetch_for(IPv6Address("2001:db8:0:20::10"), 22).send == b""
+
+
+def test_a_udp_reply_only_the_socket_saw_is_read_on_ipv6():
+    """An AF_INET6 socket's peer is a 4-tuple; the agent failed the whole node's batch on it
+    ('too many values to unpack'), found by the ipv4-only-filter mutant under load."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "labwarden" / "agent"))
+    import agent
+    settled = []
+    book = SimpleNamespace(connect_only=False, answers=lambda probe, src: True,
+                           settle=lambda probe, verdict, src, **kw: settled.append((verdict, src)))
+    probe = SimpleNamespace(port=53, seen_at=1.0, socket_saw=("2001:db8:0:1::10", 53, 0, 0))
+    agent.UdpProber().fallback(probe, book)
+    assert settled == [("open", "2001:db8:0:1::10")]
