@@ -31,22 +31,28 @@ def sweep_targets6(topology, segment: str) -> list[IPv6Address]:
     return sorted(set(low + declared))
 
 
-def hidden_segments(policy: Policy, observer: str) -> list[str]:
-    """Segments the observer may not reach at all: it should not learn their hosts exist.
-    (A flow to a host's address that a forward sends on to another node, as OpenWrt's
-    redirects without src_dip do, does not reach that host.)"""
+def hidden_families(policy: Policy, observer: str, segment: str) -> set[int]:
+    """The IP versions (4, 6) on which the observer may not reach any host of the segment: on
+    those it should not learn that the hosts exist. (A flow to a host's address that a forward
+    sends on to another node, as OpenWrt's redirects without src_dip do, does not reach that
+    host; an IPv6 pinhole to one host does, so wan may know the server VLAN on IPv6.)"""
     topology = policy.topology
-    own = set(topology.nodes[observer].segments)
-    hidden = []
-    for name in topology.segments:
+    if segment in topology.nodes[observer].segments:
+        return set()
+    hidden = set()
+    for version in (4, 6):
         members = [(n, a) for n, node in topology.nodes.items() if n != policy.router
-                   for s, a in [*node.addresses.items(), *node.addresses6.items()] if s == name]
-        if name in own or not members:
-            continue
-        if not any(policy.expect(policy.flow(observer, addr, svc)).reached == holder
-                   for holder, addr in members for svc in matrix_services(policy)):
-            hidden.append(name)
+                   for s, a in (node.addresses if version == 4 else node.addresses6).items() if s == segment]
+        if members and not any(policy.expect(policy.flow(observer, addr, svc)).reached == holder
+                               for holder, addr in members for svc in matrix_services(policy)):
+            hidden.add(version)
     return hidden
+
+
+def hidden_segments(policy: Policy, observer: str, version: int | None = None) -> list[str]:
+    """Segments the observer may not reach at all (on `version`, or on either family)."""
+    return [name for name in policy.topology.segments
+            if (families := hidden_families(policy, observer, name)) and (version is None or version in families)]
 
 
 def observers(policy: Policy) -> list[str]:
@@ -76,7 +82,7 @@ class Sighting:
         return "; ".join(parts) or "nothing"
 
 
-def _sweep_job(lab, node: str, segments: list[str], own_segment: str) -> NodeJob:
+def _sweep_job(lab, node: str, segments: dict[str, set[int]], own_segment: str) -> NodeJob:
     """ARP and neighbour-solicitation sweeps, discovery queries and an echo to ff02::1 on the
     node's own segment wire; ping sweeps (both families) through routes."""
     topology = lab.topology
@@ -85,11 +91,12 @@ def _sweep_job(lab, node: str, segments: list[str], own_segment: str) -> NodeJob
     ip6 = me.addresses6.get(own_segment)
     mac = lab.mac(node, own_segment)
     job = NodeJob(capture_s=CAPTURE_S)
-    for segment in segments:
+    for segment, families in segments.items():
         subnet = topology.segments[segment].subnet
-        job.send += packets.arp_sweep(iface, mac, ip, subnet)
-        job.probes += [Probe("icmp", host) for host in subnet.hosts() if host != ip]
-        if ip6 is not None:
+        if 4 in families:
+            job.send += packets.arp_sweep(iface, mac, ip, subnet)
+            job.probes += [Probe("icmp", host) for host in subnet.hosts() if host != ip]
+        if ip6 is not None and 6 in families:
             targets = [a for a in sweep_targets6(topology, segment) if a != ip6]
             job.send += packets.nd_sweep(iface, mac, ip6, targets)
             job.probes += [Probe("icmp", host) for host in targets]
@@ -100,11 +107,12 @@ def _sweep_job(lab, node: str, segments: list[str], own_segment: str) -> NodeJob
 
 
 def _sighting(lab, policy: Policy, observer: str, job: NodeJob, answer, segment: str,
-              count_router: bool = False) -> Sighting:
-    """Hosts of the segment that answered; the router's own addresses are no secret
-    (but they do show that a control sweep works)."""
+              count_router: bool = False, families=(4, 6)) -> Sighting:
+    """Hosts of the segment that answered, on those families; the router's own addresses are
+    no secret (but they do show that a control sweep works)."""
     topology = lab.topology
-    subnets = [n for n in (topology.segments[segment].subnet, topology.segments[segment].subnet6) if n]
+    subnets = [n for n in (topology.segments[segment].subnet, topology.segments[segment].subnet6)
+               if n and n.version in families]
 
     def inside(address) -> bool:  # (`in` across families compares integers: check the version)
         return address is not None and any(address.version == n.version and address in n for n in subnets)
@@ -141,7 +149,7 @@ async def discovery(lab, policy: Policy, timeout: float = 1.0):
     find its neighbours, or the sweep proves nothing.
     """
     topology = lab.topology
-    plan = {n: hidden_segments(policy, n) for n in observers(policy)}
+    plan = {n: {s: hidden_families(policy, n, s) for s in hidden_segments(policy, n)} for n in observers(policy)}
     plan = {n: segs for n, segs in plan.items() if segs}
     swept = {s for segs in plan.values() for s in segs}
     controls = {}
@@ -156,15 +164,16 @@ async def discovery(lab, policy: Policy, timeout: float = 1.0):
     for node, segs in plan.items():
         jobs[node] = _sweep_job(lab, node, segs, topology.nodes[node].segments[0])
     for segment, node in controls.items():
-        job = _sweep_job(lab, node, [segment], segment)
+        job = _sweep_job(lab, node, {segment: {4, 6}}, segment)
         if node in jobs:
             jobs[node].send += job.send
             jobs[node].probes += job.probes
         else:
             jobs[node] = job
     answers = await lab.run(jobs, timeout=timeout)
-    results = {(node, segment): _sighting(lab, policy, node, jobs[node], answers[node], segment)
-               for node, segs in plan.items() for segment in segs}
+    results = {(node, segment): _sighting(lab, policy, node, jobs[node], answers[node], segment,
+                                          families=families)
+               for node, segs in plan.items() for segment, families in segs.items()}
     control = {segment: (node, _sighting(lab, policy, node, jobs[node], answers[node], segment, True))
                for segment, node in controls.items()}
     return results, control
@@ -289,7 +298,7 @@ async def rogue_routers(lab, policy: Policy, timeout: float = 1.0):
     for sender in observers(policy):
         me = topology.nodes[sender]
         home = next((s for s in me.segments if s in me.addresses6), None)
-        hidden = [s for s in hidden_segments(policy, sender) if topology.segments[s].subnet6]
+        hidden = [s for s in hidden_segments(policy, sender, 6) if topology.segments[s].subnet6]
         if home is None or not hidden:
             continue
         marker = f"labwarden-rogue-{secrets.token_hex(8)}".encode()

@@ -142,3 +142,13 @@ def test_a_udp_reply_only_the_socket_saw_is_read_on_ipv6():
     probe = SimpleNamespace(port=53, seen_at=1.0, socket_saw=("2001:db8:0:1::10", 53, 0, 0))
     agent.UdpProber().fallback(probe, book)
     assert settled == [("open", "2001:db8:0:1::10")]
+
+
+def test_a_segment_is_swept_on_the_families_it_is_hidden_on(policy):
+    """wan reaches web's IPv6 address through the pinhole, so it may know the server VLAN on
+    IPv6; on IPv4 (DNAT of the public address only) the server VLAN stays hidden from wan."""
+    assert exposure.hidden_families(policy, "visitor", "servers") == {4}
+    assert exposure.hidden_families(policy, "web", "personal") == {4, 6}
+    assert exposure.hidden_families(policy, "laptop", "servers") == set()
+    assert exposure.hidden_segments(policy, "visitor", 6) == ["personal", "ai"]
+    assert "servers" in exposure.hidden_segments(policy, "visitor")
