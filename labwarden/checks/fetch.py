@@ -7,7 +7,7 @@ reply back as a value that can be compared byte for byte. No Docker here.
 """
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 
 from labwarden.declared.policy import Service
 from labwarden.probe import Fetch, Fetched
@@ -24,10 +24,11 @@ def http_get(host, path: str = "/") -> bytes:
 
 def fetch_for(address, port: int, host=None, read_s: float = READ_S) -> Fetch:
     """How a client would talk to this port: HTTP(S) for web ports, else just listen."""
+    address = ip_address(str(address))
     if port in HTTP_PORTS or port in TLS_PORTS:
-        return Fetch(IPv4Address(address), port, http_get(host or address), tls=port in TLS_PORTS,
-                     read_s=read_s)
-    return Fetch(IPv4Address(address), port, b"", read_s=min(read_s, 1.0))
+        named = host or (f"[{address}]" if address.version == 6 else address)  # RFC 3986's IPv6 literal
+        return Fetch(address, port, http_get(named), tls=port in TLS_PORTS, read_s=read_s)
+    return Fetch(address, port, b"", read_s=min(read_s, 1.0))
 
 
 def is_web(service: Service) -> bool:

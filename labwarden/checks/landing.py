@@ -87,10 +87,11 @@ async def locate(lab, policy: Policy, src: str, flows, timeout: float = 1.0) -> 
     the NAT rule that sent each one on."""
     topology = policy.topology
     tcp, udp = [f for f in flows if f.proto == "tcp"], [f for f in flows if f.proto == "udp"]
-    source = topology.nodes[src].addresses[topology.nodes[src].segments[0]]
+    node = topology.nodes[src]
+    sources = {4: node.addresses[node.segments[0]], 6: next(iter(node.addresses6.values()), None)}
     jobs = {n: NodeJob(capture_s=CAPTURE_S) for n in topology.nodes if n not in (src, policy.router)}
     jobs[src] = NodeJob(fetch=[fetch_for(f.dst, f.port, read_s=0.2) for f in tcp],
-                        send=[packets.marked_udp(source, f.dst, b"labwarden-locate", LOCATE_SPORT + i, f.port)
+                        send=[packets.marked_udp(sources[f.dst.version], f.dst, b"labwarden-locate", LOCATE_SPORT + i, f.port)
                               for i, f in enumerate(udp)])
     answers = await lab.run(jobs, timeout=timeout)
     ports = {("tcp", fetched.sport): flow for flow, fetched in zip(tcp, answers[src].fetched)}

@@ -98,7 +98,7 @@ def local_only_nodes(policy: Policy) -> list[str]:
     """Nodes whose services no wan node reaches, at any address (port-forwards included)."""
     topology = policy.topology
     wan_nodes = [n for n in topology.nodes if policy.zone_of(n) == "wan"]
-    addresses = [a for node in topology.nodes.values() for a in node.addresses.values()]
+    addresses = [a for node in topology.nodes.values() for a in node.all_addresses()]
     return [name for name in topology.nodes
             if name != policy.router and policy.zone_of(name) != "wan"
             and not any(policy.expect(policy.flow(w, a, s)).reached == name
@@ -111,21 +111,22 @@ def reachers(policy: Policy, node: str) -> set[str]:
 
 
 def one_way_pairs(policy: Policy) -> list[tuple[Flow, Flow]]:
-    """(allowed flow, reverse flow) per zone pair where only one side may initiate: a new
-    connection across the router, and the same service the other way round, which the
-    policy forbids (replies to the first pass; the second may not open anything)."""
+    """(allowed flow, reverse flow) per zone pair and address family where only one side may
+    initiate: a new connection across the router, and the same service the other way round,
+    which the policy forbids (replies to the first pass; the second may not open anything)."""
     pairs: dict[tuple, tuple[Flow, Flow]] = {}
     flows = matrix_flows(policy)
     for flow in sorted(flows, key=lambda f: f.proto != "tcp"):  # a SYN-ACK is the reply to show
         if policy.expect(flow).verdicts != {"open"} or flow.dst_node == policy.router or not crosses(policy, flow):
             continue
-        key = (policy.zone_of(flow.src), policy.zone_of(flow.dst_node))
+        key = (policy.zone_of(flow.src), policy.zone_of(flow.dst_node), flow.dst.version)
         if key in pairs or flow.dst_node != policy.expect(flow).reached:
             continue
         src_node = policy.topology.nodes[flow.src]
         mine = {(s.proto, s.port) for s in policy.services.get(flow.src, ())}
         for reverse in flows:
-            if (reverse.src == flow.dst_node and reverse.dst in src_node.addresses.values()
+            if (reverse.src == flow.dst_node and reverse.dst in src_node.all_addresses()
+                    and reverse.dst.version == flow.dst.version
                     and (reverse.proto, reverse.port) in mine and policy.expect(reverse).reached is None
                     and not policy.topology.on_link(reverse.src, reverse.dst)):
                 pairs[key] = (flow, reverse)

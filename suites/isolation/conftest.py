@@ -19,3 +19,8 @@ async def snooping(lab, labwarden_policy, probe_timeout):
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def spoofing(lab, labwarden_policy, probe_timeout):
     return await exposure.spoofing(lab, labwarden_policy, probe_timeout)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def rogue(lab, labwarden_policy, probe_timeout):
+    return await exposure.rogue_routers(lab, labwarden_policy, probe_timeout)

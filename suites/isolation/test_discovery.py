@@ -2,9 +2,12 @@
 
 A node that may not reach a segment must not learn that its hosts exist: an
 ARP sweep, broadcast/mDNS/SSDP queries and a ping sweep from it find nothing
-there, while the same sweep from inside that segment finds its hosts. And a
+there, while the same sweep from inside that segment finds its hosts. On IPv6
+the sweep is neighbour solicitations on the own link for the segment's addresses,
+an echo to ff02::1 (all nodes of the own link) and a ping sweep of the
+segment's addresses (interface ids ::1-::40 and the declared ones). And a
 capture on every other node, while a segment's devices talk to each other and
-to the internet, sees none of their packets.
+to the internet (both families), sees none of their packets.
 """
 
 import pytest
@@ -44,6 +47,12 @@ def sweep(discovery, labwarden_policy, positive_controls, observer_segment):
     if not control.arp and not control.ping:
         raise RuntimeError(f"control failed: {control_node} swept its own segment {segment} "
                            f"and found nothing, so an empty sweep from elsewhere proves nothing")
+    topology = labwarden_policy.topology
+    if topology.segments[segment].subnet6 and topology.nodes[control_node].addresses6 \
+            and 6 not in control.families():
+        raise RuntimeError(f"control failed: {control_node} swept its own segment {segment} on IPv6 "
+                           f"and found nothing there (found {control}), so an empty IPv6 sweep "
+                           "from elsewhere proves nothing")
     if _has_responder(labwarden_policy, segment) and not control.discovery:
         raise RuntimeError(f"control failed: discovery queries from {control_node} on {segment} "
                            f"got no answer from the segment's responder")

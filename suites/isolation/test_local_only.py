@@ -2,6 +2,7 @@
 land on them, by any address or port-forward; the zones it names do reach their
 services.
 
+Both families: every IPv4 and IPv6 address of every node is a matrix destination.
 A flow lands where the oracle says it is reached, or where the probe's answer
 came from; a connection that answers where the policy expects silence is
 followed (every node captures while it is made again) to the node it lands on,
@@ -30,7 +31,7 @@ async def landing(lab, matrix, labwarden_policy, probe_timeout, local_node):
     answer landed, the NAT rule that sent it there or None)})."""
     policy = labwarden_policy
     node = policy.topology.nodes[local_node]
-    mine = set(node.addresses.values())
+    mine = set(node.all_addresses())
     cells = [c for c in matrix.cells.values() if local_node in (c.flow.dst_node, c.expected.reached)
              or c.observed.by in mine]
     allowed = reachers(policy, local_node)

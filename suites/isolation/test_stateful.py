@@ -1,6 +1,6 @@
 """Stateful return traffic: replies to allowed connections pass, the reverse
 direction cannot open connections of its own, and ICMP errors about an allowed
-flow (the RELATED path) come back to its sender.
+flow (the RELATED path) come back to its sender; each on IPv4 and on IPv6.
 
 Each test sends its own probes; which pairs exist is the policy's business
 (tests/unit/test_policy.py)."""
@@ -21,18 +21,21 @@ def _routed(policy, flow):
 
 
 def related_flows(policy):
-    """Per source zone, one UDP probe across the router to a closed port the policy lets it reach."""
+    """Per source zone and address family, one UDP probe across the router to a closed port
+    the policy lets it reach (its port-unreachable is an ICMP or ICMPv6 error)."""
     flows = {}
     for src in policy.topology.nodes:
-        if src == policy.router or policy.zone_of(src) in {policy.zone_of(f.src) for f in flows.values()}:
-            continue
-        for node in policy.topology.nodes.values():
-            candidates = [policy.flow(src, a, f"udp/{UNUSED_UDP_PORT}") for a in node.addresses.values()]
-            candidates = [f for f in candidates if _routed(policy, f)
-                          and policy.expect(f).verdicts == {"closed"}]
-            if candidates:
-                flows[src] = candidates[0]
-                break
+        for version in (4, 6):
+            if src == policy.router or (policy.zone_of(src), version) in flows:
+                continue
+            for node in policy.topology.nodes.values():
+                candidates = [policy.flow(src, a, f"udp/{UNUSED_UDP_PORT}") for a in node.all_addresses()
+                              if a.version == version]
+                candidates = [f for f in candidates if _routed(policy, f)
+                              and policy.expect(f).verdicts == {"closed"}]
+                if candidates:
+                    flows[policy.zone_of(src), version] = candidates[0]
+                    break
     return list(flows.values())
 
 

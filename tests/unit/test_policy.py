@@ -482,7 +482,9 @@ def test_one_way_pairs_are_one_way(folder):
         assert (reverse.src, reverse.dst_node) == (forward.dst_node, forward.src)
         assert reverse.service in shipped.services[forward.src]
         assert shipped.expect(reverse).reached is None
-    assert len({(shipped.zone_of(f.src), shipped.zone_of(f.dst_node)) for f, _ in pairs}) == len(pairs)
+        assert reverse.dst.version == forward.dst.version
+    assert len({(shipped.zone_of(f.src), shipped.zone_of(f.dst_node), f.dst.version)
+                for f, _ in pairs}) == len(pairs)
 
 
 def test_homelab_one_way_pairs(policy):
