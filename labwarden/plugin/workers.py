@@ -69,7 +69,8 @@ class WorkerReport(ReportPlugin):
         pass  # the controller counts outcomes and records failures: xdist sends it every report
 
     def pytest_sessionfinish(self, session, exitstatus):
-        judged = {title: [f.label(run.policy) for f in run.cells if f in self.judged] for title, run in self.runs}
+        judged = {title: [[f.label(run.policy), str(f.dst), str(f.service)] for f in run.cells if f in self.judged]
+                  for title, run in self.runs}
         self.config.workeroutput[KEY] = {
             "active": passive.is_active(self.config), "report": self.report.to_dict(),
             "judged": judged, "grids": [(title, render_grid(run)) for title, run in self.runs]}
@@ -125,6 +126,11 @@ def _worker_order(worker_id: str):
     return (int(digits) if digits.isdigit() else 0, worker_id)
 
 
+def _key(probe: dict) -> tuple:
+    """A probe as the matrix knows its flow (a label alone can name two: a node's two addresses)."""
+    return probe["group"], probe["flow"], probe["dst_address"], probe["service"]
+
+
 def merge(report, outputs: list[dict]) -> None:
     """The workers' reports into `report` (the controller's): the first lab header; every
     probe once (a matrix cell as the worker that judged it saw it, in the matrix's order);
@@ -135,14 +141,14 @@ def merge(report, outputs: list[dict]) -> None:
     if head is not None:
         report.header.update({**head, **report.header, "xdist_workers": len(outputs)})
     report.lab = report.lab or next((d["lab"] for d in docs if d.get("lab")), None)
-    judge = {(group, label): i for i, o in enumerate(outputs) for group, labels in o["judged"].items()
-             for label in labels}
-    by_worker = [{(p["group"], p["flow"]): p for p in d["probes"]} for d in docs]
+    judge = {(group, *flow): i for i, o in enumerate(outputs) for group, flows in o["judged"].items()
+             for flow in flows}
+    by_worker = [{_key(p): p for p in d["probes"]} for d in docs]
     seen: set = set()
     for i, doc in enumerate(docs):
         fresh = set()
         for probe in doc["probes"]:
-            key = (probe["group"], probe["flow"])
+            key = _key(probe)
             if key in seen:
                 continue  # an earlier worker's report has it
             fresh.add(key)

@@ -97,8 +97,9 @@ def test_an_interrupted_owner_takes_the_lab_down_at_once(tmp_path, monkeypatch):
     second.leave(None)
 
 
-def _probe(flow, observed, group="segmentation matrix"):
-    return {"flow": flow, "group": group, "observed": observed, "ok": observed == "filtered"}
+def _probe(flow, observed, group="segmentation matrix", address="10.0.0.1"):
+    return {"flow": flow, "group": group, "observed": observed, "ok": observed == "filtered",
+            "dst_address": address, "service": "tcp/22"}
 
 
 def _output(probes, judged, sections=(), reprobed=()):
@@ -112,14 +113,17 @@ def _output(probes, judged, sections=(), reprobed=()):
 def test_each_cell_is_recorded_as_the_worker_that_judged_it_saw_it():
     """Each worker probed the whole matrix; the report has every cell once, in the matrix's
     order, each as its judge saw it (here b's second look differs: b judged it)."""
-    a = _output([_probe("a", "filtered"), _probe("b", "open"), _probe("nat", "open", "nat")], ["a"],
+    a = _output([_probe("a", "filtered"), _probe("b", "open"), _probe("b", "open", address="10.0.1.1"),
+                 _probe("nat", "open", "nat")], [["a", "10.0.0.1", "tcp/22"]],
                 sections=[{"kind": "text", "title": "t", "data": "x"}], reprobed=["b"])
-    b = _output([_probe("a", "open"), _probe("b", "filtered")], ["b"],
+    b = _output([_probe("a", "open"), _probe("b", "filtered"), _probe("b", "filtered", address="10.0.1.1")],
+                [["b", "10.0.0.1", "tcp/22"]],
                 sections=[{"kind": "text", "title": "t", "data": "x"}, {"kind": "text", "title": "u", "data": "y"}])
     report = Report()
     merge(report, [a, b])
     assert [(p["group"], p["flow"], p["observed"]) for p in report.probes] == [
-        ("segmentation matrix", "a", "filtered"), ("segmentation matrix", "b", "filtered"), ("nat", "nat", "open")]
+        ("segmentation matrix", "a", "filtered"), ("segmentation matrix", "b", "filtered"),
+        ("segmentation matrix", "b", "open"), ("nat", "nat", "open")]  # b at its other address: a's, judged by nobody
     assert [s["title"] for s in report.sections] == ["t", "u"]
     assert len(report.matrices) == 1 and report.matrices[0]["reprobed"] == ["b"]
     assert report.header["topology"] == "homelab" and report.header["xdist_workers"] == 2
