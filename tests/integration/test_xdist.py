@@ -22,7 +22,7 @@ pytest.importorskip("xdist", reason="pytest-xdist is in the dev extra")
 
 def run_pytest(*args):
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+                          cwd=ROOT, capture_output=True, text=True, timeout=2400)  # a wait for the subnets (up to 900 s) included
 
 
 def cells(report: dict) -> dict:
