@@ -39,6 +39,7 @@ from labwarden.errors import ConfigError, LabwardenError
 from labwarden.realise.cleanup import sigterm_interrupts
 from labwarden.realise import compose_config
 from labwarden.realise.compose import ComposeLab
+from labwarden.realise.joined import JoinedLab
 from labwarden.checks.matrix import check_controls, matrix_flows, run_matrix
 from labwarden.checks.tunnel import start
 from labwarden.declared import fields
@@ -46,7 +47,7 @@ from labwarden.declared.compose_safety import ALLOW_HELP, PYTEST_ALLOW_OPTION
 from labwarden.declared.lab import load_lab
 from labwarden.fuzz.flows.flow import FuzzFlow
 
-from labwarden.plugin import livemode, passive, reporting
+from labwarden.plugin import livemode, passive, reporting, workers
 
 _CONFIG = pytest.StashKey[tuple]()
 _REPLAY = pytest.StashKey[object]()
@@ -96,6 +97,7 @@ def pytest_addoption(parser):
 @pytest.hookimpl(tryfirst=True)  # before junitxml's: the report folder's junit.xml is the default
 def pytest_configure(config):
     reporting.configure(config)
+    workers.configure(config, _activate)  # pytest-xdist: one lab for the workers, one report
     livemode.configure(config)
     config.addinivalue_line("markers", "lab: the test brings up (or uses) a Docker lab")
     # passive unless the run uses labwarden (labwarden.plugin.passive); a --lw- option says so now
@@ -107,8 +109,8 @@ def pytest_configure(config):
 def pytest_collection_finish(session):
     """Without a --lw- option, the collected tests tell whether labwarden takes part."""
     config = session.config
-    if passive.is_active(config) or hasattr(config, "workerinput"):
-        return
+    if passive.is_active(config):
+        return  # (an xdist worker decides for itself and tells the controller: plugin.workers)
     if any(passive.uses_labwarden(item) for item in session.items):
         _activate(config)
     else:
@@ -221,14 +223,23 @@ def lab(request, pytestconfig, labwarden_topology, labwarden_policy, labwarden_r
         if reporter is not None:
             reporter.write_line(message)
 
+    shared = None  # pytest-xdist: the workers of the run share one lab (labwarden.plugin.workers)
+    options = dict(router_config=labwarden_router_config, log=log, impair=pytestconfig.getoption("--lw-impair"))
     try:
         if livemode.is_live(pytestconfig):
             instance, keep = livemode.live_lab(pytestconfig, labwarden_topology, labwarden_policy, log), False
+            running = start(instance)
+        elif workers.is_worker(pytestconfig):
+            shared = workers.shared_lab(pytestconfig, log)
+            running = instance = shared.enter(
+                lambda: start(ComposeLab(labwarden_topology, labwarden_policy, keep=keep,
+                                         attach=pytestconfig.getoption("--lw-attach"), **options)),
+                lambda state: JoinedLab(labwarden_topology, labwarden_policy, state, **options).up())
         else:
-            instance = ComposeLab(labwarden_topology, labwarden_policy, router_config=labwarden_router_config,
-                                  keep=keep, log=log, impair=pytestconfig.getoption("--lw-impair"),
-                                  attach=pytestconfig.getoption("--lw-attach"))
-        running, failure = start(instance), None  # it tears down what it started when it fails
+            instance = ComposeLab(labwarden_topology, labwarden_policy, keep=keep,
+                                  attach=pytestconfig.getoption("--lw-attach"), **options)
+            running = start(instance)  # it tears down what it started when it fails
+        failure = None
     except (LabwardenError, docker.errors.DockerException) as err:
         failure = f"labwarden: the lab could not start: {err}"
     if failure:  # outside the except: the message alone, not a chain of two
@@ -237,7 +248,9 @@ def lab(request, pytestconfig, labwarden_topology, labwarden_policy, labwarden_r
     try:
         yield running
     finally:
-        if not keep:
+        if shared is not None:
+            shared.leave(instance)
+        elif not keep:
             instance.down()
 
 

@@ -7,9 +7,11 @@ reports: tests/plugin/test_reporting.py (found by the fixtures it uses, no --lw-
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[2]
 UNRELATED = "def test_one():\n    assert 1 + 1 == 2\n"
 USES_POLICY = "def test_policy(labwarden_policy):\n    assert labwarden_policy.router\n"
 
@@ -95,3 +97,21 @@ def test_help_needs_no_lab(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "--lw-topology=NAME|PATH" in proc.stdout and "--lw-inventory=PATH" in proc.stdout
     assert files(tmp_path) == ["topologies", "topologies/homelab", "topologies/homelab/policy.yaml"]
+
+
+@pytest.mark.parametrize("uses", [False, True], ids=["unrelated", "uses-labwarden"])
+def test_on_xdist_workers_the_controller_learns_whether_labwarden_took_part(tmp_path, uses):
+    """The controller collects nothing (its workers do): an unrelated `-n 2` run writes
+    nothing, one that uses labwarden's fixtures writes the reports (labwarden.plugin.workers)."""
+    pytest.importorskip("xdist", reason="pytest-xdist is in the dev extra")
+    (tmp_path / "test_x.py").write_text(UNRELATED)
+    if uses:  # no lab is started: the policy alone is needed (the shipped topologies, linked in)
+        (tmp_path / "test_y.py").write_text(USES_POLICY)
+        (tmp_path / "topologies").symlink_to(ROOT / "topologies", target_is_directory=True)
+    proc = pytest_in(tmp_path, "-n", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    if uses:
+        assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["junit.xml", "labwarden.html",
+                                                                           "labwarden.json"]
+    else:
+        assert files(tmp_path) == ["test_x.py"]

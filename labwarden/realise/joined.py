@@ -1,0 +1,151 @@
+"""One lab shared by the processes of one run (pytest-xdist's workers): the first brings it
+up, the others join it, the last one out takes it down.
+
+The documented xdist pattern for a fixture that must run once: a folder every worker of the
+run shares (`tmp_path_factory.getbasetemp().parent`) and a lock file in it. Here:
+
+- `lab.lock` (exclusive flock, held while a lab is brought up or given up) guards `lab.pickle`,
+  what the owner wrote of its running lab: the project, the image, each node's plumbed
+  process (`pid_start`, so a joiner's agent refuses a restarted container as the owner's
+  does), the impairment and the timings;
+- `lab.users`: every process on the lab holds a shared flock on it for as long as it uses it;
+  the owner, done, lets its own go and waits for an exclusive one (every other process done,
+  or dead: the kernel drops a killed process's flock), then removes `lab.pickle` and takes the
+  lab down. A process that comes after that brings the lab up again (it owns it then).
+
+A joiner never plumbs, restarts or reloads anything: the lab is running the others' probes
+(`ComposeLab(attach=...)` would make it fresh, which would cut them). It holds no address
+ranges either: the owner holds them for the lab (realise/ranges.py). Ctrl-C or SIGTERM in the
+owner while it waits: it takes the lab down at once (the others are interrupted too, or
+fail naming the vanished containers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import pickle
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from labwarden.realise.compose import ComposeLab
+from labwarden.realise.lab import Lab
+
+STATE = "lab.pickle"
+GUARD = "lab.lock"
+USERS = "lab.users"
+POLL_S = 0.2
+
+
+class JoinedLab(ComposeLab):
+    """A running lab that another process of this run brought up: found, never changed;
+    down() leaves it running."""
+
+    def __init__(self, topology, policy, state: dict, **kwargs):
+        super().__init__(topology, policy, attach=state["project"], **kwargs)
+        self._state = state
+
+    def up(self) -> "JoinedLab":
+        started = time.monotonic()
+        self.image = self._state["image"]
+        self.impairment = self._state["impairment"]
+        self._find_containers(resting=frozenset(self._state.get("resting", ())))
+        self.transports = {n: dataclasses.replace(t, pid_start=self._state["pid_start"].get(n))
+                           for n, t in self.transports.items()}
+        self.timings = {**self._state["timings"], "join_s": time.monotonic() - started}
+        return self
+
+
+def state_of(lab: Lab) -> dict:
+    """What a joiner needs of the owner's running lab (a ComposeLab)."""
+    return {"project": lab.project, "image": lab.image, "impairment": lab.impairment,
+            "timings": dict(lab.timings),
+            "pid_start": {n: t.pid_start for n, t in lab.transports.items()},
+            "resting": sorted(s for s, c in lab.containers.items() if c.status != "running")}
+
+
+class Shared:
+    """The run's lab, in `folder`: `enter(start, join)` returns the running lab (brought up by
+    `start()` when nobody runs one, else `join(state)`), `leave()` gives it back."""
+
+    def __init__(self, folder: Path, log: Callable[[str], None] = lambda line: None):
+        self.folder = Path(folder)
+        self.log = log
+        self.owner = False
+        self._users = None
+
+    @contextlib.contextmanager
+    def _guard(self):
+        with open(self.folder / GUARD, "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)  # Ctrl-C interrupts the wait
+            yield
+
+    def enter(self, start: Callable[[], Lab], join: Callable[[dict], Lab]) -> Lab:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._guard():
+            users = open(self.folder / USERS, "a")
+            try:
+                fcntl.flock(users, fcntl.LOCK_SH)  # never waits: an exclusive one is only tried (leave)
+                state = self._read()
+                if state is None:
+                    lab, self.owner = start(), True  # it undoes itself when it fails
+                    try:
+                        self._write(state_of(lab))
+                    except BaseException:
+                        lab.down()
+                        raise
+                else:
+                    self.log(f"labwarden: joining lab {state['project']}, which another worker of this run brought up")
+                    lab = join(state)
+            except BaseException:
+                users.close()
+                raise
+            self._users = users
+            return lab
+
+    def leave(self, lab: Lab) -> None:
+        """A joiner lets go; the owner waits for every other process to let go, then takes
+        the lab down (at once when interrupted)."""
+        users, self._users = self._users, None
+        try:
+            if not self.owner:
+                return
+            fcntl.flock(users, fcntl.LOCK_UN)
+            said = False
+            while True:
+                with self._guard():
+                    try:
+                        fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        pass
+                    else:
+                        (self.folder / STATE).unlink(missing_ok=True)
+                        break
+                if not said:
+                    self.log(f"labwarden: lab {lab.project}: waiting for the other workers to finish with it")
+                    said = True
+                time.sleep(POLL_S)
+        finally:
+            try:
+                if self.owner:
+                    with contextlib.suppress(OSError):
+                        (self.folder / STATE).unlink(missing_ok=True)  # interrupted: nobody joins it now
+                    if not lab.keep:  # --lw-keep-lab: left running, as a serial run leaves it
+                        lab.down()
+            finally:
+                if users is not None:
+                    users.close()
+
+    def _read(self) -> dict | None:
+        try:
+            return pickle.loads((self.folder / STATE).read_bytes())  # our own run's file, in its own tmp folder
+        except FileNotFoundError:
+            return None
+
+    def _write(self, state: dict) -> None:
+        tmp = self.folder / f".{STATE}.{os.getpid()}"
+        tmp.write_bytes(pickle.dumps(state))
+        os.replace(tmp, self.folder / STATE)
