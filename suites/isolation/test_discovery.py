@@ -5,7 +5,7 @@ ARP sweep, broadcast/mDNS/SSDP queries and a ping sweep from it find nothing
 there, while the same sweep from inside that segment finds its hosts. On IPv6
 the sweep is neighbour solicitations on the own link for the segment's addresses,
 an echo to ff02::1 (all nodes of the own link) and a ping sweep of the
-segment's addresses (interface ids ::1-::40 and the declared ones). And a
+segment's addresses (interface ids ::1-::10 and the declared ones). And a
 capture on every other node, while a segment's devices talk to each other and
 to the internet (both families), sees none of their packets.
 """

@@ -78,7 +78,8 @@ def test_an_ipv6_sweep_tries_low_interface_ids_and_every_declared_address(policy
     targets = exposure.sweep_targets6(policy.topology, "personal")
     prefix = IPv6Network("2001:db8:0:1::/64")
     assert all(t in prefix for t in targets) and LAPTOP6 in targets and prefix[1] in targets
-    assert len(targets) == exposure.SWEEP6_HOSTS
+    declared = {n.addresses6["personal"] for n in policy.topology.nodes.values() if "personal" in n.addresses6}
+    assert set(targets) == {prefix[i] for i in range(1, exposure.SWEEP6_HOSTS + 1)} | declared
 
 
 def _sighting(policy, observer, segment, frames, count_router=False):
