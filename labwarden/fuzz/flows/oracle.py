@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from labwarden.routers.nftables.model import kernel_silence
+from labwarden.routers.nftables.verdicts import kernel_silence
 from labwarden.declared.policy import Policy, Service
 from labwarden.fuzz.flows.flow import FuzzFlow
 
