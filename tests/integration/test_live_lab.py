@@ -96,7 +96,8 @@ def write_inventory(ssh_lab, tmp_path, users=None, max_pps=1000):
     inventory = tmp_path / "live.yaml"
     inventory.write_text(yaml.safe_dump({
         "topology": "homelab", "max_pps": max_pps, "ssh_config": str(ssh_config),
-        "ranges": [str(s.subnet) for s in lab.topology.segments.values()],
+        # IPv6 too: the live lab is dual-stack like the Docker one (no IPv6 range: no IPv6 live)
+        "ranges": [str(s.subnet) for s in lab.topology.segments.values()] + [str(r) for r in lab.topology.lab_ranges6()],
         "nodes": {n: {"host": f"ssh://{users[n] + '@' if n in users else ''}{n}"} for n in lab.topology.nodes}}))
     return inventory
 
