@@ -9,7 +9,7 @@ types and rejects, and the flows aim at IPv6 addresses too; every input chain th
 sees IPv6 first accepts neighbour discovery (without it the router cannot answer or
 forward anything on IPv6, which the model does not describe). Port
 constants stay outside the ephemeral range the probes send from (see
-`nft_model.EPHEMERAL`), so the model can judge replies without knowing the
+`model.EPHEMERAL`), so the model can judge replies without knowing the
 source port a probe picked.
 """
 
@@ -253,7 +253,7 @@ def rulesets(draw, world: World) -> Ruleset:
 def destinations(world: World, src: str) -> list:
     """Addresses a probe from src reaches through the router: the router's, nodes on its other
     side, and, from a segment of the router, the broadcast addresses of its other segments,
-    which the kernel treats apart (`nft_model.kernel_silence`).
+    which the kernel treats apart (`verdicts.kernel_silence`).
 
     Not the network addresses (nor any other address nobody holds): forwarded, they meet a
     failed ARP, whose host-unreachable comes seconds later, in time for another probe or
