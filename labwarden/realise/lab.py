@@ -94,11 +94,12 @@ class Lab(abc.ABC):
         """Run a command with the node's own tools (a LabError where the lab allows none)."""
 
     def near(self, name: str) -> tuple:
-        """Every address of the node's next-hop routers: a RST from one of them is genuine."""
+        """Every address (IPv4 and IPv6) of the node's next-hop routers (IPv4's and IPv6's): a
+        RST from one of them is genuine."""
         node = self.topology.nodes[name]
-        routers = {self.topology.node_at(hop) for hop in [node.gateway, *node.routes.values()]
-                   if hop is not None} - {None}
-        return tuple(sorted({a for r in routers for a in r.addresses.values()}))
+        hops = [node.gateway, *node.routes.values(), node.gateway6, *node.routes6.values()]
+        routers = {self.topology.node_at(hop) for hop in hops if hop is not None} - {None}
+        return tuple(sorted({a for r in routers for a in r.all_addresses()}, key=lambda a: (a.version, a)))
 
 
 def run_sync(coro):

@@ -194,3 +194,18 @@ def test_a_trace_names_the_rule_that_decided_an_ipv6_flow():
                    "(router/nftables.conf:4)")
     assert explain(told["echo"], listing, CONFIG6, "router/nftables.conf") == (
         "ACCEPTED", "by forward rule 'icmpv6 type echo-request accept' (router/nftables.conf:5)")
+
+
+def test_a_rst_from_any_address_of_the_next_hop_router_is_genuine_on_ipv6_too(world):
+    """Rule fuzzing found it: edge -> the router's servers address 2001:db8:0:10::1 tcp/21 (input
+    accepted, nobody listens) was called forged (RST, hop limit 64, not on-link) where the model
+    said closed: the agent's `near` (Lab.near) held the next-hop routers' IPv4 addresses only."""
+    from types import SimpleNamespace
+
+    from labwarden.realise.lab import Lab
+    topology = load_lab(ROOT / "topologies" / "homelab").topology
+    near = Lab.near(SimpleNamespace(topology=topology), "edge")
+    assert ROUTER6 in near and A("198.18.10.1") in near and A6("2001:db8:0:1::1") in near
+    assert ROUTER6 in world.near["edge"]  # what the model takes as 0 hops away
+    assert predict(Ruleset((Chain("input", (), "input", 0, "accept"),)), world, "edge", ROUTER6, "tcp", 21).verdict \
+        == "closed"
