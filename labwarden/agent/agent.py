@@ -651,7 +651,7 @@ class UdpProber:
     def fallback(self, probe, book):
         if isinstance(probe.socket_saw, int) and book.connect_only:
             return connect_verdict(probe, book, probe.socket_saw)
-        src, port = probe.socket_saw or (None, None)
+        src, port = (probe.socket_saw or (None, None))[:2]  # an IPv6 sockaddr has 4 fields
         if port == probe.port and book.answers(probe, src):
             book.settle(probe, "open", src, when=probe.seen_at,
                         detail=f"UDP reply from {src} (seen by the socket, not the sniffer)")
