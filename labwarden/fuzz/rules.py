@@ -2,9 +2,14 @@
 
 A ruleset is drawn from the grammar of `labwarden.routers.nftables.model` (which is also its
 meaning: `predict` evaluates it), with the router's real interface names, the
-lab's prefixes and ports, so that rules actually meet the probes. Port
+lab's prefixes and ports, so that rules actually meet the probes. On a dual-stack
+lab (the World has IPv6 addresses) a ruleset is dual-stack: its chains sit in `inet`,
+`ip` and `ip6` tables, its rules name `ip` or `ip6` prefixes, `meta nfproto`, ICMPv6
+types and rejects, and the flows aim at IPv6 addresses too; every input chain that
+sees IPv6 first accepts neighbour discovery (without it the router cannot answer or
+forward anything on IPv6, which the model does not describe). Port
 constants stay outside the ephemeral range the probes send from (see
-`nft_model.EPHEMERAL`), so the model can judge replies without knowing the
+`model.EPHEMERAL`), so the model can judge replies without knowing the
 source port a probe picked.
 """
 
@@ -12,17 +17,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from hypothesis import strategies as st
 
 from labwarden.realise.lab import run_sync
 from labwarden.routers.nftables import KIND as NFTABLES
-from labwarden.routers.nftables.model import (CT_STATES, EPHEMERAL, REJECT_CODES, Chain, Match, NamedSet, Prediction, Rule, Ruleset,
-                        World, outside_ephemeral, port_constants, predict)
+from labwarden.routers.nftables.model import (CT_STATES, EPHEMERAL, REJECT6_CODES, REJECT_CODES, REJECTX_CODES, Chain,
+                                              Match, NamedSet, Rule, Ruleset, outside_ephemeral, port_constants)
+from labwarden.routers.nftables.verdicts import Prediction, World, predict
 from labwarden.probe import NodeJob, Probe
 
 ICMP_TYPE_NAMES = ("echo-request", "echo-reply", "destination-unreachable")
+# the first rule of every input chain that sees IPv6: the router's neighbour discovery
+NEIGHBOUR_DISCOVERY = Rule((Match("icmp_type", ("nd-neighbor-solicit", "nd-neighbor-advert"), proto="icmpv6"),),
+                           "accept")
 MAX_SUB_CHAINS = 3
 MAX_RULES = 6
 FLOWS_PER_RULESET = 24
@@ -69,13 +78,19 @@ def port_ranges(world: World) -> st.SearchStrategy[tuple[int, int]]:
     return st.one_of(single, single, span)
 
 
-def networks(world: World) -> st.SearchStrategy[IPv4Network]:
-    fixed = sorted(set(world.subnets.values())
-                   | {IPv4Network(a) for a in world.node_addresses.values()}
-                   | {IPv4Network(a) for a in world.router_addresses}, key=str)
-    addresses = sorted([*world.node_addresses.values(), *world.router_addresses])
-    cut = st.tuples(st.sampled_from(addresses), st.integers(8, 32)).map(
-        lambda t: IPv4Network(f"{t[0]}/{t[1]}", strict=False))
+def dual_stack(world: World) -> bool:
+    return bool(world.node_addresses6)
+
+
+def networks(world: World, version: int = 4) -> st.SearchStrategy[IPv4Network | IPv6Network]:
+    """The lab's prefixes and addresses of one IP version, and cuts of them."""
+    held = world.node_addresses if version == 4 else (world.node_addresses6 or {})
+    subnets = world.subnets if version == 4 else (world.subnets6 or {})
+    addresses = sorted({*held.values(), *(a for a in world.router_addresses if a.version == version)})
+    fixed = sorted(set(subnets.values()) | {ip_network(a) for a in addresses}, key=str)
+    shortest = 8 if version == 4 else 32
+    cut = st.tuples(st.sampled_from(addresses), st.integers(shortest, 32 if version == 4 else 128)).map(
+        lambda t: ip_network(f"{t[0]}/{t[1]}", strict=False))
     return st.one_of(st.sampled_from(fixed), cut)
 
 
@@ -84,9 +99,10 @@ def networks(world: World) -> st.SearchStrategy[IPv4Network]:
 @st.composite
 def named_sets(draw, world: World) -> tuple[NamedSet, ...]:
     sets = []
-    if draw(st.booleans()):
-        sets.append(NamedSet("addrs", "ipv4_addr",
-                             _merge_networks(draw(st.lists(networks(world), min_size=1, max_size=4)))))
+    for version, name, kind in ((4, "addrs", "ipv4_addr"), (6, "addrs6", "ipv6_addr")):
+        if (version == 4 or dual_stack(world)) and draw(st.booleans()):
+            sets.append(NamedSet(name, kind, _merge_networks(
+                draw(st.lists(networks(world, version), min_size=1, max_size=4)))))
     if draw(st.booleans()):
         elements = _merge_ranges(draw(st.lists(port_ranges(world), min_size=1, max_size=4)))
         if elements:
@@ -95,14 +111,18 @@ def named_sets(draw, world: World) -> tuple[NamedSet, ...]:
 
 
 @st.composite
-def matches(draw, world: World, sets: tuple[NamedSet, ...]) -> tuple[Match, ...]:
+def matches(draw, world: World, sets: tuple[NamedSet, ...], version: int | None = 4) -> tuple[Match, ...]:
     """Up to three matches, at most one of them about the protocol (nft refuses
-    `udp dport 53 tcp dport 22`: conflicting protocols)."""
+    `udp dport 53 tcp dport 22`: conflicting protocols). version: the IP version the
+    rule's network matches are about (4 in an `ip` table, 6 in an `ip6` table, any in
+    `inet`: nft refuses `ip saddr X ip6 daddr Y`); None: none of them, `meta nfproto` may."""
     ifaces = sorted(set(world.router_ifaces.values())) + ["lo"]
     by_kind = {s.kind: s for s in sets}
-    kinds = draw(st.lists(st.sampled_from(["iface", "addr", "proto", "ct"]), max_size=3))
+    kinds = ["iface", "addr", "proto", "ct"] if version else ["iface", "nfproto", "proto", "ct"]
+    kinds = draw(st.lists(st.sampled_from(kinds), max_size=3))
     if kinds.count("proto") > 1:
         kinds = [k for k in kinds if k != "proto"] + ["proto"]
+    header = "ip6" if version == 6 else "ip"
     out = []
     for kind in kinds:
         negate = draw(st.booleans())
@@ -110,37 +130,44 @@ def matches(draw, world: World, sets: tuple[NamedSet, ...]) -> tuple[Match, ...]
             key = draw(st.sampled_from(["iifname", "oifname"]))
             names = draw(st.lists(st.sampled_from(ifaces), min_size=1, max_size=3, unique=True))
             out.append(Match(key, tuple(sorted(names)), negate))
+        elif kind == "nfproto":
+            families = draw(st.lists(st.sampled_from(["ipv4", "ipv6"]), min_size=1, max_size=2, unique=True))
+            out.append(Match("nfproto", tuple(sorted(families)), negate))
         elif kind == "addr":
             key = draw(st.sampled_from(["saddr", "daddr"]))
-            if "ipv4_addr" in by_kind and draw(st.booleans()):
-                named = by_kind["ipv4_addr"]
-                out.append(Match(key, named.elements, negate, set_name=named.name))
+            named = by_kind.get("ipv6_addr" if version == 6 else "ipv4_addr")
+            if named and draw(st.booleans()):
+                out.append(Match(key, named.elements, negate, header, set_name=named.name))
             else:
-                nets = _merge_networks(draw(st.lists(networks(world), min_size=1, max_size=3)))
-                out.append(Match(key, nets, negate))
+                nets = _merge_networks(draw(st.lists(networks(world, version), min_size=1, max_size=3)))
+                out.append(Match(key, nets, negate, header))
         elif kind == "ct":
             states = draw(st.lists(st.sampled_from(CT_STATES), min_size=1, max_size=3, unique=True))
             out.append(Match("ct_state", tuple(s for s in CT_STATES if s in states), negate))
         else:
-            what = draw(st.sampled_from(["l4proto", "dport", "dport", "icmp_type"]))
-            if what == "l4proto":
-                protos = draw(st.lists(st.sampled_from(["tcp", "udp", "icmp"]), min_size=1, max_size=2,
-                                       unique=True))
-                spelling = draw(st.sampled_from(["meta", "ip"]))
-                out.append(Match("l4proto", tuple(sorted(protos)), negate, spelling))
-            elif what == "icmp_type":
-                types = draw(st.lists(st.sampled_from(ICMP_TYPE_NAMES), min_size=1, max_size=2, unique=True))
-                out.append(Match("icmp_type", tuple(types), negate))
-            else:
-                header = draw(st.sampled_from(["tcp", "udp", "th"]))
-                if "inet_service" in by_kind and draw(st.booleans()):
-                    named = by_kind["inet_service"]
-                    out.append(Match("dport", named.elements, negate, header, set_name=named.name))
-                else:
-                    ranges = _merge_ranges(draw(st.lists(port_ranges(world), min_size=1, max_size=3)))
-                    if ranges:
-                        out.append(Match("dport", ranges, negate, header))
-    return tuple(out)
+            out.append(draw(_proto_match(world, by_kind, version, negate)))
+    return tuple(m for m in out if m is not None)
+
+
+@st.composite
+def _proto_match(draw, world: World, by_kind: dict, version: int | None, negate: bool) -> Match | None:
+    what = draw(st.sampled_from(["l4proto", "dport", "dport", "icmp_type"]))
+    dual = dual_stack(world)
+    if what == "l4proto":
+        protos = draw(st.lists(st.sampled_from(["tcp", "udp", "icmp"] + (["ipv6-icmp"] if dual else [])),
+                               min_size=1, max_size=2, unique=True))
+        spellings = ["meta"] + {4: ["ip"], 6: ["ip6"]}.get(version, [])
+        return Match("l4proto", tuple(sorted(protos)), negate, draw(st.sampled_from(spellings)))
+    if what == "icmp_type":
+        icmpv6 = version == 6 or (version is None and dual and draw(st.booleans()))
+        types = draw(st.lists(st.sampled_from(ICMP_TYPE_NAMES), min_size=1, max_size=2, unique=True))
+        return Match("icmp_type", tuple(types), negate, "icmpv6" if icmpv6 else "icmp")
+    header = draw(st.sampled_from(["tcp", "udp", "th"]))
+    if "inet_service" in by_kind and draw(st.booleans()):
+        named = by_kind["inet_service"]
+        return Match("dport", named.elements, negate, header, set_name=named.name)
+    ranges = _merge_ranges(draw(st.lists(port_ranges(world), min_size=1, max_size=3)))
+    return Match("dport", ranges, negate, header) if ranges else None
 
 
 def _is_tcp(rule_matches: tuple[Match, ...]) -> bool:
@@ -148,20 +175,42 @@ def _is_tcp(rule_matches: tuple[Match, ...]) -> bool:
                or (m.key == "l4proto" and m.values == ("tcp",) and not m.negate) for m in rule_matches)
 
 
+def reject_kinds(family: str, version: int | None, found: tuple[Match, ...]) -> list[str | None]:
+    """What a reject may answer with in a table of that family, in a rule about that IP version
+    (nft refuses `icmpx` outside inet, `icmp` in ip6, `icmpv6` in ip, and a kind of the other
+    family than the rule's matches)."""
+    version = version or next((m.family() for m in found if m.family()), None)  # an icmpv6 type
+    icmp4 = [f"icmp {name}" for name in sorted(REJECT_CODES)]
+    icmp6 = [f"icmpv6 {name}" for name in sorted(REJECT6_CODES)]
+    icmpx = [f"icmpx {name}" for name in sorted(REJECTX_CODES)]
+    kinds: list[str | None] = [None]
+    if family == "ip":
+        kinds += icmp4
+    elif family == "ip6":
+        kinds += icmp6
+    else:
+        nfproto = any(m.key == "nfproto" for m in found)
+        kinds += icmpx + ([] if nfproto or version == 6 else icmp4) + ([] if nfproto or version == 4 else icmp6)
+    return kinds + (["tcp reset"] if _is_tcp(found) else [])
+
+
 @st.composite
-def rules(draw, world: World, sets, targets: list[str], regular: bool, least: int = 0) -> tuple[Rule, ...]:
+def rules(draw, world: World, sets, targets: list[str], regular: bool, least: int = 0,
+          family: str = "inet") -> tuple[Rule, ...]:
     out = []
     for _ in range(draw(st.integers(least, MAX_RULES))):
-        found = draw(matches(world, sets))
+        if family == "inet":
+            version = draw(st.sampled_from([4, 6, None])) if dual_stack(world) else 4
+        else:
+            version = 6 if family == "ip6" else 4
+        found = draw(matches(world, sets, version))
         verdicts = ["accept", "accept", "drop", "drop", "reject", "continue"]
         verdicts += ["jump", "goto"] if targets else []
         verdicts += ["return"] if regular else []
         verdict = draw(st.sampled_from(verdicts))
         arg = None
         if verdict == "reject":
-            kinds = [None] + [f"icmp {name}" for name in sorted(REJECT_CODES)]
-            kinds += ["tcp reset"] if _is_tcp(found) else []
-            arg = draw(st.sampled_from(kinds))
+            arg = draw(st.sampled_from(reject_kinds(family, version, found)))
         elif verdict in ("jump", "goto"):
             arg = draw(st.sampled_from(targets))
         out.append(Rule(found, verdict, arg, counter=draw(st.booleans())))
@@ -170,32 +219,41 @@ def rules(draw, world: World, sets, targets: list[str], regular: bool, least: in
 
 @st.composite
 def rulesets(draw, world: World) -> Ruleset:
-    """A router ruleset: input and forward base chains (sometimes a second forward base
-    chain after the first), regular chains reached by jump/goto (forward only: no loops),
-    named sets."""
+    """A router ruleset: input and forward base chains (sometimes a second base chain on a
+    hook, after the first), regular chains reached by jump/goto (forward only: no loops;
+    within their table), named sets. Dual-stack: each chain in a table of a family drawn."""
     sets = draw(named_sets(world))
+    families = st.sampled_from(["inet", "inet", "ip", "ip6"] if dual_stack(world) else ["inet", "inet", "ip"])
     subs: list[Chain] = []
     for i in reversed(range(draw(st.integers(0, MAX_SUB_CHAINS)))):
-        targets = [c.name for c in subs]
-        subs.insert(0, Chain(f"c{i}", draw(rules(world, sets, targets, regular=True))))
-    names = [c.name for c in subs]
+        family = draw(families)
+        targets = [c.name for c in subs if c.family == family]
+        subs.insert(0, Chain(f"c{i}", draw(rules(world, sets, targets, True, 0, family)), family=family))
     policy = st.sampled_from(["accept", "drop"])
+
+    def base(name, hook, priority, least):
+        family = draw(families)
+        found = draw(rules(world, sets, [c.name for c in subs if c.family == family], False, least, family))
+        if hook == "input" and family != "ip" and dual_stack(world):
+            found = (NEIGHBOUR_DISCOVERY, *found)
+        return Chain(name, found, hook, priority, draw(policy), family)
+
     # at least one rule on each hook: fewer rulesets that are only their policies (and alike)
-    bases = [Chain("input", draw(rules(world, sets, names, False, 1)), "input", 0, draw(policy)),
-             Chain("forward", draw(rules(world, sets, names, False, 1)), "forward", 0, draw(policy))]
+    bases = [base("input", "input", 0, 1), base("forward", "forward", 0, 1)]
     if draw(st.integers(0, 3)) == 0:
-        bases.append(Chain("forward_late", draw(rules(world, sets, names, False)), "forward", 10,
-                           draw(policy)))
+        bases.append(base("forward_late", "forward", 10, 0))
+    if dual_stack(world) and draw(st.integers(0, 3)) == 0:
+        bases.append(base("input_late", "input", 10, 0))
     used = {m.set_name for c in bases + subs for r in c.rules for m in r.matches if m.set_name}
     return Ruleset(tuple(bases + subs), tuple(s for s in sets if s.name in used))
 
 
 # ---------------------------------------------------------------- flows
 
-def destinations(world: World, src: str) -> list[IPv4Address]:
+def destinations(world: World, src: str) -> list:
     """Addresses a probe from src reaches through the router: the router's, nodes on its other
     side, and, from a segment of the router, the broadcast addresses of its other segments,
-    which the kernel treats apart (`nft_model.kernel_silence`).
+    which the kernel treats apart (`verdicts.kernel_silence`).
 
     Not the network addresses (nor any other address nobody holds): forwarded, they meet a
     failed ARP, whose host-unreachable comes seconds later, in time for another probe or
@@ -205,7 +263,12 @@ def destinations(world: World, src: str) -> list[IPv4Address]:
     edges = set()
     if world.node_segments[src] in world.router_ifaces:
         edges = {world.subnets[s].broadcast_address for s in world.router_ifaces if s != side}
-    return sorted(beyond | set(world.router_addresses)) + sorted(edges)
+    own = {a for a in world.router_addresses if a.version == 4}
+    out = sorted(beyond | own) + sorted(edges)
+    if src in (world.node_addresses6 or {}):  # and IPv6 (no broadcast there)
+        own6 = {a for a in world.router_addresses if a.version == 6}
+        out += sorted({a for a in world.node_addresses6.values() if world.segment_of(a) != side} | own6)
+    return out
 
 
 @st.composite

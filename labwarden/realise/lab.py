@@ -94,7 +94,8 @@ class Lab(abc.ABC):
         """Run a command with the node's own tools (a LabError where the lab allows none)."""
 
     def near(self, name: str) -> tuple:
-        """Every address of the node's next-hop routers: a RST from one of them is genuine."""
+        """Every address (IPv4 and IPv6) of the node's next-hop routers (IPv4's and IPv6's): a
+        RST from one of them is genuine."""
         node = self.topology.nodes[name]
         hops = [node.gateway, *node.routes.values(), node.gateway6, *node.routes6.values()]
         routers = {self.topology.node_at(hop) for hop in hops if hop is not None} - {None}

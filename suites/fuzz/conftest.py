@@ -20,7 +20,7 @@ from labwarden.fuzz.flows.aims import config_aims
 from labwarden.fuzz.flows.fuzzer import FlowFuzzer
 from labwarden.fuzz.rules import RuleChecker
 from labwarden.checks.matrix import LOSS_RETRIES
-from labwarden.routers.nftables.model import World
+from labwarden.routers.nftables.verdicts import World
 
 EXAMPLES = {  # per test kind: hypothesis examples under each profile
     "ci": {"probes": 12, "odd": 8, "rules": 30},   # rules: 4 distinct rulesets an example; >= 100 in all

@@ -32,11 +32,23 @@ def docker_host_addresses():
 
 
 def docker_host_addresses6():
-    """The host's IPv6 addresses on Docker's bridges: (address, is link-local)."""
+    """The host's IPv6 addresses on Docker's bridges, and the link-local address each bridge
+    has with IPv6 on (EUI-64 of its MAC address), held now or not: a bridge silenced by the
+    lab holds none, and it must not answer on it either."""
+    def docker(link):
+        return link["ifname"] == "docker0" or link["ifname"].startswith("br-")
     out = subprocess.run(["ip", "-j", "-6", "addr"], capture_output=True, text=True).stdout
-    return [IPv6Address(a["local"]) for link in json.loads(out or "[]")
-            if link["ifname"] == "docker0" or link["ifname"].startswith("br-")
+    held = [IPv6Address(a["local"]) for link in json.loads(out or "[]") if docker(link)
             for a in link.get("addr_info", [])]
+    links = subprocess.run(["ip", "-j", "link"], capture_output=True, text=True).stdout
+    return list(dict.fromkeys(held + [eui64_link_local(link["address"]) for link in json.loads(links or "[]")
+                                      if docker(link) and link.get("address")]))
+
+
+def eui64_link_local(mac: str) -> IPv6Address:
+    """fe80::/64 with the interface id the kernel derives from a MAC address (addr_gen_mode eui64)."""
+    b = bytes.fromhex(mac.replace(":", ""))
+    return IPv6Address(bytes.fromhex("fe80" + "00" * 6) + bytes([b[0] ^ 2]) + b[1:3] + b"\xff\xfe" + b[3:6])
 
 
 def ipv6_targets(policy):

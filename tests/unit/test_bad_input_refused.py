@@ -213,7 +213,10 @@ def test_the_cli_refuses_it_too(command):
 @pytest.mark.parametrize("spec, problem", [
     ("web 198.18.1.10", "expected 'SRC DST PROTO[/PORT] [KIND=VALUE]'"),
     ("nobody 198.18.1.10 tcp/22", "'nobody' is not a node"),
-    ("web 198.18.1.999 tcp/22", "is not an IPv4 address"),
+    ("web 198.18.1.999 tcp/22", "is not an IPv4 or IPv6 address"),
+    ("web 2001:db8:0:1::10 tcp/22 flags=SF", "crafted packets (KIND=VALUE, port 0) are IPv4 only"),
+    ("web 2001:db8:0:1::10 tcp/0", "crafted packets (KIND=VALUE, port 0) are IPv4 only"),
+    ("web 2001:db9::1 tcp/22", "2001:db9::1 is outside the lab"),
     ("web 8.8.8.8 tcp/22", "8.8.8.8 is outside the lab"),
     ("web 198.18.1.10 tcp/65536", "expected tcp/N, udp/N"),
     ("web 198.18.1.10 tcp", "expected tcp/N, udp/N"),

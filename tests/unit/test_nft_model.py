@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from labwarden.fuzz.rules import RuleChecker, destinations, port_constants, probe_flows, rulesets
-from labwarden.routers.nftables.model import (EPHEMERAL, Chain, Match, NamedSet, Packet, Rule, Ruleset, World, kernel_silence,
-                                 predict)
+from labwarden.routers.nftables.model import EPHEMERAL, Chain, Match, NamedSet, Packet, Rule, Ruleset
+from labwarden.routers.nftables.verdicts import World, kernel_silence, predict
 from labwarden.declared.lab import load_lab
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ The tables name the odd packets the fuzzer crafts (`labwarden.fuzz.flows.packets
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
 
 from labwarden.declared.policy import Policy, Service
 
@@ -32,7 +32,7 @@ ICMP_ERRORS = {3: "destination-unreachable", 4: "source-quench", 5: "redirect", 
 class FuzzFlow:
     """A flow from a node to an address; `odd` = (kind, value) makes it a crafted packet."""
     src: str
-    dst: IPv4Address
+    dst: IPv4Address | IPv6Address          # IPv6: ordinary probes only (crafted packets are IPv4)
     proto: str                           # tcp | udp | icmp
     port: int | None = None
     odd: tuple[str, str] | None = None   # flags/frag/opt/spoof/ttl/icmp, and its value
@@ -86,11 +86,12 @@ class FuzzFlow:
         if src not in policy.topology.nodes:
             raise ValueError(f"{src!r} is not a node; nodes: {', '.join(policy.topology.nodes)}")
         try:
-            address = IPv4Address(dst)
+            address = ip_address(dst)
         except ValueError:
-            raise ValueError(f"{dst!r} is not an IPv4 address") from None
-        ranges = list(dict.fromkeys([*policy.topology.lab_ranges(), *SAFE_RANGES]))
-        if not any(address in r for r in ranges):  # a replayed probe stays in the lab, as a drawn one
+            raise ValueError(f"{dst!r} is not an IPv4 or IPv6 address") from None
+        ranges = list(dict.fromkeys([*policy.topology.lab_ranges(), *SAFE_RANGES, *policy.topology.lab_ranges6()]))
+        # (`in` does not check the family: an IPv6 address may look inside an IPv4 range)
+        if not any(address.version == r.version and address in r for r in ranges):  # stays in the lab
             raise ValueError(f"{dst} is outside the lab's segments and the reserved test ranges "
                              f"({', '.join(map(str, ranges))})")
         proto, slash, port = what.partition("/")
@@ -98,6 +99,9 @@ class FuzzFlow:
                 or (port and not (port.isascii() and port.isdigit() and int(port) <= 65535)):
             raise ValueError(f"{what!r}: expected tcp/N, udp/N (N in 0..65535) or icmp")
         odd = tuple(words[3].split("=", 1)) if len(words) == 4 else None
+        if address.version == 6 and (odd or port == "0"):
+            raise ValueError(f"{spec!r}: crafted packets (KIND=VALUE, port 0) are IPv4 only; "
+                             f"to {dst} only tcp/N (N > 0), udp/N or icmp")
         if odd and (len(odd) != 2 or not _odd_value_ok(*odd)):
             raise ValueError(f"{words[3]!r}: expected flags=F (letters of {TCP_FLAG_LETTERS}), "
                              f"frag={'|'.join(FRAGMENTS)}, opt={'|'.join(OPTIONS)}, spoof=ADDRESS, "

@@ -48,7 +48,7 @@ def explain(fuzzer: FlowFuzzer, flows: list[FuzzFlow]) -> dict[FuzzFlow, str]:
     topology = policy.topology
     keys, addresses = {}, set()
     for flow in flows:
-        srcs = set(topology.nodes[flow.src].addresses.values())
+        srcs = set(topology.nodes[flow.src].all_addresses())
         if flow.odd and flow.odd[0] == "spoof":
             srcs = {IPv4Address(flow.odd[1])}
         answerers = {flow.dst} | {topology.nodes[f.to].addresses[topology.nodes[f.to].segments[0]]

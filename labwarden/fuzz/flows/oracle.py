@@ -1,7 +1,7 @@
 """The flow fuzzer's oracle: the outcomes a fuzzed flow may have, from the policy alone.
 
 An ordinary probe is judged by its verdict, like a matrix cell, after the kernel's
-own silences (`nft_model.kernel_silence`): a probe to the broadcast address of a
+own silences (`routers.nftables.verdicts.kernel_silence`): a probe to the broadcast address of a
 segment the router is on is the router's broadcast, which nothing answers,
 whatever its firewall says.
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from labwarden.routers.nftables.model import kernel_silence
+from labwarden.routers.nftables.verdicts import kernel_silence
 from labwarden.declared.policy import Policy, Service
 from labwarden.fuzz.flows.flow import FuzzFlow
 

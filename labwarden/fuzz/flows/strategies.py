@@ -54,16 +54,22 @@ def _reachable(policy: Policy, src: str, addresses: list[IPv4Address]) -> list[I
     return [a for a in addresses if policy.topology.on_link(src, a)]
 
 
-def probe_destinations(policy: Policy, src: str) -> list[IPv4Address]:
+def probe_destinations(policy: Policy, src: str) -> list:
     """Node addresses (weighted), the router's, the edges; not the broadcast or network
-    address of a segment src sits on (that is discovery, the isolation suite's business)."""
+    address of a segment src sits on (that is discovery, the isolation suite's business).
+    From a node with IPv6, the IPv6 addresses of nodes and router too (weighted alike; no
+    edges: IPv6 has no broadcast, and a prefix's first address is the router's anycast)."""
     topology = policy.topology
     nodes = [a for n, node in topology.nodes.items() if n != policy.router for a in node.addresses.values()]
     router = list(topology.nodes[policy.router].addresses.values())
     own = [topology.segments[s].subnet for s in topology.nodes[src].segments]
     edges = [a for a in edge_addresses(policy)
              if not any(a in (net.network_address, net.broadcast_address) for net in own)]
-    return _reachable(policy, src, sorted(nodes) * 3 + sorted(router) + edges)
+    six = []
+    if topology.nodes[src].addresses6:
+        six = sorted(a for n, node in topology.nodes.items() if n != policy.router for a in node.addresses6.values())
+        six = six * 3 + sorted(topology.nodes[policy.router].addresses6.values())
+    return _reachable(policy, src, sorted(nodes) * 3 + sorted(router) + edges + six)
 
 
 def odd_destinations(policy: Policy, src: str) -> list[IPv4Address]:

@@ -1,8 +1,8 @@
-"""A model of nftables: the rulesets rule fuzzing generates, and what probes see through them.
+"""A model of nftables: the rulesets rule fuzzing generates, and how the kernel judges one packet.
 
 Pure logic, no Docker: a `Ruleset` is plain data that renders itself as an
-`nft -f` file, `Ruleset.evaluate(packet)` says what the kernel does with one
-packet (the verdict and the rules that decided it), and `predict(ruleset,
+`nft -f` file and `Ruleset.evaluate(packet)` says what the kernel does with one
+packet (the verdict and the rules that decided it); `verdicts.predict(ruleset,
 world, flow)` says what a black-box probe of a flow observes through a router
 running that ruleset (open, closed, rejected, filtered), request and reply
 path included. Rule fuzzing (suites/fuzz/test_rules.py) loads the same
@@ -10,18 +10,28 @@ rulesets into the lab's router and compares; every difference it found is a
 unit test in tests/unit/test_nft_model.py.
 
 The grammar is the rule primitives real configs use: input/output interface
-(name or set, negated or not), source/destination prefix (single, anonymous
-set or named set), protocol (`meta l4proto` or `ip protocol`), destination
-port (single, range, set, named set, via `tcp`, `udp` or `th`), ICMP type,
-`ct state`, `counter`, and the statements accept, drop, reject (plain, with an
-ICMP type, with a TCP reset), jump, goto, return and continue; base chains on
-the input and forward hooks with a policy, several base chains on one hook,
-regular chains. Not modelled: NAT, marks, sets with timeouts, meters, the
-output hook, IPv6.
+(name or set, negated or not), source/destination prefix (`ip` or `ip6`; single,
+anonymous set or named set), protocol (`meta l4proto`, `ip protocol` or
+`ip6 nexthdr`), `meta nfproto`, destination port (single, range, set, named set,
+via `tcp`, `udp` or `th`), ICMP and ICMPv6 type, `ct state`, `counter`, and the
+statements accept, drop, reject (plain, with an ICMP, ICMPv6 or ICMPx type, with a
+TCP reset), jump, goto, return and continue; base chains on the input and forward
+hooks with a policy, several base chains on one hook, regular chains; chains in
+tables of the families `ip`, `ip6` and `inet`. Not modelled: NAT, marks, sets with
+timeouts, meters, the output hook, IPv6 extension headers.
 
 The semantics that surprise people, and that the model keeps:
 - a match on a transport field carries its protocol: `tcp dport != 22` never
-  matches a UDP packet;
+  matches a UDP packet; a match on a network field carries its family: `ip saddr !=
+  10.0.0.0/8`, `ip protocol tcp`, `icmp type` never match an IPv6 packet, `ip6 ...`
+  and `icmpv6 type` never an IPv4 one;
+- an `ip` table sees no IPv6 packet, an `ip6` table no IPv4 packet, an `inet` table
+  both: the base chains of one hook from every table that sees the packet run in
+  priority order;
+- `reject with icmp type X` in an `inet` table is about IPv4 packets only (nft adds
+  `meta nfproto ipv4`), `reject with icmpv6 type X` about IPv6 only; `icmpx` and
+  plain `reject` answer each family in its own ICMP;
+- ICMPv6 is also `meta l4proto ipv6-icmp`: `meta l4proto icmp` does not match it;
 - `accept` ends one base chain only: the packet then meets the next base
   chain on the same hook (a higher priority number), where it may still be dropped;
 - `goto` does not come back: when the chain gone to ends, evaluation resumes
@@ -29,31 +39,26 @@ The semantics that surprise people, and that the model keeps:
 - `oifname` on the input hook compares an empty name: `oifname != "wan"` matches;
 - replies meet the same forward chain as requests: without `ct state
   established` they are judged by the rules like anything else.
-
-What the kernel answers whatever the rules say (measured on Linux 6.18: a router
-namespace between two /24s, every reject kind, accept and drop, SYN, UDP and echo
-request sent to the router's MAC address; see `kernel_silence`):
-- the broadcast address of a segment the router is on (its own segment's or
-  another's) and the limited broadcast 255.255.255.255 are the router's own
-  broadcasts: the packet meets the *input* hook, never forward, and nothing answers:
-  a reject sends no RST and no ICMP error for a packet routed as broadcast (a TCP
-  listener ignores the SYN; a UDP service gets the datagram, but answers from its
-  own address, which a probe does not take for the broadcast's answer);
-- multicast (224.0.0.0/4) is neither routed nor for the router unless it joined the
-  group: prerouting sees it, input and forward do not, nothing answers;
-- a segment's network address is no broadcast to Linux (no `broadcast` route for
-  it in the local table): it is forwarded like any address nobody holds, and a
-  reject answers it as usual.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 ICMP_TYPES = {"echo-reply": 0, "destination-unreachable": 3, "echo-request": 8, "time-exceeded": 11}
+ICMPV6_TYPES = {"destination-unreachable": 1, "packet-too-big": 2, "time-exceeded": 3, "echo-request": 128,
+                "echo-reply": 129, "nd-router-solicit": 133, "nd-router-advert": 134,
+                "nd-neighbor-solicit": 135, "nd-neighbor-advert": 136}
 REJECT_CODES = {"port-unreachable": 3, "host-unreachable": 1, "net-unreachable": 0,
                 "host-prohibited": 10, "net-prohibited": 9, "admin-prohibited": 13}
+REJECT6_CODES = {"no-route": 0, "admin-prohibited": 1, "addr-unreachable": 3, "port-unreachable": 4,
+                 "policy-fail": 5, "reject-route": 6}
+# icmpx: one name for both families (what the kernel sends: an ICMP or an ICMPv6 code)
+REJECTX_CODES = {"port-unreachable": (3, 4), "admin-prohibited": (13, 1), "no-route": (0, 0),
+                 "host-unreachable": (1, 3)}
+FAMILIES = ("ip", "ip6", "inet")
+NFPROTO = {4: "ipv4", 6: "ipv6"}
 CT_STATES = ("new", "established", "related", "invalid")
 TERMINAL = ("accept", "drop", "reject")
 # Probes leave from an ephemeral port the model cannot know: port constants of
@@ -67,8 +72,8 @@ EPHEMERAL_PORT = 40000
 def render_element(v, key: str) -> str:
     if isinstance(v, tuple):
         return str(v[0]) if v[0] == v[1] else f"{v[0]}-{v[1]}"
-    if isinstance(v, IPv4Network):
-        return str(v.network_address) if v.prefixlen == 32 else str(v)
+    if isinstance(v, (IPv4Network, IPv6Network)):
+        return str(v.network_address) if v.prefixlen == v.max_prefixlen else str(v)
     if key in ("iifname", "oifname"):
         return f'"{v}"'
     return str(v)
@@ -78,10 +83,11 @@ def render_element(v, key: str) -> str:
 class Match:
     """One expression of a rule.
 
-    key: iifname | oifname | saddr | daddr | l4proto | dport | icmp_type | ct_state;
-    values: interface names, IPv4Networks, protocol names, (low, high) port
-    ranges, ICMP type names or ct states; proto: for dport the header it is read
-    from (tcp, udp, th), for l4proto its spelling (meta, ip).
+    key: iifname | oifname | saddr | daddr | l4proto | nfproto | dport | icmp_type | ct_state;
+    values: interface names, IPv4Networks or IPv6Networks, protocol names, ipv4/ipv6,
+    (low, high) port ranges, ICMP type names or ct states; proto: for dport the header
+    it is read from (tcp, udp, th), for l4proto its spelling (meta, ip, ip6), for
+    saddr/daddr the family's header (ip, ip6; "" is ip), for icmp_type icmp or icmpv6.
     """
     key: str
     values: tuple
@@ -100,28 +106,44 @@ class Match:
         if self.key in ("iifname", "oifname"):
             return f"{self.key} {op}{value}"
         if self.key in ("saddr", "daddr"):
-            return f"ip {self.key} {op}{value}"
+            return f"{self.proto or 'ip'} {self.key} {op}{value}"
         if self.key == "l4proto":
-            return f"{'ip protocol' if self.proto == 'ip' else 'meta l4proto'} {op}{value}"
+            spelling = {"ip": "ip protocol", "ip6": "ip6 nexthdr"}.get(self.proto, "meta l4proto")
+            return f"{spelling} {op}{value}"
+        if self.key == "nfproto":
+            return f"meta nfproto {op}{value}"
         if self.key == "dport":
             prefix = "meta l4proto { tcp, udp } th" if self.proto == "th" else self.proto
             return f"{prefix} dport {op}{value}"
         if self.key == "icmp_type":
-            return f"icmp type {op}{value}"
+            return f"{self.proto or 'icmp'} type {op}{value}"
         if self.key == "ct_state":
             return f"ct state {op}{value}"
         raise ValueError(f"unknown match key {self.key!r}")
 
+    def family(self) -> int | None:
+        """The IP version this match is only about (its header's dependency), None: both."""
+        if self.key in ("saddr", "daddr"):
+            return 6 if self.proto == "ip6" else 4
+        if self.key == "l4proto" and self.proto in ("ip", "ip6"):
+            return 6 if self.proto == "ip6" else 4
+        if self.key == "icmp_type":
+            return 6 if self.proto == "icmpv6" else 4
+        return None
+
     def matches(self, packet: Packet) -> bool:
+        if self.family() not in (None, packet.version):
+            return False  # the dependency on the family is part of the match, negated or not
         if self.key == "dport":
             protos = ("tcp", "udp") if self.proto == "th" else (self.proto,)
             if packet.proto not in protos or packet.dport is None:
                 return False  # the dependency on the protocol is part of the match
             hit = any(lo <= packet.dport <= hi for lo, hi in self.values)
         elif self.key == "icmp_type":
-            if packet.proto != "icmp":
+            icmpv6 = self.proto == "icmpv6"
+            if packet.proto != ("ipv6-icmp" if icmpv6 else "icmp"):
                 return False
-            hit = any(ICMP_TYPES[t] == packet.icmp_type for t in self.values)
+            hit = any((ICMPV6_TYPES if icmpv6 else ICMP_TYPES)[t] == packet.icmp_type for t in self.values)
         elif self.key == "iifname":
             hit = packet.iif in self.values
         elif self.key == "oifname":
@@ -131,6 +153,8 @@ class Match:
             hit = any(address in net for net in self.values)
         elif self.key == "l4proto":
             hit = packet.proto in self.values
+        elif self.key == "nfproto":
+            hit = NFPROTO[packet.version] in self.values
         elif self.key == "ct_state":
             hit = packet.ct in self.values
         else:
@@ -142,7 +166,8 @@ class Match:
 class Rule:
     matches: tuple[Match, ...]
     verdict: str                  # accept drop reject jump goto return continue
-    arg: str | None = None        # reject: None, "icmp TYPE" or "tcp reset"; jump/goto: the chain
+    arg: str | None = None        # reject: None, "icmp TYPE", "icmpv6 TYPE", "icmpx TYPE" or "tcp reset";
+    #                               jump/goto: the chain
     counter: bool = False
 
     def render(self) -> str:
@@ -150,15 +175,23 @@ class Rule:
         if self.counter:
             parts.append("counter")
         if self.verdict == "reject" and self.arg:
-            parts.append(f"reject with {'icmp type ' + self.arg[5:] if self.arg.startswith('icmp ') else self.arg}")
+            kind, _, name = self.arg.partition(" ")
+            parts.append(f"reject with {self.arg if kind == 'tcp' else f'{kind} type {name}'}")
         elif self.verdict in ("jump", "goto"):
             parts.append(f"{self.verdict} {self.arg}")
         else:
             parts.append(self.verdict)
         return " ".join(parts)
 
+    def family(self) -> int | None:
+        """The IP version the rule's statement is only about: nft adds `meta nfproto ipv4` to
+        `reject with icmp type X` (and ipv6 to icmpv6) in an inet table."""
+        if self.verdict == "reject" and self.arg and self.arg.split()[0] in ("icmp", "icmpv6"):
+            return 6 if self.arg.startswith("icmpv6") else 4
+        return None
+
     def applies(self, packet: Packet) -> bool:
-        return all(m.matches(packet) for m in self.matches)
+        return self.family() in (None, packet.version) and all(m.matches(packet) for m in self.matches)
 
 
 @dataclass(frozen=True)
@@ -168,6 +201,10 @@ class Chain:
     hook: str | None = None       # input | forward; None: a regular chain, reached by jump/goto
     priority: int = 0
     policy: str = "accept"
+    family: str = "inet"          # its table's: ip | ip6 | inet
+
+    def sees(self, packet: Packet) -> bool:
+        return self.family == "inet" or self.family == ("ip6" if packet.version == 6 else "ip")
 
     def render(self) -> str:
         lines = [f"\tchain {self.name} {{"]
@@ -180,11 +217,11 @@ class Chain:
 @dataclass(frozen=True)
 class NamedSet:
     name: str
-    kind: str                     # ipv4_addr | inet_service
+    kind: str                     # ipv4_addr | ipv6_addr | inet_service
     elements: tuple
 
     def render(self) -> str:
-        key = "saddr" if self.kind == "ipv4_addr" else "dport"
+        key = "dport" if self.kind == "inet_service" else "saddr"
         elements = ", ".join(render_element(e, key) for e in self.elements)
         return (f"\tset {self.name} {{\n\t\ttype {self.kind}\n\t\tflags interval\n"
                 f"\t\telements = {{ {elements} }}\n\t}}")
@@ -196,15 +233,20 @@ class Packet:
     hook: str                     # input | forward
     iif: str
     oif: str                      # "" on the input hook
-    saddr: IPv4Address
-    daddr: IPv4Address
-    proto: str                    # tcp | udp | icmp
+    saddr: IPv4Address | IPv6Address
+    daddr: IPv4Address | IPv6Address
+    proto: str                    # tcp | udp | icmp | ipv6-icmp
     dport: int | None = None
     icmp_type: int | None = None
     ct: str = "new"
 
+    @property
+    def version(self) -> int:
+        return self.saddr.version
+
     def __str__(self):
-        what = f"icmp type {self.icmp_type}" if self.proto == "icmp" else f"{self.proto} dport {self.dport}"
+        what = (f"{'icmpv6' if self.proto == 'ipv6-icmp' else 'icmp'} type {self.icmp_type}"
+                if self.proto in ("icmp", "ipv6-icmp") else f"{self.proto} dport {self.dport}")
         return (f"{self.hook} iif {self.iif or '-'} oif {self.oif or '-'} {self.saddr} -> {self.daddr} "
                 f"{what} ct {self.ct}")
 
@@ -238,17 +280,24 @@ class Ruleset:
     table: str = "fuzz"
 
     def render(self) -> str:
-        body = [s.render() for s in self.sets] + [c.render() for c in self.chains]
-        return "flush ruleset\n\ntable inet " + self.table + " {\n" + "\n\n".join(body) + "\n}\n"
+        """One table per family its chains are in (in the order they first come), each with
+        every named set (a set of any type may live in a table of any family)."""
+        tables = []
+        for family in dict.fromkeys(c.family for c in self.chains):
+            body = [s.render() for s in self.sets] + [c.render() for c in self.chains if c.family == family]
+            tables.append(f"table {family} {self.table} {{\n" + "\n\n".join(body) + "\n}\n")
+        return "flush ruleset\n\n" + "\n".join(tables)
 
-    def chain(self, name: str) -> Chain:
-        return next(c for c in self.chains if c.name == name)
+    def chain(self, name: str, family: str = "inet") -> Chain:
+        """A chain by name in a table (a jump never leaves its table)."""
+        return next(c for c in self.chains if c.name == name and c.family == family)
 
     def evaluate(self, packet: Packet) -> Decision:
         """Every base chain of the packet's hook in priority order: an accept passes the
         packet on to the next one, a drop or reject ends it."""
         steps: list[Step] = []
-        bases = sorted((c for c in self.chains if c.hook == packet.hook), key=lambda c: c.priority)
+        bases = sorted((c for c in self.chains if c.hook == packet.hook and c.sees(packet)),
+                       key=lambda c: c.priority)
         for base in bases:
             verdict, arg = self._run(base, packet, steps)
             if verdict != "accept":
@@ -276,156 +325,13 @@ class Ruleset:
                 if not frames:
                     break
             elif rule.verdict == "jump":
-                frames.append([self.chain(rule.arg), 0])
+                frames.append([self.chain(rule.arg, base.family), 0])
             elif rule.verdict == "goto":
-                frames[-1] = [self.chain(rule.arg), 0]
+                frames[-1] = [self.chain(rule.arg, base.family), 0]
         else:
             raise RuntimeError(f"chain {base.name}: a jump loop")
         steps.append(Step(base.name, None, f"policy {base.policy}"))
         return base.policy, None
-
-
-# ---------------------------------------------------------------- what probes see
-
-@dataclass(frozen=True)
-class World:
-    """What the prediction needs of the lab around the router."""
-    router_ifaces: dict            # segment -> the router's interface on it
-    router_addresses: frozenset    # IPv4Address
-    node_segments: dict            # node -> its segment
-    node_addresses: dict           # node -> its address
-    subnets: dict                  # segment -> IPv4Network
-    outside: str                   # the segment of the router's default route
-    listening: frozenset           # (node, proto, port): who answers
-    router: str = "router"
-    near: dict | None = None       # node -> addresses of its next-hop routers (0 hops away)
-
-    @classmethod
-    def of(cls, policy) -> World:
-        topology, router = policy.topology, policy.topology.nodes[policy.router]
-        default = router.gateway
-        outside = topology.segment_of(default).name if default else next(iter(router.interfaces))
-        nodes = {n: node for n, node in topology.nodes.items() if n != policy.router}
-        # a node's side: the segment it shares with the router (the source address its kernel
-        # picks towards the router), not whichever segment its compose file happens to list first
-        side = {n: next((s for s in node.segments if s in router.addresses), node.segments[0])
-                for n, node in nodes.items()}
-        return cls(router_ifaces=dict(router.interfaces),
-                   router_addresses=frozenset(router.addresses.values()),
-                   node_segments=side,
-                   node_addresses={n: node.addresses[side[n]] for n, node in nodes.items()},
-                   subnets={s: seg.subnet for s, seg in topology.segments.items()},
-                   outside=outside,
-                   listening=frozenset((n, s.proto, s.port) for n, svcs in policy.services.items()
-                                       for s in svcs),
-                   router=policy.router,
-                   near={n: frozenset(a for hop in [node.gateway, *node.routes.values()] if hop
-                                      for holder in [topology.node_at(hop)] if holder
-                                      for a in holder.addresses.values())
-                         for n, node in nodes.items()})
-
-    def segment_of(self, address: IPv4Address) -> str:
-        """The router's segment towards address: its own, else the default route's."""
-        return next((s for s, net in self.subnets.items() if address in net and s in self.router_ifaces),
-                    self.outside)
-
-    def iface_towards(self, address: IPv4Address) -> str:
-        return self.router_ifaces[self.segment_of(address)]
-
-    def node_at(self, address: IPv4Address) -> str | None:
-        if address in self.router_addresses:
-            return self.router
-        return next((n for n, a in self.node_addresses.items() if a == address), None)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    verdict: str                  # open | closed | rejected | filtered
-    decision: Decision            # of the packet that decided
-    packet: Packet
-
-    def explain(self) -> str:
-        by = self.decision.decided_by
-        return f"{self.verdict}: {self.packet} -> {self.decision.verdict}" + (f" by {by}" if by else "")
-
-
-def kernel_silence(dst: IPv4Address, router_subnets) -> str | None:
-    """Why no probe of dst can be answered through a router on these subnets, whatever its
-    rules say (None: dst is an ordinary address). See the module's docstring."""
-    dst = IPv4Address(dst)
-    if dst.is_multicast:
-        return "a multicast address: not routed, and not for the router (no group joined)"
-    if dst == IPv4Address("255.255.255.255"):
-        return "the limited broadcast: the router's own broadcast, and no kernel answers one"
-    net = next((n for n in router_subnets if dst == n.broadcast_address and n.prefixlen < 31), None)
-    if net is not None:
-        return (f"the broadcast address of {net}: the router takes it as its own broadcast (input hook), "
-                "and the kernel answers no broadcast: no RST, no ICMP error, whatever the rule")
-    return None
-
-
-def predict(ruleset: Ruleset, world: World, src: str, dst: IPv4Address, proto: str,
-            port: int | None) -> Prediction:
-    """What a probe from node `src` to `dst` observes through the router (src and dst on
-    different segments; dst a node's or the router's address, or a segment's edge)."""
-    dst = IPv4Address(dst)
-    saddr = world.node_addresses[src]
-    iif = world.iface_towards(saddr)
-    target = world.node_at(dst)
-    silent = kernel_silence(dst, [world.subnets[s] for s in world.router_ifaces])
-    local = target == world.router or silent is not None
-    hook, oif = ("input", "") if local else ("forward", world.iface_towards(dst))
-    icmp = ICMP_TYPES["echo-request"] if proto == "icmp" else None
-    request = Packet(hook, iif, oif, saddr, dst, proto, port, icmp, "new")
-    decision = ruleset.evaluate(request)
-    if silent:  # judged by the input hook, answered by nobody
-        return Prediction("filtered", decision, request)
-    if decision.verdict == "drop":
-        return Prediction("filtered", decision, request)
-    if decision.verdict == "reject":
-        return Prediction(_rejected(decision.arg, proto, local, dst, world, src), decision, request)
-    if target is None:
-        return Prediction("filtered", decision, request)
-    listening = proto == "icmp" or (target, proto, port) in world.listening
-    if local:  # the router's own answer leaves by the output hook, which the model leaves open
-        if listening:
-            return Prediction("open", decision, request)
-        if proto == "tcp":
-            return Prediction(_rst_from(dst, world, src), decision, request)
-        return Prediction("closed", decision, request)
-    if proto == "icmp":
-        reply = Packet("forward", oif, iif, dst, saddr, "icmp", None, ICMP_TYPES["echo-reply"], "established")
-    elif listening or proto == "tcp":  # a SYN-ACK or a RST, a UDP answer
-        reply = Packet("forward", oif, iif, dst, saddr, proto, EPHEMERAL_PORT, None, "established")
-    else:  # the target's port-unreachable is RELATED to the flow
-        reply = Packet("forward", oif, iif, dst, saddr, "icmp", None,
-                       ICMP_TYPES["destination-unreachable"], "related")
-    back = ruleset.evaluate(reply)
-    if back.verdict != "accept":  # a reject of the reply answers the target, not the prober
-        return Prediction("filtered", back, reply)
-    return Prediction("open" if listening else "closed", decision, request)
-
-
-def _rejected(arg: str | None, proto: str, local: bool, dst: IPv4Address, world: World, src: str) -> str:
-    """How the agent classifies the router's answer to a rejected request."""
-    if arg == "tcp reset":
-        return _rst_from(dst, world, src)
-    code = REJECT_CODES[arg[5:]] if arg else REJECT_CODES["port-unreachable"]
-    # for its own addresses the router answers from the probed address: a UDP
-    # port-unreachable from the target itself is what a closed port looks like
-    if local and proto == "udp" and code == REJECT_CODES["port-unreachable"]:
-        return "closed"
-    return "rejected"
-
-
-def _rst_from(dst: IPv4Address, world: World, src: str) -> str:
-    """A RST the router sends in dst's name leaves with ttl 64: the agent calls it forged
-    (rejected) unless dst is on the prober's own segment or an address of its next hop,
-    or other routers on the way lowered its ttl (src is not on a segment of the router)."""
-    on_link = dst in world.subnets[world.node_segments[src]]
-    near = dst in (world.near or {}).get(src, ())
-    far = world.node_segments[src] not in world.router_ifaces
-    return "closed" if on_link or near or far else "rejected"
 
 
 def port_constants(ruleset: Ruleset) -> set[int]:
@@ -446,5 +352,4 @@ def outside_ephemeral(lo: int, hi: int) -> bool:
     return hi < EPHEMERAL.start or lo >= EPHEMERAL.stop
 
 
-__all__ = ["Chain", "Decision", "Match", "NamedSet", "Packet", "Prediction", "Rule", "Ruleset",
-           "Step", "World", "kernel_silence", "predict", "port_constants"]
+__all__ = ["Chain", "Decision", "Match", "NamedSet", "Packet", "Rule", "Ruleset", "Step", "port_constants"]

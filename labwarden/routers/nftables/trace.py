@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 from pathlib import Path
 
 TABLE = "labwarden_trace"
@@ -24,9 +24,12 @@ FILTER_HOOKS = ("input", "forward", "output")
 
 
 def trace_ruleset(addresses) -> str:
-    """Mark every packet from or to these addresses, at the first hook it meets."""
-    listed = ", ".join(sorted(map(str, set(addresses))))
-    marks = f"\t\tip saddr {{ {listed} }} meta nftrace set 1\n\t\tip daddr {{ {listed} }} meta nftrace set 1\n"
+    """Mark every packet from or to these addresses (IPv4 and IPv6), at the first hook it meets."""
+    marks = ""
+    for header, version in (("ip", 4), ("ip6", 6)):
+        listed = ", ".join(sorted(str(a) for a in set(map(ip_address, addresses)) if a.version == version))
+        if listed:
+            marks += "".join(f"\t\t{header} {key} {{ {listed} }} meta nftrace set 1\n" for key in ("saddr", "daddr"))
     chains = "".join(f"\tchain {name} {{\n\t\ttype filter hook {name} priority -350; policy accept;\n{marks}\t}}\n"
                      for name in ("prerouting", "output"))
     # create-then-delete: removes a table left by an interrupted run, and fails on nothing
@@ -86,17 +89,24 @@ class TracedPacket:
 
 
 def _header(text: str) -> dict:
+    """A traced packet's header: addresses, protocol, ports or ICMP type, and what tells two
+    packets apart (IPv4's id; IPv6 has none: its flow label, length and ports)."""
     def word(name, cast=str):
         m = re.search(rf"(?:^| ){name} (\S+)", text)
         return cast(m.group(1)) if m else None
-    proto = word("ip protocol")
-    header = {"saddr": word("ip saddr", IPv4Address), "daddr": word("ip daddr", IPv4Address),
-              "proto": proto, "ip_id": word("ip id")}
+    if " ip6 saddr " in f" {text}":
+        proto = word("ip6 nexthdr")
+        header = {"saddr": word("ip6 saddr", ip_address), "daddr": word("ip6 daddr", ip_address), "proto": proto,
+                  "ip_id": "/".join(str(word(k)) for k in ("ip6 flowlabel", "ip6 length", r"\S+ sport", r"\S+ dport"))}
+    else:
+        header = {"saddr": word("ip saddr", ip_address), "daddr": word("ip daddr", ip_address),
+                  "proto": word("ip protocol"), "ip_id": word("ip id")}
     for l4 in ("tcp", "udp"):
         if f" {l4} dport " in f" {text}":
             header.update(proto=l4, sport=word(f"{l4} sport", int), dport=word(f"{l4} dport", int))
-    if " icmp type " in f" {text}":
-        header.update(proto="icmp", icmp_type=word("icmp type"))
+    for icmp in ("icmp", "icmpv6"):  # an echo is an icmp flow on either family
+        if f" {icmp} type " in f" {text}":
+            header.update(proto="icmp", icmp_type=word(f"{icmp} type"))
     return header
 
 
