@@ -58,6 +58,15 @@ def hidden_segments(policy: Policy, observer: str, version: int | None = None) -
             if (families := hidden_families(policy, observer, name)) and (version is None or version in families)]
 
 
+def ipv6_answerers(policy: Policy, segment: str, control: str) -> list[str]:
+    """Who could answer a control's IPv6 sweep of its own segment: the segment's other IPv6
+    hosts, and the router unless its zone is `nd_blocked` (the router refuses its neighbour
+    discovery). None: no IPv6 control is possible there, so no IPv6 sweep of it proves anything."""
+    blocked = policy.zone_of_segment(segment) in policy.nd_blocked
+    return [n for n, node in policy.topology.nodes.items() if segment in node.addresses6 and n != control
+            and not (n == policy.router and blocked)]
+
+
 def observers(policy: Policy) -> list[str]:
     return [n for n in policy.topology.nodes if n != policy.router]
 
@@ -146,7 +155,8 @@ def _sighting(lab, policy: Policy, observer: str, job: NodeJob, answer, segment:
 
 
 async def discovery(lab, policy: Policy, timeout: float = 1.0):
-    """Per (observer, hidden segment) what the observer found; plus per segment a control.
+    """Per (observer, hidden segment) what the observer found (None: hidden on IPv6 only, where
+    no control is possible, so nothing was swept); plus per segment a control.
 
     The control is a node on the segment itself doing the same sweep: it must
     find its neighbours, or the sweep proves nothing.
@@ -163,6 +173,10 @@ async def discovery(lab, policy: Policy, timeout: float = 1.0):
                                 if segment in node.addresses and n != policy.router]
         if insiders:
             controls[segment] = insiders[0]
+    for segment, node in controls.items():
+        if not ipv6_answerers(policy, segment, node):  # nobody could show that an IPv6 sweep finds
+            for segs in plan.values():                  # hosts there: judged on IPv4 only
+                segs.get(segment, set()).discard(6)
     jobs = {}
     for node, segs in plan.items():
         jobs[node] = _sweep_job(lab, node, segs, topology.nodes[node].segments[0])
@@ -175,7 +189,7 @@ async def discovery(lab, policy: Policy, timeout: float = 1.0):
             jobs[node] = job
     answers = await lab.run(jobs, timeout=timeout)
     results = {(node, segment): _sighting(lab, policy, node, jobs[node], answers[node], segment,
-                                          families=families)
+                                          families=families) if families else None
                for node, segs in plan.items() for segment, families in segs.items()}
     control = {segment: (node, _sighting(lab, policy, node, jobs[node], answers[node], segment, True))
                for segment, node in controls.items()}
