@@ -356,9 +356,12 @@ async def no_way_in(lab, policy: Policy, timeout: float = 1.0) -> WayIn:
 
 
 def undelivered(policy: Policy, flows, node: str, seen: list) -> list:
-    """What arrived at node from outside nodes that none of the flows they sent is
-    delivered as (policy.delivery): new packets only (a SYN, an echo request, a datagram)."""
-    delivered = {(f.src, policy.delivery(f)) for f in flows}
+    """What arrived at node from outside nodes' IPv4 addresses that none of the IPv4 flows
+    they sent is delivered as (policy.delivery): new packets only (a SYN, an echo request,
+    a datagram)."""
+    # IPv4 only, as the captures are judged: an IPv6 pinhole to web:80 does not deliver an
+    # IPv4 SYN that arrives at web:80 (a DNAT that takes any address: forward-any-address)
+    delivered = {(f.src, policy.delivery(f)) for f in flows if f.dst.version == 4}
     outsiders = {a: n for n in outside_nodes(policy) for a in policy.topology.nodes[n].addresses.values()}
     return [s for s in seen if s.direction == "in" and s.src in outsiders and _new(s)
             and (outsiders[s.src], (node, _service(s))) not in delivered]

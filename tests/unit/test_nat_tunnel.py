@@ -3,7 +3,7 @@ logic over made-up agent answers, no Docker."""
 
 import dataclasses
 import struct
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
 import pytest
@@ -287,3 +287,14 @@ def test_a_udp_forward_lands_and_is_named_too(openwrt):
     arrived = seen("udp", "198.51.100.10", "198.19.30.10", 51820, sport=20000)
     assert first_packet(arrived) and ports_of(arrived) == (20000, 51820)
     assert nat.WayIn([], {"gpu": [arrived]}, {}, {}, [landing]).problems(openwrt) == [landing.explain(openwrt)]
+
+
+def test_an_ipv6_pinhole_does_not_deliver_an_ipv4_packet(policy):
+    """The homelab's pinhole takes wan to web's own IPv6 address on tcp/80; a DNAT that takes
+    any IPv4 address (mutant forward-any-address) brings visitor's SYN to web:80 on IPv4, which
+    no flow delivers there: an arrival to locate, not one the pinhole accounts for."""
+    web6 = policy.topology.nodes["web"].addresses6["servers"]
+    visitor = policy.topology.nodes["visitor"].addresses["wan"]
+    flows = [policy.flow("visitor", web6, "tcp/80"), policy.flow("visitor", ip_address("198.18.1.10"), "tcp/80")]
+    landed = seen("tcp", str(visitor), "198.18.10.10", 80)
+    assert nat.undelivered(policy, flows, "web", [landed]) == [landed]
