@@ -231,10 +231,10 @@ def lab(request, pytestconfig, labwarden_topology, labwarden_policy, labwarden_r
             running = start(instance)
         elif workers.is_worker(pytestconfig):
             shared = workers.shared_lab(pytestconfig, log)
-            running = instance = shared.enter(
+            running = instance = shared.in_turns(shared.enter(
                 lambda: start(ComposeLab(labwarden_topology, labwarden_policy, keep=keep,
                                          attach=pytestconfig.getoption("--lw-attach"), **options)),
-                lambda state: JoinedLab(labwarden_topology, labwarden_policy, state, **options).up())
+                lambda state: JoinedLab(labwarden_topology, labwarden_policy, state, **options).up()))
         else:
             instance = ComposeLab(labwarden_topology, labwarden_policy, keep=keep,
                                   attach=pytestconfig.getoption("--lw-attach"), **options)

@@ -18,15 +18,22 @@ A joiner never plumbs, restarts or reloads anything: the lab is running the othe
 ranges either: the owner holds them for the lab (realise/ranges.py). Ctrl-C or SIGTERM in the
 owner while it waits: it takes the lab down at once (the others are interrupted too, or
 fail naming the vanished containers).
+
+The workers take turns on the lab's wires (`lab.turns`, `Turns`): one process's agent calls
+(their captures included) go while no other's do, or a capture would count another worker's
+packets as the segment's (a snooping check saw another worker's no-leak probes to an
+outside address). Calls within one process overlap, as in a serial run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import fcntl
 import os
 import pickle
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +44,7 @@ from labwarden.realise.lab import Lab
 STATE = "lab.pickle"
 GUARD = "lab.lock"
 USERS = "lab.users"
+TURNS = "lab.turns"
 POLL_S = 0.2
 
 
@@ -65,6 +73,47 @@ def state_of(lab: Lab) -> dict:
             "timings": dict(lab.timings),
             "pid_start": {n: t.pid_start for n, t in lab.transports.items()},
             "resting": sorted(s for s, c in lab.containers.items() if c.status != "running")}
+
+
+class Turns:
+    """An exclusive flock on `path` while any agent call of this process runs (counted: calls
+    of one process overlap, as in a serial run; another process's wait)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._mutex = threading.Lock()
+        self._held = None
+        self._calls = 0
+
+    def take(self) -> None:
+        with self._mutex:
+            if self._calls == 0:
+                held = open(self.path, "a")
+                fcntl.flock(held, fcntl.LOCK_EX)
+                self._held = held
+            self._calls += 1
+
+    def give(self) -> None:
+        with self._mutex:
+            self._calls -= 1
+            if self._calls == 0:
+                self._held.close()  # closing drops the flock
+                self._held = None
+
+    def around(self, lab: Lab) -> Lab:
+        """The lab, its agent calls (`run`, `run_rounds`) taking turns with the other processes'."""
+        for name in ("run", "run_rounds"):
+            setattr(lab, name, self._in_turn(getattr(lab, name)))
+        return lab
+
+    def _in_turn(self, call):
+        async def in_turn(*args, **kwargs):
+            await asyncio.to_thread(self.take)
+            try:
+                return await call(*args, **kwargs)
+            finally:
+                self.give()
+        return in_turn
 
 
 class Shared:
@@ -105,6 +154,10 @@ class Shared:
                 raise
             self._users = users
             return lab
+
+    def in_turns(self, lab: Lab) -> Lab:
+        """The lab, its agent calls taking turns with the other workers' (`Turns`)."""
+        return Turns(self.folder / TURNS).around(lab)
 
     def leave(self, lab: Lab) -> None:
         """A joiner lets go; the owner waits for every other process to let go, then takes

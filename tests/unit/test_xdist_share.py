@@ -128,3 +128,39 @@ def test_each_cell_is_recorded_as_the_worker_that_judged_it_saw_it():
     assert len(report.matrices) == 1 and report.matrices[0]["reprobed"] == ["b"]
     assert report.header["topology"] == "homelab" and report.header["xdist_workers"] == 2
     assert report.lab == {"name": "homelab"}
+
+
+def test_workers_take_turns_on_the_lab_and_a_workers_own_calls_overlap(tmp_path):
+    """Two processes' Turns (two open files: flock tells them apart as it tells processes):
+    while one worker's call runs, the other's waits; a second call of the first does not."""
+    import asyncio
+    import threading
+    from labwarden.realise.joined import Turns
+
+    log = []
+
+    class Lab:
+        def __init__(self, name):
+            self.name = name
+
+        async def run(self, jobs, timeout=1.0, allow_extra=()):
+            log.append((self.name, "in"))
+            await asyncio.sleep(0.3)
+            log.append((self.name, "out"))
+
+        async def run_rounds(self, rounds, timeout=1.0):
+            return [await self.run(r) for r in rounds]
+
+    one, two = (Turns(tmp_path / "lab.turns").around(Lab(n)) for n in ("one", "two"))
+
+    async def first():
+        await asyncio.gather(one.run({}), one.run({}))  # overlap within the process
+
+    thread = threading.Thread(target=asyncio.run, args=(first(),))
+    thread.start()
+    while not log:
+        pass
+    asyncio.run(two.run_rounds([{}]))
+    thread.join()
+    assert log[:2] == [("one", "in"), ("one", "in")]          # one's own calls overlap
+    assert log[4:] == [("two", "in"), ("two", "out")]          # two waited for both
