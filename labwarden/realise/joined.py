@@ -102,8 +102,7 @@ class Turns:
 
     def around(self, lab: Lab) -> Lab:
         """The lab, its agent calls (`run`, `run_rounds`) taking turns with the other processes'."""
-        for name in ("run", "run_rounds"):
-            setattr(lab, name, self._in_turn(getattr(lab, name)))
+        lab.run, lab.run_rounds = self._in_turn(lab.run), self._in_turn(lab.run_rounds)
         return lab
 
     def _in_turn(self, call):
