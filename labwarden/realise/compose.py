@@ -310,10 +310,11 @@ class ComposeLab(Lab):
         The lab's long-lived connections, its tunnel clients (the containers that share a
         node's network namespace), stop first: otherwise one reconnects under a foreign
         ruleset (without masquerade, say) and lingers into the next suite. Afterwards the
-        router gets its own ruleset back with an empty conntrack table, every node forgets its
-        neighbours (what the loaned rulesets let it learn: openwrt's router resolved hosts its
-        own rules refuse neighbour discovery with), the clients start again, and every service
-        is waited for as at start (the tunnels' pages: labwarden.checks.tunnel.wait_up)."""
+        router gets its own ruleset back with an empty conntrack table and no neighbours (what
+        the loaned rulesets let it learn: openwrt's router resolved hosts its own rules refuse
+        neighbour discovery with; every flow through or to it needs it to resolve them again),
+        the clients start again, and every service is waited for as at start (the tunnels'
+        pages: labwarden.checks.tunnel.wait_up)."""
         sidecars = [c for c in self.containers.values()
                     if c.attrs["HostConfig"].get("NetworkMode", "").startswith("container:")]
         for c in sidecars:
@@ -322,9 +323,8 @@ class ComposeLab(Lab):
             yield
         finally:
             own = self.router_firewall()
-            jobs = {n: NodeJob(setup={"forget_neighbours": True}) for n in self.topology.nodes}
-            jobs[self.policy.router].setup.update({**self.router_kind().load(own.read_text(), own), "flush_conntrack": True})
-            run_sync(self.run(jobs))
+            run_sync(self.run({self.policy.router: NodeJob(setup={**self.router_kind().load(own.read_text(), own),
+                                                                   "flush_conntrack": True, "forget_neighbours": True})}))
             for c in sidecars:
                 c.start()
             run_sync(self._wait_ready())
