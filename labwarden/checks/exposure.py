@@ -12,6 +12,7 @@ from ipaddress import IPv6Address
 
 from labwarden.probe import packets
 from labwarden.checks.matrix import matrix_services
+from labwarden.declared.fields import within
 from labwarden.declared.policy import Policy
 from labwarden.probe import NodeJob, Probe
 
@@ -126,8 +127,8 @@ def _sighting(lab, policy: Policy, observer: str, job: NodeJob, answer, segment:
     subnets = [n for n in (topology.segments[segment].subnet, topology.segments[segment].subnet6)
                if n and n.version in families]
 
-    def inside(address) -> bool:  # (`in` across families compares integers: check the version)
-        return address is not None and any(address.version == n.version and address in n for n in subnets)
+    def inside(address) -> bool:
+        return address is not None and within(address, subnets)
 
     router_addresses = set() if count_router else set(topology.nodes[policy.router].all_addresses())
     me = set(topology.nodes[observer].all_addresses())

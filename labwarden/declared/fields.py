@@ -238,6 +238,12 @@ def quantity(f, where: str, raw, units: dict, default_unit: str) -> float:
     return value
 
 
+def within(address, networks) -> bool:
+    """Whether the address lies in one of the networks. `ipaddress` compares integers across
+    families (an IPv6 address can be "in" an IPv4 network), so the version is checked."""
+    return any(address.version == net.version and address in net for net in networks)
+
+
 def address(f, where: str, raw) -> IPv4Address:
     try:
         return IPv4Address(str(raw))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from labwarden.errors import ConfigError
 from labwarden.declared.fields import (IFNAME_RULE, address, address6, among, as_mapping, check_keys, network,
-                                      network6, read_yaml, valid_ifname)
+                                      network6, read_yaml, valid_ifname, within)
 from labwarden.declared.hostspec import masked, parse_spec
 from labwarden.declared.topology import Node, Segment, Topology
 
@@ -205,7 +205,7 @@ def _check_addresses(f, inventory: Inventory, topology: Topology) -> None:
                 raise ConfigError(f, where, f"{real} is not in segment {seg} ({subnet}): "
                                   f"give segments.{seg} or the node's real address")
             # (`in` does not check the family: an IPv6 address may look inside an IPv4 range)
-            if not any(real.version == r.version and real in r for r in inventory.ranges):
+            if not within(real, inventory.ranges):
                 raise ConfigError(f, where, f"{real} is outside the inventory's ranges "
                                   f"({', '.join(map(str, inventory.ranges))}): probes could not reach it")
 

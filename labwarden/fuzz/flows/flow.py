@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
 
+from labwarden.declared.fields import within
 from labwarden.declared.policy import Policy, Service
 
 # ranges that can never be real networks (RFC 2544, RFC 5737): the only places an
@@ -91,7 +92,7 @@ class FuzzFlow:
             raise ValueError(f"{dst!r} is not an IPv4 or IPv6 address") from None
         ranges = list(dict.fromkeys([*policy.topology.lab_ranges(), *SAFE_RANGES, *policy.topology.lab_ranges6()]))
         # (`in` does not check the family: an IPv6 address may look inside an IPv4 range)
-        if not any(address.version == r.version and address in r for r in ranges):  # stays in the lab
+        if not within(address, ranges):  # stays in the lab
             raise ValueError(f"{dst} is outside the lab's segments and the reserved test ranges "
                              f"({', '.join(map(str, ranges))})")
         proto, slash, port = what.partition("/")
